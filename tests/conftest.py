@@ -1,0 +1,47 @@
+"""Shared test set-up: two forced CPU devices (real data-parallel runs), full fp32 matmuls, golden paths."""
+
+import os
+from pathlib import Path
+
+# Must happen before jax is imported anywhere: every test process sees two CPU devices, so multi-device code
+# paths run for real, and single-device tests simply use the first.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# Parity tests compare float32 results with PyTorch's; no reduced-precision matmuls (TF32/bf16) anywhere.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SMIS_SHARED", REPO.parent / "shared"))
+GOLDEN = SHARED / "golden"
+SAMPLES = SHARED / "samples"
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    if not GOLDEN.is_dir():
+        pytest.fail(f"golden files not found at {GOLDEN} (set SMIS_SHARED to the shared/ folder)")
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    if not SAMPLES.is_dir():
+        pytest.fail(f"sample data not found at {SAMPLES} (set SMIS_SHARED to the shared/ folder)")
+    return SAMPLES
+
+
+def rel_err(actual, expected) -> float:
+    """max|a-b| / max|b|: the golden README's measure for forward passes (< 1e-4) and gradients (< 1e-3)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+# Tolerances from golden/README.md, stated once.
+FORWARD_TOL = 1e-4
+GRAD_TOL = 1e-3
