@@ -1,0 +1,188 @@
+"""Pure ``jnp`` maths shared by the networks (StyleGAN2 generator, pSp encoder).
+
+Layouts: activations NHWC, conv kernels HWIO, dense kernels ``(in, out)``. Every function takes the *raw*
+stored weights and applies the equalised-learning-rate scale at run time, exactly where rosinality's
+``stylegan2-pytorch`` applies it, so converted weights equal the PyTorch ones after transposes.
+
+Each fast op here has a slow, plainly written numpy twin in ``tests/test_ops.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+SQRT2 = math.sqrt(2.0)
+
+# NHWC activations, HWIO kernels.
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def pixel_norm(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """Normalise each vector to unit RMS over the last axis.  x: (..., D) -> (..., D)."""
+    return x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+
+
+def fused_leaky_relu(x: jax.Array, bias: jax.Array | None = None, slope: float = 0.2,
+                     gain: float = SQRT2) -> jax.Array:
+    """``leaky_relu(x + bias, slope) * gain``.  x: (..., C), bias: (C,) or None -> (..., C)."""
+    if bias is not None:
+        x = x + bias
+    return jnp.where(x >= 0, x, x * slope) * gain
+
+
+def equal_linear(x: jax.Array, w_raw: jax.Array, b_raw: jax.Array | None, lr_mul: float = 1.0,
+                 activation: str | None = None) -> jax.Array:
+    """rosinality ``EqualLinear``: ``x @ (w_raw * lr_mul / sqrt(in)) + b_raw * lr_mul`` (then fused lrelu).
+
+    x: (..., in); w_raw: (in, out) (the PyTorch ``[out, in]`` weight transposed); b_raw: (out,) or None.
+    activation: None or ``'fused_lrelu'`` (slope 0.2, gain sqrt 2, the bias added before the activation).
+    """
+    if activation not in (None, "fused_lrelu"):
+        raise ValueError(f"unknown activation {activation!r}; expected None or 'fused_lrelu'")
+    scale = lr_mul / math.sqrt(w_raw.shape[0])
+    y = x @ (w_raw * scale)  # (..., out)
+    bias = None if b_raw is None else b_raw * lr_mul
+    if activation == "fused_lrelu":
+        return fused_leaky_relu(y, bias)
+    return y if bias is None else y + bias
+
+
+def make_kernel(k: Sequence[float] = (1, 3, 3, 1)) -> np.ndarray:
+    """rosinality ``make_kernel``: a 1-D tap list becomes ``outer(k, k) / sum``; float32 (kh, kw)."""
+    k = np.asarray(k, dtype=np.float32)
+    if k.ndim == 1:
+        k = np.outer(k, k)
+    return (k / k.sum()).astype(np.float32)
+
+
+def _pad_pair(pad) -> tuple[int, int]:
+    if isinstance(pad, int):
+        return pad, pad
+    p0, p1 = pad
+    return int(p0), int(p1)
+
+
+def upfirdn2d(x: jax.Array, kernel, up: int = 1, down: int = 1, pad=(0, 0)) -> jax.Array:
+    """Upsample (zero-insert), pad, FIR-filter (true convolution), downsample; per channel, both axes alike.
+
+    x: (B, H, W, C); kernel: (kh, kw) array; pad: (p0, p1) applied before/after on both axes (negative
+    crops). Output: (B, (H*up + p0 + p1 - kh)//down + 1, (W*up + p0 + p1 - kw)//down + 1, C).
+
+    One depthwise ``conv_general_dilated``: ``lhs_dilation`` performs the zero insertion; it inserts
+    ``up-1`` zeros only *between* samples while upfirdn2d also appends them after the last one, hence
+    ``+ up - 1`` on the high pad. The kernel is flipped because upfirdn2d convolves and XLA correlates.
+    """
+    p0, p1 = _pad_pair(pad)
+    kernel = jnp.asarray(kernel, dtype=x.dtype)
+    kh, kw = kernel.shape
+    channels = x.shape[-1]
+    w = jnp.broadcast_to(kernel[::-1, ::-1, None, None], (kh, kw, 1, channels))  # (kh, kw, 1, C)
+    return lax.conv_general_dilated(
+        x, w,
+        window_strides=(down, down),
+        padding=[(p0, p1 + up - 1), (p0, p1 + up - 1)],
+        lhs_dilation=(up, up),
+        dimension_numbers=_DIMENSION_NUMBERS,
+        feature_group_count=channels,
+    )
+
+
+def blur(x: jax.Array, pad, kernel: Sequence[float] = (1, 3, 3, 1), gain: float = 1.0) -> jax.Array:
+    """rosinality ``Blur``: ``upfirdn2d(x, make_kernel(kernel) * gain, pad=pad)``.  x: (B, H, W, C)."""
+    return upfirdn2d(x, make_kernel(kernel) * gain, pad=pad)
+
+
+def upsample(x: jax.Array, factor: int = 2, kernel: Sequence[float] = (1, 3, 3, 1)) -> jax.Array:
+    """rosinality ``Upsample`` (ToRGB skip path).  x: (B, H, W, C) -> (B, factor*H, factor*W, C)."""
+    k = make_kernel(kernel) * factor**2
+    p = k.shape[0] - factor
+    return upfirdn2d(x, k, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+
+
+def _conv(x, w, upsample_: bool, groups: int = 1):
+    """Stride-1 'same' conv or torch's ``conv_transpose2d(stride=2, padding=0)``.  x NHWC, w HWIO."""
+    k = w.shape[0]
+    if upsample_:
+        # conv_transpose2d == zero-insert (lhs_dilation) + full padding + correlation with the flipped
+        # kernel (CONVERSION.md 4.3 form (a)); output 2H + k - 2.
+        return lax.conv_general_dilated(
+            x, w[::-1, ::-1], window_strides=(1, 1), padding=[(k - 1, k - 1)] * 2, lhs_dilation=(2, 2),
+            dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups,
+        )
+    return lax.conv_general_dilated(
+        x, w, window_strides=(1, 1), padding=[(k // 2, k // 2)] * 2,
+        dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups,
+    )
+
+
+def modulated_conv2d(x: jax.Array, w_hwio_raw: jax.Array, styles: jax.Array, demodulate: bool = True,
+                     upsample: bool = False, grouped: bool = False, eps: float = 1e-8) -> jax.Array:
+    """rosinality ``ModulatedConv2d`` (without the modulation Linear, whose output is ``styles``).
+
+    x: (B, H, W, I); w_hwio_raw: (k, k, I, O) raw weight; styles: (B, I).
+    Returns (B, H, W, O), or (B, 2H, 2W, O) with ``upsample`` (transposed stride-2 conv, then a [1,3,3,1]
+    blur with pad (1, 1) and gain 4).
+
+    The per-sample weight is ``scale * W * s[b]`` with ``scale = 1/sqrt(I k^2)``, demodulated by
+    ``d[b, o] = rsqrt(sum_{kh,kw,i} (scale W s[b])^2 + eps)``. By default this is computed by input scaling
+    (``x * s`` -> one conv with the shared weight -> ``* d``, with ``d`` from a (B,I)x(I,O) matmul), which
+    never materialises per-sample weights. ``grouped=True`` builds the (B, k, k, I, O) weights and runs a
+    grouped conv over the batch, as rosinality's fused path does; it exists to cross-check.
+    """
+    batch, _, _, in_ch = x.shape
+    k, _, w_in, out_ch = w_hwio_raw.shape
+    if w_in != in_ch or styles.shape != (batch, in_ch):
+        raise ValueError(f"modulated_conv2d: x {x.shape}, weight {w_hwio_raw.shape}, styles {styles.shape} disagree")
+    w = w_hwio_raw * (1.0 / math.sqrt(in_ch * k * k))  # (k, k, I, O)
+
+    if grouped:
+        wb = w[None] * styles[:, None, None, :, None]  # (B, k, k, I, O)
+        if demodulate:
+            wb = wb * lax.rsqrt(jnp.sum(jnp.square(wb), axis=(1, 2, 3), keepdims=True) + eps)
+        wg = jnp.transpose(wb, (1, 2, 3, 0, 4)).reshape(k, k, in_ch, batch * out_ch)  # (k, k, I, B*O)
+        xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, x.shape[1], x.shape[2], batch * in_ch)  # (1, H, W, B*I)
+        y = _conv(xg, wg, upsample, groups=batch)  # (1, H', W', B*O)
+        y = jnp.transpose(y.reshape(y.shape[1], y.shape[2], batch, out_ch), (2, 0, 1, 3))  # (B, H', W', O)
+    else:
+        y = _conv(x * styles[:, None, None, :], w, upsample)  # (B, H', W', O)
+        if demodulate:
+            # sum_{kh,kw,i} (w s_i)^2 = sum_i s_i^2 * sum_{kh,kw} w^2: a (B,I) x (I,O) matmul.
+            d = lax.rsqrt(jnp.square(styles) @ jnp.sum(jnp.square(w), axis=(0, 1)) + eps)  # (B, O)
+            y = y * d[:, None, None, :]
+    if upsample:
+        y = blur(y, pad=(1, 1), gain=4.0)
+    return y
+
+
+def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation weights with ``src = i * (n_in - 1) / (n_out - 1)``."""
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    if n_out == 1 or n_in == 1:
+        m[:, 0] = 1.0
+        return m.astype(np.float32)
+    src = np.arange(n_out) * ((n_in - 1) / (n_out - 1))
+    lo = np.clip(np.floor(src).astype(np.int64), 0, n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, lo), 1.0 - frac)
+    np.add.at(m, (rows, hi), frac)
+    return m.astype(np.float32)
+
+
+def bilinear_align_corners(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+    """``F.interpolate(mode='bilinear', align_corners=True)`` on NHWC.  x: (B, H, W, C) -> (B, oh, ow, C).
+
+    Separable: two small constant interpolation matrices, no gathers (``jax.image.resize`` is half-pixel
+    and antialiases, so it does not match).
+    """
+    oh, ow = int(out_hw[0]), int(out_hw[1])
+    mh = jnp.asarray(_align_corners_matrix(x.shape[1], oh), dtype=x.dtype)  # (oh, H)
+    mw = jnp.asarray(_align_corners_matrix(x.shape[2], ow), dtype=x.dtype)  # (ow, W)
+    return jnp.einsum("oh,bhwc,pw->bopc", mh, x, mw)
