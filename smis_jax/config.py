@@ -1,0 +1,163 @@
+"""Domain presets and the training configuration (frozen dataclasses, validated on construction).
+
+The seven domains are those of the original release (SPEC.md section 3); ``tiny`` and ``tiny-sparse`` pair the
+real CelebA masks with the small golden generator (size 128) so the whole pipeline runs in CI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Domain", "DOMAINS", "ENCODER_SIZES", "TrainConfig", "get_domain", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the allowed values."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    folder: str  # the folder name in the original release's data/ (and in shared/samples)
+    n_classes: int
+    mode: Literal["dense", "sparse"]
+    generator_size: int
+    channel_multiplier: int
+    stylegan: str  # the checkpoint the original README pairs with this domain (for messages)
+    description: str
+
+    def __post_init__(self):
+        if self.mode not in ("dense", "sparse"):
+            raise ConfigError(f"domain {self.name}: mode must be 'dense' or 'sparse', got {self.mode!r}")
+        if self.generator_size < 64 or self.generator_size & (self.generator_size - 1):
+            raise ConfigError(f"domain {self.name}: generator_size must be a power of two >= 64")
+        if self.n_classes < 2:
+            raise ConfigError(f"domain {self.name}: n_classes must be >= 2")
+
+    @property
+    def style_num(self) -> int:
+        """W+ layers of the generator (18 at 1024, 16 at 512, 14 at 256)."""
+        return 2 * int(math.log2(self.generator_size)) - 2
+
+    @property
+    def latent_mask(self) -> tuple[int, ...]:
+        """Layers replaced for multi-modal synthesis: 8.. (the original README's 8,...,17 at 1024)."""
+        return tuple(range(8, self.style_num))
+
+
+DOMAINS: dict[str, Domain] = {
+    d.name: d
+    for d in [
+        Domain("faces", "CelebAMask-HQ", 19, "dense", 1024, 2, "stylegan2-ffhq-config-f.pt",
+               "CelebAMask-HQ face parsing (0 = background)"),
+        Domain("faces-landmarks", "CelebALandmark-HQ", 71, "sparse", 1024, 2, "stylegan2-ffhq-config-f.pt",
+               "70 facial landmarks, 0 = not annotated"),
+        Domain("church", "LSUNchurch", 151, "dense", 256, 2, "stylegan2-church-config-f.pt",
+               "LSUN church scene parsing (ADE20K-150 ids)"),
+        Domain("car", "LSUNcar", 5, "dense", 512, 2, "stylegan2-car-config-f.pt", "LSUN car parts (0 = background)"),
+        Domain("cat", "LSUNcat", 9, "sparse", 256, 2, "stylegan2-cat-config-f.pt", "cat scribbles, 0 = not annotated"),
+        Domain("ukiyoe", "ukiyo-e", 8, "sparse", 256, 1, "ukiyoe-256-slim-diffAug-002789.pt",
+               "ukiyo-e face scribbles, 0 = not annotated"),
+        Domain("anime", "anime", 2, "sparse", 512, 2,
+               "2020-01-11-skylion-stylegan2-animeportraits-networksnapshot-024664.pt",
+               "anime face cross, 0 = not annotated"),
+        # For tests and quick looks: the real CelebA masks with the golden 128px generator.
+        Domain("tiny", "CelebAMask-HQ", 19, "dense", 128, 2, "stylegan2_tiny128.pt (golden)",
+               "CelebAMask-HQ masks with a 128px generator (tests)"),
+        Domain("tiny-sparse", "CelebALandmark-HQ", 71, "sparse", 128, 2, "stylegan2_tiny128.pt (golden)",
+               "CelebA landmarks with a 128px generator (tests)"),
+    ]
+}
+
+# Encoder stage widths and units per stage. ir_se50 is pSp's; the others trade quality for memory and speed on
+# small machines (the style heads stay full width: they must output the generator's style_dim).
+ENCODER_SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "ir_se50": ((64, 128, 256, 512), (3, 4, 14, 3)),
+    "small": ((32, 64, 128, 256), (1, 2, 4, 1)),
+    "tiny": ((16, 32, 32, 64), (1, 1, 1, 1)),
+}
+
+
+def get_domain(name: str) -> Domain:
+    try:
+        return DOMAINS[name]
+    except KeyError:
+        raise ConfigError(f"unknown domain {name!r}; choose one of: {', '.join(DOMAINS)}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides file paths. Defaults are the original's (SPEC.md 1a, 1e)."""
+
+    domain: str = "faces"
+    shots: tuple[str, ...] | int = 5  # how many training pairs (first K by name) or which basenames
+    encoder: str = "ir_se50"
+    batch_size: int = 2
+    learning_rate: float = 1e-4
+    max_steps: int = 100_000
+    l2_lambda: float = 1.0
+    w_norm_lambda: float = 0.0
+    train_wplus: bool = False
+    topk: int = 3
+    cos_th: float = 0.5
+    inversion_steps: int = 2000
+    inversion_lr: float = 1.0
+    inversion_l2_lambda: float = 1.0
+    inversion_lpips_lambda: float = 0.8
+    save_every: int = 5000
+    log_every: int = 50
+    image_every: int = 1000
+    eval_every: int = 2500
+    keep_checkpoints: int = 3
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
+
+    def __post_init__(self):
+        get_domain(self.domain)
+        if self.encoder not in ENCODER_SIZES:
+            raise ConfigError(f"unknown encoder size {self.encoder!r}; choose one of: {', '.join(ENCODER_SIZES)}")
+        if isinstance(self.shots, int):
+            if not 1 <= self.shots:
+                raise ConfigError(f"shots must be >= 1, got {self.shots}")
+        elif not self.shots:
+            raise ConfigError("shots must name at least one training pair")
+        for name in ("batch_size", "max_steps", "save_every", "log_every", "image_every", "eval_every",
+                     "keep_checkpoints", "topk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.inversion_steps < 0:
+            raise ConfigError(f"inversion_steps must be >= 0, got {self.inversion_steps}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not -1.0 <= self.cos_th <= 1.0:
+            raise ConfigError(f"cos_th must lie in [-1, 1], got {self.cos_th}")
+
+    @property
+    def domain_preset(self) -> Domain:
+        return get_domain(self.domain)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shots"] = list(self.shots) if not isinstance(self.shots, int) else self.shots
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        d = dict(d)
+        if isinstance(d.get("shots"), list):
+            d["shots"] = tuple(d["shots"])
+        return cls(**d)
