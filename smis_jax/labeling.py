@@ -241,7 +241,6 @@ def _sparse_labels(features_NHWC, protos: SparsePrototypes, topk: int, cos_th, c
     return label_BP.astype(jnp.int32).reshape(b, h, w)
 
 
-@functools.partial(jax.jit, static_argnames=("topk", "out_size", "compat", "chunk"))
 def pseudo_label(
     features_NHWC,
     protos: DensePrototypes | SparsePrototypes,
@@ -262,7 +261,18 @@ def pseudo_label(
     chunk: sparse only; annotated vectors per similarity block. ``None`` picks the largest block that keeps
         the (B, chunk, H*W) float32 similarities within 512 MiB (one block, no loop, when N is small); smaller
         chunks lower peak memory at the cost of a sequential ``lax.map``.
+
+    Compiled once per (feature shape, prototype shapes/type, static options): the arguments are handed to one
+    jitted function in a fixed form, so a defaulted and an explicit ``cos_th`` share the compiled code. Inside
+    a caller's own jit it simply inlines.
     """
+    return _pseudo_label_jit(
+        features_NHWC, protos, cos_th, topk=topk, out_size=out_size, compat=compat, chunk=chunk
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("topk", "out_size", "compat", "chunk"))
+def _pseudo_label_jit(features_NHWC, protos, cos_th, *, topk, out_size, compat, chunk):
     if features_NHWC.ndim != 4:
         raise LabelingError(f"features must be (B, H, W, C), got shape {tuple(features_NHWC.shape)}")
     _, h, w, _ = features_NHWC.shape
