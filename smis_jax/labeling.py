@@ -54,6 +54,14 @@ _PRECISION = jax.lax.Precision.HIGHEST
 _SPARSE_BLOCK_ELEMENTS = 2**27
 
 
+# For small k the sparse top-k runs as k rounds of (max, first argmax, mask out) instead of ``lax.top_k``: the
+# same result (descending values, lower pixel first on ties), but built from reductions that XLA's SPMD
+# partitioner keeps sharded along the batch, whereas ``lax.top_k`` on a batch-sharded (B, n, H*W) block is
+# all-gathered to every device (seen on XLA:CPU with jax 0.10). It costs k passes over the block instead of
+# one, small next to the similarity matmul. Larger k falls back to ``lax.top_k``.
+_ROUNDS_TOPK_MAX = 8
+
+
 class LabelingError(ValueError):
     """Features, masks or prototypes of inconsistent shapes; the message names the arrays and shapes."""
 
@@ -192,6 +200,20 @@ def _dense_labels(features_NHWC, protos: DensePrototypes, compat: bool):
     return jnp.argmax(cosine_scores(features_NHWC, protos, compat), axis=-1).astype(jnp.int32)
 
 
+def _top_k_last(x, k: int):
+    """``lax.top_k`` over the last axis: values, indices (..., k) descending, lower index first on ties."""
+    if k > _ROUNDS_TOPK_MAX:
+        return jax.lax.top_k(x, k)
+    ids = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    vals, pix = [], []
+    for _ in range(k):
+        i = jnp.argmax(x, axis=-1).astype(jnp.int32)  # first maximum: the lower index wins a tie
+        vals.append(jnp.max(x, axis=-1))
+        pix.append(i)
+        x = jnp.where(ids == i[..., None], -jnp.inf, x)
+    return jnp.stack(vals, axis=-1), jnp.stack(pix, axis=-1)
+
+
 def _sparse_labels(features_NHWC, protos: SparsePrototypes, topk: int, cos_th, chunk: int | None):
     """(B, H, W) int32 sparse labels, the vectorised form of psp.py's per-sample, per-class loop (SPEC 1d).
 
@@ -213,7 +235,7 @@ def _sparse_labels(features_NHWC, protos: SparsePrototypes, topk: int, cos_th, c
 
     def top_pixels(v_nC):  # (n, C) -> values, pixel ids (B, n, topk): each vector's most similar pixels
         s_BnP = jnp.einsum("nc,bpc->bnp", v_nC, fn_BPC, precision=_PRECISION)
-        return jax.lax.top_k(s_BnP, topk)
+        return _top_k_last(s_BnP, topk)
 
     if chunk is None:
         chunk = max(1, _SPARSE_BLOCK_ELEMENTS // (b * p))
@@ -234,8 +256,13 @@ def _sparse_labels(features_NHWC, protos: SparsePrototypes, topk: int, cos_th, c
     cls_N = protos.classes.astype(jnp.int32)
     kept_BNk = jnp.where((cls_N >= 1)[None, :, None], kept_BNk, 0.0)
     row_N = jnp.maximum(cls_N - 1, 0)
-    score_BLP = jnp.zeros((b, n_classes - 1, p), jnp.float32)
-    score_BLP = score_BLP.at[jnp.arange(b)[:, None, None], row_N[None, :, None], pix_BNk].max(kept_BNk)
+
+    def scatter_max(pix_Nk, kept_Nk):  # one sample: (L-1, P) best kept cosine per (class, pixel)
+        return jnp.zeros((n_classes - 1, p), jnp.float32).at[row_N[:, None], pix_Nk].max(kept_Nk)
+
+    # vmap (not an iota batch index) makes the batch a scatter batching dimension, so a batch sharded over a
+    # device mesh stays sharded instead of being gathered.
+    score_BLP = jax.vmap(scatter_max)(pix_BNk, kept_BNk)
     best_BP = score_BLP.max(axis=1)
     label_BP = jnp.where(best_BP > 0, jnp.argmax(score_BLP, axis=1) + 1, 0)
     return label_BP.astype(jnp.int32).reshape(b, h, w)

@@ -192,6 +192,7 @@ def test_dense_labels_match_loop_reference(b, ties):
         (3, 5, 0.3, True, 7),  # lax.map over uneven chunks
         (2, 3, -1.0, False, None),  # every value passes the threshold; negative ones still never label
         (2, 2, 0.9, True, None),
+        (2, 9, 0.2, True, None),  # k above the rounds limit: the lax.top_k path
     ],
 )
 def test_sparse_labels_match_loop_reference(b, topk, cos_th, ties, chunk):
@@ -213,6 +214,41 @@ def test_sparse_labels_match_loop_reference(b, topk, cos_th, ties, chunk):
     ref = labeling._sparse_label_reference(feats, per_class, topk=topk, cos_th=cos_th, out_size=2 * size)
     np.testing.assert_array_equal(got, ref)
     assert (ref == 0).any() and (ref > 0).any()
+
+
+@pytest.mark.parametrize("k", [1, 3, 9])
+def test_top_k_matches_lax_top_k_with_ties(k):
+    rng = np.random.default_rng(k)
+    x = rng.integers(0, 4, size=(2, 5, 32)).astype(np.float32)  # many exact ties
+    vals, idx = labeling._top_k_last(jnp.asarray(x), k)
+    ref_vals, ref_idx = jax.lax.top_k(jnp.asarray(x), k)
+    np.testing.assert_array_equal(np.asarray(vals), np.asarray(ref_vals))
+    np.testing.assert_array_equal(np.asarray(idx), np.asarray(ref_idx))
+    np.testing.assert_array_equal(np.asarray(idx), np.argsort(-x, axis=-1, kind="stable")[..., :k])
+
+
+def test_batch_sharded_over_devices_stays_sharded():
+    """Data-parallel training splits the batch over a mesh: labels must match and nothing is all-gathered."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+    rng = np.random.default_rng(4)
+    feats = rng.normal(size=(4, 8, 8, 6)).astype(np.float32)
+    vectors = rng.normal(size=(40, 6)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sparse = SparsePrototypes(vectors=jnp.asarray(vectors), classes=jnp.asarray(np.repeat([1, 2, 4], [10, 20, 10]),
+                                                                                jnp.int32), n_classes=5)
+    dense = DensePrototypes(vectors=jnp.asarray(vectors[:5]), present=jnp.ones(5, bool))
+    sharded = jax.device_put(feats, NamedSharding(mesh, PartitionSpec("data")))
+    for protos in (sparse, dense):
+        protos_rep = jax.device_put(protos, NamedSharding(mesh, PartitionSpec()))
+        out = pseudo_label(sharded, protos_rep, cos_th=0.2, out_size=16)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(pseudo_label(feats, protos, cos_th=0.2, out_size=16)))
+        assert out.sharding.spec == PartitionSpec("data")
+        hlo = labeling._pseudo_label_jit.lower(
+            sharded, protos_rep, 0.2, topk=3, out_size=16, compat=False, chunk=None
+        ).compile().as_text()
+        assert "all-gather" not in hlo and "all-reduce" not in hlo
 
 
 def test_sparse_threshold_is_strict():
