@@ -1,4 +1,4 @@
-"""LPIPS(alex) against pSp's (golden/lpips_alex*), the converter (Python and CLI), its errors, and the bundled weights."""
+"""LPIPS(alex) against pSp's (golden/lpips_alex*), the converter (Python and CLI), its errors, the bundled weights."""
 
 import os
 import pickle

@@ -38,7 +38,8 @@ def _to_torch(name, a):
 def _case(golden, tag):
     cfg = json.loads((golden / f"ranger_{tag}.json").read_text())
     data = np.load(golden / f"ranger_{tag}.npz")
-    match = re.fullmatch(r"sum over params of sum\(\(2\*sin\(p\) - target\)\^2\) \+ ([0-9.]+)\*sum\(p\^4\)", cfg["loss"])
+    loss_re = r"sum over params of sum\(\(2\*sin\(p\) - target\)\^2\) \+ ([0-9.]+)\*sum\(p\^4\)"
+    match = re.fullmatch(loss_re, cfg["loss"])
     assert match, cfg["loss"]
     assert tuple(cfg["param_order"]) == NAMES and cfg["use_gc"] and not cfg["gc_conv_only"]
     params = {n: jnp.asarray(_to_flax(n, data[f"init_{n}"])) for n in NAMES}
@@ -108,7 +109,8 @@ def test_gc_int_keeps_each_image_independent():
     target = jnp.asarray(rng.standard_normal((2, 4, 8), np.float32))
 
     def run(w):
-        return _run(ranger(0.1, gc_axes=0), w, target, None, 9, loss=lambda w, t, c: jnp.sum((jnp.sin(w) - t) ** 2))[0][-1]
+        loss = lambda w, t, c: jnp.sum((jnp.sin(w) - t) ** 2)  # noqa: E731
+        return _run(ranger(0.1, gc_axes=0), w, target, None, 9, loss=loss)[0][-1]
 
     both = run(codes)
     alone = run(codes.at[1].set(0.0))  # change image 1 only
