@@ -229,7 +229,7 @@ def _sparse_labels(features_NHWC, protos: SparsePrototypes, topk: int, cos_th, c
     n_classes = protos.n_classes
     v_NC = protos.vectors.astype(jnp.float32)
     n = v_NC.shape[0]
-    if n == 0:  # no annotated pixel in any shot: nothing is labelled
+    if n == 0 or n_classes < 2:  # no annotated pixel in any shot (or no class but 0): nothing is labelled
         return jnp.zeros((b, h, w), jnp.int32)
     fn_BPC = _normalise_pixels(features_NHWC)
 
