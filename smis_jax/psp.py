@@ -1,0 +1,439 @@
+"""pSp GradualStyleEncoder (IR-SE bottlenecks + FPN + per-style heads) in Flax Linen, and its loaders.
+
+Maps a one-hot label map ``(B, 256, 256, input_nc)`` (NHWC) to W+ codes ``(B, style_num, style_dim)``, before
+``latent_avg`` is added. Layer for layer it is pSp's ``GradualStyleEncoder(50, 'ir_se')`` (SPEC.md section 2,
+CONVERSION.md 3.2) with the stage widths/units configurable, so the real IR-SE-50 and the tiny golden config are
+the same code:
+
+    input layer   conv3x3(input_nc -> widths[0]) -> BN -> PReLU                                   256^2
+    body          stages s=0..3, units[s] IR-SE bottlenecks each, the first with stride 2      128, 64, 32, 16
+    taps          c1 = last unit of stage 1 (64^2), c2 = of stage 2 (32^2), c3 = of stage 3 (16^2)
+    FPN           p2 = up(c3) + latlayer1(c2);  p1 = up(p2) + latlayer2(c1)    (bilinear, align_corners=True)
+    heads         styles 0-2 read c3, 3-6 read p2, 7.. read p1; each log2(spatial) x [conv3x3 s2 + lrelu 0.01]
+                  down to 1x1, then EqualLinear(lr_mul=1)
+
+BatchNorm matches PyTorch exactly (see :class:`BatchNorm`); stride-2 convs pad (1, 1) on both sides (Flax's
+'SAME' would pad (0, 1)); ``MaxPool2d(1, s)`` shortcuts are strided slices.
+
+Parameter tree (NHWC / HWIO; ``batch_stats`` holds the BN running statistics)::
+
+    input_conv/kernel  input_bn/{scale,bias}  input_prelu/alpha
+    body_{i}/{bn1, conv1/kernel, prelu/alpha, conv2/kernel, bn2, se/{fc1,fc2}/kernel[, shortcut_conv, shortcut_bn]}
+    latlayer1/{kernel,bias}  latlayer2/{kernel,bias}
+    styles_{j}/{conv_{k}/{kernel,bias}, linear/{weight,bias}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from smis_jax import ops
+
+__all__ = [
+    "INPUT_SIZE",
+    "EncoderConfig",
+    "BatchNorm",
+    "PReLU",
+    "Conv2d",
+    "GradualStyleEncoder",
+    "LoadedEncoder",
+    "Pipeline",
+    "abstract_variables",
+    "load",
+    "load_pipeline",
+]
+
+INPUT_SIZE = 256  # the heads' conv counts (4/5/6 stride-2 convs from 16/32/64) assume a 256x256 input
+COARSE_END, MIDDLE_END = 3, 7  # styles [0,3) read c3, [3,7) read p2, [7,S) read p1
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of a GradualStyleEncoder; hashable (it keys the jit cache).
+
+    input_nc: one-hot depth (= number of label classes). style_num: number of W+ layers produced.
+    widths/units: channels and bottleneck count of the four IR-SE stages (IR-SE-50: 64,128,256,512 / 3,4,14,3).
+    style_dim: W dimension of each code. se_reduction: squeeze-excitation channel reduction.
+    """
+
+    input_nc: int
+    style_num: int
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    units: tuple[int, ...] = (3, 4, 14, 3)
+    style_dim: int = 512
+    se_reduction: int = 16
+
+    def __post_init__(self):
+        # JSON round trips give lists; keep the dataclass hashable.
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "units", tuple(int(u) for u in self.units))
+        problems = []
+        if int(self.input_nc) < 1:
+            problems.append(f"input_nc must be >= 1, got {self.input_nc}")
+        if int(self.style_num) < 1:
+            problems.append(f"style_num must be >= 1, got {self.style_num}")
+        if len(self.widths) != 4 or len(self.units) != 4:
+            problems.append(f"widths and units need 4 stages, got {self.widths} and {self.units}")
+        if any(w < 1 for w in self.widths) or any(u < 1 for u in self.units):
+            problems.append(f"widths and units must be positive, got {self.widths} and {self.units}")
+        if int(self.style_dim) < 1:
+            problems.append(f"style_dim must be >= 1, got {self.style_dim}")
+        if int(self.se_reduction) < 1 or any(w // max(int(self.se_reduction), 1) < 1 for w in self.widths):
+            problems.append(f"se_reduction {self.se_reduction} leaves no SE channels for widths {self.widths}")
+        if problems:
+            raise ValueError("EncoderConfig: " + "; ".join(problems))
+
+    @classmethod
+    def ir_se50(cls, input_nc: int, style_num: int = 18) -> "EncoderConfig":
+        """The real pSp encoder: IR-SE-50, 512-d styles (18 styles for 1024px generators, 16 for 512, 14 for 256)."""
+        return cls(input_nc=input_nc, style_num=style_num)
+
+    @classmethod
+    def tiny(cls, input_nc: int = 19, style_num: int = 12) -> "EncoderConfig":
+        """The golden test config (psp_tiny_celebamask): widths 16,32,32,64, units 1,2,2,1, 64-d styles."""
+        return cls(input_nc=input_nc, style_num=style_num, widths=(16, 32, 32, 64), units=(1, 2, 2, 1), style_dim=64)
+
+    @property
+    def n_units(self) -> int:
+        return sum(self.units)
+
+    @property
+    def taps(self) -> tuple[int, int, int]:
+        """Body indices whose outputs feed the FPN: last unit of stages 2, 3, 4 (IR-SE-50: 6, 20, 23)."""
+        ends = np.cumsum(self.units) - 1
+        return int(ends[1]), int(ends[2]), int(ends[3])
+
+    def unit_specs(self) -> list[tuple[int, int, int]]:
+        """``(in_channels, depth, stride)`` of every body unit; the first unit of each stage has stride 2."""
+        specs, in_c = [], self.widths[0]
+        for width, n in zip(self.widths, self.units):
+            for k in range(n):
+                specs.append((in_c, width, 2 if k == 0 else 1))
+                in_c = width
+        return specs
+
+    @staticmethod
+    def head_spatial(j: int) -> int:
+        """Side of the feature map style head ``j`` reads (256 input): 16 (coarse), 32 (middle) or 64 (fine)."""
+        return 16 if j < COARSE_END else 32 if j < MIDDLE_END else 64
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "EncoderConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"EncoderConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+class BatchNorm(nn.Module):
+    """PyTorch ``BatchNorm2d`` semantics on NHWC (Flax's ``nn.BatchNorm`` updates running_var with the biased var).
+
+    train: normalise with the batch mean and biased variance over (B, H, W); running stats move by
+    ``momentum`` (PyTorch convention, 0.1 = weight of the new value) towards the batch mean and the *unbiased*
+    variance ``var * n / (n - 1)``. eval: normalise with the running stats. eps inside the rsqrt.
+    """
+
+    momentum: float = 0.1
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        if train:
+            n = x.size // c
+            mean = jnp.mean(x, axis=(0, 1, 2))
+            var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = (1 - m) * ra_mean.value + m * lax.stop_gradient(mean)
+                ra_var.value = (1 - m) * ra_var.value + m * lax.stop_gradient(var) * (n / max(n - 1, 1))
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        return (x - mean) * (lax.rsqrt(var + self.eps) * scale) + bias
+
+
+class PReLU(nn.Module):
+    """Per-channel PReLU ``max(0,x) + a*min(0,x)``, a initialised to 0.25 as in PyTorch."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        alpha = self.param("alpha", nn.initializers.constant(0.25), (x.shape[-1],))
+        return jnp.where(x >= 0, x, alpha * x)
+
+
+def _torch_uniform(fan_in: int):
+    """PyTorch's default conv/linear init, kaiming_uniform(a=sqrt 5) = U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Conv2d(nn.Module):
+    """PyTorch ``Conv2d`` on NHWC with symmetric padding ``kernel // 2`` and an HWIO kernel (PyTorch init)."""
+
+    features: int
+    kernel: int = 3
+    stride: int = 1
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c_in, k = x.shape[-1], self.kernel
+        fan_in = c_in * k * k
+        w = self.param("kernel", _torch_uniform(fan_in), (k, k, c_in, self.features))  # HWIO
+        p = k // 2
+        y = lax.conv_general_dilated(x, w.astype(x.dtype), (self.stride, self.stride), ((p, p), (p, p)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.use_bias:
+            y = y + self.param("bias", _torch_uniform(fan_in), (self.features,))
+        return y
+
+
+class SqueezeExcite(nn.Module):
+    """SE gate: ``x * sigmoid(fc2(relu(fc1(mean_HW(x)))))`` with bias-free 1x1 convs. x: (B, H, W, C)."""
+
+    reduction: int = 16
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
+        s = nn.relu(Conv2d(c // self.reduction, kernel=1, name="fc1")(s))
+        s = nn.sigmoid(Conv2d(c, kernel=1, name="fc2")(s))
+        return x * s
+
+
+class BottleneckIRSE(nn.Module):
+    """pSp ``bottleneck_IR_SE(in, depth, stride)``: x (B,H,W,in) -> (B,H/stride,W/stride,depth); no final act."""
+
+    depth: int
+    stride: int
+    se_reduction: int = 16
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if x.shape[-1] == self.depth:
+            shortcut = x[:, :: self.stride, :: self.stride]  # MaxPool2d(kernel 1, stride)
+        else:
+            shortcut = Conv2d(self.depth, kernel=1, stride=self.stride, name="shortcut_conv")(x)
+            shortcut = BatchNorm(name="shortcut_bn")(shortcut, train)
+        r = BatchNorm(name="bn1")(x, train)
+        r = Conv2d(self.depth, name="conv1")(r)
+        r = PReLU(name="prelu")(r)
+        r = Conv2d(self.depth, stride=self.stride, name="conv2")(r)
+        r = BatchNorm(name="bn2")(r, train)
+        r = SqueezeExcite(self.se_reduction, name="se")(r)
+        return r + shortcut
+
+
+class GradualStyleBlock(nn.Module):
+    """pSp ``GradualStyleBlock``: log2(spatial) x [conv3x3 s2 p1 + bias, lrelu 0.01] to 1x1, then EqualLinear.
+
+    x: (B, spatial, spatial, C_in) -> (B, out_dim).
+    """
+
+    out_dim: int
+    spatial: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for k in range(int(round(math.log2(self.spatial)))):
+            x = Conv2d(self.out_dim, stride=2, use_bias=True, name=f"conv_{k}")(x)
+            x = nn.leaky_relu(x, negative_slope=0.01)
+        x = x.reshape(x.shape[0], self.out_dim)  # (B, 1, 1, D) -> (B, D)
+        return EqualLinear(self.out_dim, name="linear")(x)
+
+
+class EqualLinear(nn.Module):
+    """rosinality ``EqualLinear`` (lr_mul 1, no activation): raw ``weight`` (in, out) ~ N(0,1), scaled at run time."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = self.param("weight", nn.initializers.normal(1.0), (x.shape[-1], self.features))  # (in, out)
+        b = self.param("bias", nn.initializers.zeros, (self.features,))
+        return ops.equal_linear(x, w, b, lr_mul=1.0)
+
+
+class GradualStyleEncoder(nn.Module):
+    """One-hot labels ``(B, 256, 256, input_nc)`` -> W+ codes ``(B, style_num, style_dim)`` (latent_avg not added).
+
+    ``train=True`` uses batch statistics and, when called with ``mutable=['batch_stats']``, updates the running
+    statistics exactly as PyTorch's train mode does. Intermediates c1, c2, c3, p2, p1 are sown into
+    ``'intermediates'``.
+    """
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        cfg = self.config
+        want = (INPUT_SIZE, INPUT_SIZE, cfg.input_nc)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"GradualStyleEncoder expects (B, {INPUT_SIZE}, {INPUT_SIZE}, {cfg.input_nc}) one-hot "
+                             f"labels, got shape {tuple(x.shape)}")
+        x = Conv2d(cfg.widths[0], name="input_conv")(x)
+        x = BatchNorm(name="input_bn")(x, train)
+        x = PReLU(name="input_prelu")(x)
+
+        t1, t2, t3 = cfg.taps
+        for i, (_, depth, stride) in enumerate(cfg.unit_specs()):
+            x = BottleneckIRSE(depth, stride, cfg.se_reduction, name=f"body_{i}")(x, train)
+            if i == t1:
+                c1 = x  # (B, 64, 64, widths[1])
+            elif i == t2:
+                c2 = x  # (B, 32, 32, widths[2])
+            elif i == t3:
+                c3 = x  # (B, 16, 16, widths[3])
+
+        top = cfg.widths[3]
+        p2 = ops.bilinear_align_corners(c3, c2.shape[1:3]) + Conv2d(top, 1, use_bias=True, name="latlayer1")(c2)
+        p1 = ops.bilinear_align_corners(p2, c1.shape[1:3]) + Conv2d(top, 1, use_bias=True, name="latlayer2")(c1)
+        for name, value in (("c1", c1), ("c2", c2), ("c3", c3), ("p2", p2), ("p1", p1)):
+            self.sow("intermediates", name, value)
+
+        codes = []
+        for j in range(cfg.style_num):
+            src = c3 if j < COARSE_END else p2 if j < MIDDLE_END else p1
+            codes.append(GradualStyleBlock(cfg.style_dim, src.shape[1], name=f"styles_{j}")(src))
+        return jnp.stack(codes, axis=1)  # (B, S, D)
+
+
+def abstract_variables(config: EncoderConfig) -> dict[str, Any]:
+    """``{'params': ..., 'batch_stats': ...}`` as ShapeDtypeStructs (no compute, no random init)."""
+    x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, config.input_nc), jnp.float32)
+    return jax.eval_shape(lambda: GradualStyleEncoder(config).init(jax.random.key(0), jnp.zeros(x.shape), False))
+
+
+@functools.lru_cache(maxsize=None)
+def _encode_fn(config: EncoderConfig, train: bool):
+    """One jitted ``(params, batch_stats, x) -> codes`` per (config, train); running stats are not updated."""
+    model = GradualStyleEncoder(config)
+
+    def encode(params, batch_stats, x):
+        if train:
+            codes, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, True, mutable=["batch_stats"])
+            return codes
+        return model.apply({"params": params, "batch_stats": batch_stats}, x, False)
+
+    return jax.jit(encode)
+
+
+@dataclass
+class LoadedEncoder:
+    """A converted encoder: ``config``, ``params``/``batch_stats`` (jax arrays), ``latent_avg`` (S, D) or None."""
+
+    config: EncoderConfig
+    params: Any
+    batch_stats: Any
+    latent_avg: jax.Array | None = None
+
+    def encode(self, onehot: jax.Array, train: bool = False) -> jax.Array:
+        """onehot (B, 256, 256, input_nc) float -> codes (B, style_num, style_dim), before latent_avg.
+
+        ``train=True`` uses batch statistics (the stored running statistics are left unchanged).
+        """
+        onehot = jnp.asarray(onehot, jnp.float32)
+        want = (INPUT_SIZE, INPUT_SIZE, self.config.input_nc)
+        if onehot.ndim != 4 or tuple(onehot.shape[1:]) != want:
+            raise ValueError(f"encode expects (B, {INPUT_SIZE}, {INPUT_SIZE}, {self.config.input_nc}), "
+                             f"got {tuple(onehot.shape)}")
+        return _encode_fn(self.config, bool(train))(self.params, self.batch_stats, onehot)
+
+    def wplus(self, onehot: jax.Array) -> jax.Array:
+        """Eval-mode codes + latent_avg: the W+ the generator gets. (B, S, D)."""
+        codes = self.encode(onehot)
+        return codes if self.latent_avg is None else codes + self.latent_avg
+
+
+class Pipeline(NamedTuple):
+    """Everything mask-to-image synthesis needs from one pSp checkpoint."""
+
+    encoder: LoadedEncoder
+    generator: Any  # smis_jax.stylegan2.LoadedGenerator
+    latent_avg: jax.Array  # (S, D)
+    config: dict  # the converted config.json (kind 'psp')
+
+
+def _read(path: str | os.PathLike, with_generator: bool):
+    """(config dict, trees) from a converted 'psp' directory or a pSp .pt (converted in memory)."""
+    from smis_jax.conversion import common
+
+    path = Path(path)
+    trees = ["params", "batch_stats", "latent_avg"] + (["generator_params", "generator_noises"] if with_generator else [])
+    if path.is_dir():
+        if not common.is_converted(path):
+            raise common.ConversionError(f"{path}: not a converted checkpoint (no config.json); "
+                                         f"convert a pSp .pt with `python -m convert psp IN.pt OUT`")
+        return common.load_converted(path, "psp", trees)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    from smis_jax.conversion.psp import convert_checkpoint
+
+    config, all_trees = convert_checkpoint(path)
+    return config, {k: all_trees[k] for k in trees}
+
+
+def _encoder_from(config: dict, trees: dict, where: str) -> LoadedEncoder:
+    from smis_jax.conversion.common import check_tree
+
+    enc_cfg = EncoderConfig.from_json(config["encoder"])
+    expected = abstract_variables(enc_cfg)
+    check_tree(expected["params"], trees["params"], f"{where}: encoder params")
+    check_tree(expected["batch_stats"], trees["batch_stats"], f"{where}: encoder batch_stats")
+    latent_avg = np.asarray(trees["latent_avg"], np.float32)
+    if latent_avg.shape != (enc_cfg.style_num, enc_cfg.style_dim):
+        from smis_jax.conversion.common import ConversionError
+
+        raise ConversionError(f"{where}: latent_avg has shape {latent_avg.shape}, "
+                              f"expected {(enc_cfg.style_num, enc_cfg.style_dim)}")
+    to_jax = functools.partial(jax.tree.map, lambda a: jnp.asarray(a, jnp.float32))
+    return LoadedEncoder(enc_cfg, to_jax(trees["params"]), to_jax(trees["batch_stats"]), jnp.asarray(latent_avg))
+
+
+def load(path: str | os.PathLike) -> LoadedEncoder:
+    """Load the encoder of a converted pSp directory (``python -m convert psp``) or of a pSp ``.pt`` file."""
+    config, trees = _read(path, with_generator=False)
+    return _encoder_from(config, trees, str(path))
+
+
+def load_pipeline(path: str | os.PathLike) -> Pipeline:
+    """Encoder + generator (the same checkpoint's decoder) + latent_avg, from a converted directory or a .pt."""
+    from smis_jax import stylegan2
+    from smis_jax.conversion.common import ConversionError
+    from smis_jax.conversion.stylegan2 import noises_from_tree
+
+    config, trees = _read(path, with_generator=True)
+    encoder = _encoder_from(config, trees, str(path))
+    try:
+        gen_cfg = stylegan2.GeneratorConfig.from_json(config["generator"])
+        generator = stylegan2.LoadedGenerator(gen_cfg, trees["generator_params"],
+                                              noises_from_tree(trees["generator_noises"]))
+    except ConversionError:
+        raise
+    except ValueError as e:
+        raise ConversionError(f"{path}: generator: {e}") from None
+    if gen_cfg.n_latent != encoder.config.style_num or gen_cfg.style_dim != encoder.config.style_dim:
+        raise ConversionError(f"{path}: the encoder makes {encoder.config.style_num}x{encoder.config.style_dim} codes "
+                              f"but the generator takes {gen_cfg.n_latent}x{gen_cfg.style_dim}")
+    return Pipeline(encoder, generator, encoder.latent_avg, config)

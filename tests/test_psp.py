@@ -1,0 +1,283 @@
+"""GradualStyleEncoder: golden parity (eval, train, BatchNorm update, loss, gradient), PyTorch-exact BatchNorm,
+the config and the loaded-encoder API. Conversion details are in test_convert_psp.py.
+
+About ``grad_input_conv``: the golden generator fed PyTorch a channels-last one-hot tensor
+(``F.one_hot(...).permute(0, 3, 1, 2)``); PyTorch's channels-last float32 BatchNorm accumulates its batch
+statistics with an error that grows with the number of pixels (~1e-4 relative at 2x256x256), and the first
+conv's gradient amplifies it: the golden gradient is 1.9e-2 (relative) away from a float64 PyTorch run.
+The original pipeline feeds contiguous NCHW tensors (``ToTensor``), where PyTorch float32 agrees with float64
+to 1e-5. So the gradient is checked against PyTorch float32 on the original's contiguous layout (an independent
+autograd run from the same .pt), and a second test pins down that the golden value is what channels-last gives.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import FORWARD_TOL, GRAD_TOL, rel_err
+
+from smis_jax import data, psp
+from smis_jax.conversion.psp import convert, encoder_key_table
+
+TINY_UNITS = (1, 2, 2, 1)  # equal widths 32, 32 in stages 2 and 3: not inferable from the keys
+
+
+@pytest.fixture(scope="module")
+def io(golden):
+    return dict(np.load(golden / "psp_tiny_celebamask_io.npz"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(golden, tmp_path_factory):
+    return convert(golden / "psp_tiny_celebamask.pt", tmp_path_factory.mktemp("psp") / "tiny", units=TINY_UNITS)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_dir):
+    return psp.load(tiny_dir)
+
+
+def _path_of(torch_key: str, cfg) -> tuple[str, tuple[str, ...]]:
+    for coll, path, key, _ in encoder_key_table(cfg, prefix=""):
+        if key == torch_key:
+            return coll, path
+    raise KeyError(torch_key)
+
+
+@pytest.fixture(scope="module")
+def results(encoder, io):
+    """Everything the golden file checks, from one compiled function: eval codes, train codes, the updated
+    running statistics, the latent MSE and its gradient w.r.t. the first conv (HWIO)."""
+    model = psp.GradualStyleEncoder(encoder.config)
+    x = data.onehot(io["labels"], encoder.config.input_nc)
+
+    @jax.jit
+    def run(params, batch_stats, latent_avg, target, x):
+        def loss_fn(kernel):
+            p = {**params, "input_conv": {"kernel": kernel}}
+            codes, new_vars = model.apply({"params": p, "batch_stats": batch_stats}, x, True, mutable=["batch_stats"])
+            return jnp.mean(jnp.square(codes + latent_avg - target)), (codes, new_vars["batch_stats"])
+
+        (loss, (codes_train, new_stats)), grad = jax.value_and_grad(loss_fn, has_aux=True)(
+            params["input_conv"]["kernel"])
+        return codes_train, new_stats, loss, grad
+
+    out = run(encoder.params, encoder.batch_stats, encoder.latent_avg, io["latent_target"], x)
+    res = dict(zip(["codes_train", "stats", "loss", "grad_hwio"], jax.device_get(out)))
+    res["codes_eval"] = np.asarray(encoder.encode(x))  # the public, jitted eval path
+    return res
+
+
+def test_eval_codes_and_wplus(results, encoder, io):
+    assert rel_err(results["codes_eval"], io["codes_eval"]) < FORWARD_TOL
+    assert rel_err(results["codes_eval"] + np.asarray(encoder.latent_avg), io["wplus_eval"]) < FORWARD_TOL
+    np.testing.assert_array_equal(encoder.latent_avg, io["latent_avg"])
+
+
+def test_train_codes(results, io):
+    assert rel_err(results["codes_train"], io["codes_train"]) < FORWARD_TOL
+
+
+def test_batchnorm_running_mean_update(results, encoder, io):
+    coll, path = _path_of(str(io["bn_probe_name"]), encoder.config)
+    assert coll == "batch_stats"
+    after = functools.reduce(lambda t, k: t[k], path, results["stats"])
+    before = functools.reduce(lambda t, k: t[k], path, encoder.batch_stats)
+    assert rel_err(after, io["bn_probe_after"]) < FORWARD_TOL
+    assert rel_err(before, io["bn_probe_after"]) > 10 * FORWARD_TOL  # the probe did move
+
+
+def test_loss(results, io):
+    assert rel_err(results["loss"], io["loss_train"]) < FORWARD_TOL
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A PyTorch twin of pSp's encoder (independent autograd), for the gradient; see the module docstring.
+
+def _torch_encoder(cfg, state_dict):
+    torch = pytest.importorskip("torch")
+    nn, F = torch.nn, torch.nn.functional
+
+    class SE(nn.Module):
+        def __init__(self, c, r):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Conv2d(c, c // r, 1, bias=False), nn.Conv2d(c // r, c, 1, bias=False)
+
+        def forward(self, x):
+            return x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+    class Unit(nn.Module):
+        def __init__(self, i, d, s):
+            super().__init__()
+            self.shortcut_layer = (nn.MaxPool2d(1, s) if i == d else
+                                   nn.Sequential(nn.Conv2d(i, d, 1, s, bias=False), nn.BatchNorm2d(d)))
+            self.res_layer = nn.Sequential(nn.BatchNorm2d(i), nn.Conv2d(i, d, 3, 1, 1, bias=False), nn.PReLU(d),
+                                           nn.Conv2d(d, d, 3, s, 1, bias=False), nn.BatchNorm2d(d),
+                                           SE(d, cfg.se_reduction))
+
+        def forward(self, x):
+            return self.res_layer(x) + self.shortcut_layer(x)
+
+    class Linear(nn.Module):  # EqualLinear, lr_mul 1
+        def __init__(self, n):
+            super().__init__()
+            self.weight, self.bias = nn.Parameter(torch.zeros(n, n)), nn.Parameter(torch.zeros(n))
+
+        def forward(self, x):
+            return F.linear(x, self.weight / np.sqrt(x.shape[1]), self.bias)
+
+    class Head(nn.Module):
+        def __init__(self, c, d, spatial):
+            super().__init__()
+            layers = []
+            for k in range(int(np.log2(spatial))):
+                layers += [nn.Conv2d(c if k == 0 else d, d, 3, 2, 1), nn.LeakyReLU()]
+            self.convs, self.linear = nn.Sequential(*layers), Linear(d)
+
+        def forward(self, x):
+            return self.linear(self.convs(x).flatten(1))
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            w = cfg.widths
+            self.input_layer = nn.Sequential(nn.Conv2d(cfg.input_nc, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]),
+                                             nn.PReLU(w[0]))
+            self.body = nn.Sequential(*[Unit(i, d, s) for i, d, s in cfg.unit_specs()])
+            self.styles = nn.ModuleList(Head(w[3], cfg.style_dim, cfg.head_spatial(j)) for j in range(cfg.style_num))
+            self.latlayer1, self.latlayer2 = nn.Conv2d(w[2], w[3], 1), nn.Conv2d(w[1], w[3], 1)
+
+        def forward(self, x):
+            x = self.input_layer(x)
+            for i, unit in enumerate(self.body):
+                x = unit(x)
+                if i == cfg.taps[0]:
+                    c1 = x
+                elif i == cfg.taps[1]:
+                    c2 = x
+                elif i == cfg.taps[2]:
+                    c3 = x
+
+            def up(a, b):
+                return F.interpolate(a, size=b.shape[2:], mode="bilinear", align_corners=True)
+
+            p2 = up(c3, c2) + self.latlayer1(c2)
+            p1 = up(p2, c1) + self.latlayer2(c1)
+            return torch.stack([self.styles[j](c3 if j < 3 else p2 if j < 7 else p1) for j in range(cfg.style_num)], 1)
+
+    model = Encoder()
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, strict=True)
+    return model.train()
+
+
+@pytest.fixture(scope="module")
+def torch_grads(golden, encoder, io):
+    """First-conv gradient (OIHW) from PyTorch float32, input contiguous NCHW (as the original) and channels-last."""
+    torch = pytest.importorskip("torch")
+    from smis_jax import torchfile
+
+    ckpt = torchfile.load(golden / "psp_tiny_celebamask.pt")
+    sd = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
+    out = {}
+    for layout in ("contiguous", "channels_last"):
+        model = _torch_encoder(encoder.config, sd)
+        x = torch.from_numpy(data.onehot(io["labels"], encoder.config.input_nc)).permute(0, 3, 1, 2)
+        x = x.contiguous() if layout == "contiguous" else x.contiguous(memory_format=torch.channels_last)
+        codes = model(x)
+        loss = torch.nn.functional.mse_loss(codes + torch.from_numpy(ckpt["latent_avg"]),
+                                            torch.from_numpy(io["latent_target"]))
+        loss.backward()
+        out[layout] = model.input_layer[0].weight.grad.numpy()
+    return out
+
+
+def test_grad_input_conv(results, torch_grads):
+    grad_oihw = results["grad_hwio"].transpose(3, 2, 0, 1)
+    assert rel_err(grad_oihw, torch_grads["contiguous"]) < GRAD_TOL
+
+
+def test_golden_grad_is_the_channels_last_one(io, torch_grads, results):
+    """The golden gradient is reproduced by PyTorch's channels-last path, not by the contiguous one (nor by us)."""
+    assert rel_err(torch_grads["channels_last"], io["grad_input_conv"]) < GRAD_TOL
+    assert rel_err(torch_grads["contiguous"], io["grad_input_conv"]) > GRAD_TOL
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BatchNorm against PyTorch directly (contiguous input: PyTorch's accurate path), train and eval.
+
+def test_batchnorm_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 5, 7, 4)) * 2 + 0.5).astype(np.float32)  # NHWC
+    scale, bias = rng.uniform(0.5, 1.5, 4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    mean0, var0 = rng.standard_normal(4).astype(np.float32), rng.uniform(0.5, 2, 4).astype(np.float32)
+    bn_t = torch.nn.BatchNorm2d(4)
+    with torch.no_grad():
+        for name, v in (("weight", scale), ("bias", bias), ("running_mean", mean0), ("running_var", var0)):
+            getattr(bn_t, name).copy_(torch.from_numpy(v))
+    variables = {"params": {"scale": scale, "bias": bias}, "batch_stats": {"mean": mean0, "var": var0}}
+    bn = psp.BatchNorm()
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+    y_eval = bn.apply(variables, x, False)
+    assert rel_err(y_eval, bn_t.eval()(xt).detach().numpy().transpose(0, 2, 3, 1)) < FORWARD_TOL
+
+    y_train, new = bn.apply(variables, x, True, mutable=["batch_stats"])
+    y_t = bn_t.train()(xt).detach().numpy().transpose(0, 2, 3, 1)
+    assert rel_err(y_train, y_t) < FORWARD_TOL
+    assert rel_err(new["batch_stats"]["mean"], bn_t.running_mean.numpy()) < FORWARD_TOL
+    assert rel_err(new["batch_stats"]["var"], bn_t.running_var.numpy()) < FORWARD_TOL  # unbiased batch variance
+
+
+def test_prelu_is_per_channel():
+    x = jnp.array([[-2.0, -2.0, 3.0]])
+    y = psp.PReLU().apply({"params": {"alpha": jnp.array([0.5, 0.1, 0.7])}}, x)
+    np.testing.assert_allclose(y, [[-1.0, -0.2, 3.0]])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config and API.
+
+def test_config_presets_and_taps():
+    real = psp.EncoderConfig.ir_se50(19, 18)
+    assert real.taps == (6, 20, 23) and real.n_units == 24
+    strides = [s for _, _, s in real.unit_specs()]
+    assert [i for i, s in enumerate(strides) if s == 2] == [0, 3, 7, 21]
+    tiny = psp.EncoderConfig.tiny()
+    assert tiny.taps == (2, 4, 5)
+    assert psp.EncoderConfig.from_json(tiny.to_json()) == tiny
+    assert hash(psp.EncoderConfig.from_json(tiny.to_json())) == hash(tiny)
+    assert [psp.EncoderConfig.head_spatial(j) for j in (0, 2, 3, 6, 7, 17)] == [16, 16, 32, 32, 64, 64]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(input_nc=0, style_num=18), "input_nc"),
+    (dict(input_nc=19, style_num=0), "style_num"),
+    (dict(input_nc=19, style_num=18, widths=(64, 128, 256)), "4 stages"),
+    (dict(input_nc=19, style_num=18, units=(3, 0, 14, 3)), "positive"),
+    (dict(input_nc=19, style_num=18, widths=(8, 128, 256, 512)), "se_reduction"),
+])
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        psp.EncoderConfig(**kwargs)
+
+
+def test_param_count_of_real_encoder():
+    # SPEC.md section 2: 267,145,920 trainable parameters for CelebAMask (input_nc 19, 18 styles).
+    shapes = psp.abstract_variables(psp.EncoderConfig.ir_se50(19, 18))
+    assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == 267_145_920
+    assert sum(x.size for x in jax.tree.leaves(shapes["batch_stats"])) == 2 * 12_160
+
+
+def test_encode_api(encoder, results, io):
+    x = data.onehot(io["labels"], 19)
+    codes = encoder.encode(x)
+    assert codes.shape == (2, 12, 64)
+    np.testing.assert_array_equal(codes, results["codes_eval"])
+    np.testing.assert_allclose(encoder.wplus(x), codes + encoder.latent_avg, rtol=0, atol=1e-6)
+    encoder.encode(x[::-1].copy())  # same shape: no new trace
+    assert psp._encode_fn(encoder.config, False)._cache_size() == 1
+    with pytest.raises(ValueError, match="256, 256, 19"):
+        encoder.encode(x[:, :128])
