@@ -98,11 +98,16 @@ def blur(x: jax.Array, pad, kernel: Sequence[float] = (1, 3, 3, 1), gain: float 
     return upfirdn2d(x, make_kernel(kernel) * gain, pad=pad)
 
 
-def upsample(x: jax.Array, factor: int = 2, kernel: Sequence[float] = (1, 3, 3, 1)) -> jax.Array:
-    """rosinality ``Upsample`` (ToRGB skip path).  x: (B, H, W, C) -> (B, factor*H, factor*W, C)."""
-    k = make_kernel(kernel) * factor**2
-    p = k.shape[0] - factor
-    return upfirdn2d(x, k, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+def upsample(x: jax.Array, kernel: jax.Array | None = None, factor: int = 2) -> jax.Array:
+    """rosinality ``Upsample`` (ToRGB skip path).  x: (B, H, W, C) -> (B, factor*H, factor*W, C).
+
+    kernel: (kh, kw) FIR kernel as rosinality's ``upsample.kernel`` buffer holds it (gain factor^2 included);
+    None means ``make_kernel([1,3,3,1]) * factor**2``.
+    """
+    if kernel is None:
+        kernel = make_kernel() * factor**2
+    p = kernel.shape[0] - factor
+    return upfirdn2d(x, kernel, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
 
 
 def _conv(x, w, upsample_: bool, groups: int = 1):
@@ -122,12 +127,14 @@ def _conv(x, w, upsample_: bool, groups: int = 1):
 
 
 def modulated_conv2d(x: jax.Array, w_hwio_raw: jax.Array, styles: jax.Array, demodulate: bool = True,
-                     upsample: bool = False, grouped: bool = False, eps: float = 1e-8) -> jax.Array:
+                     upsample: bool = False, grouped: bool = False, blur_kernel: jax.Array | None = None,
+                     eps: float = 1e-8) -> jax.Array:
     """rosinality ``ModulatedConv2d`` (without the modulation Linear, whose output is ``styles``).
 
     x: (B, H, W, I); w_hwio_raw: (k, k, I, O) raw weight; styles: (B, I).
     Returns (B, H, W, O), or (B, 2H, 2W, O) with ``upsample`` (transposed stride-2 conv, then a [1,3,3,1]
-    blur with pad (1, 1) and gain 4).
+    blur with pad (1, 1) and gain 4). ``blur_kernel``: the (4, 4) kernel of that blur as rosinality's
+    ``conv.blur.kernel`` buffer holds it (gain included); None means ``make_kernel([1,3,3,1]) * 4``.
 
     The per-sample weight is ``scale * W * s[b]`` with ``scale = 1/sqrt(I k^2)``, demodulated by
     ``d[b, o] = rsqrt(sum_{kh,kw,i} (scale W s[b])^2 + eps)``. By default this is computed by input scaling
@@ -156,7 +163,7 @@ def modulated_conv2d(x: jax.Array, w_hwio_raw: jax.Array, styles: jax.Array, dem
             d = lax.rsqrt(jnp.square(styles) @ jnp.sum(jnp.square(w), axis=(0, 1)) + eps)  # (B, O)
             y = y * d[:, None, None, :]
     if upsample:
-        y = blur(y, pad=(1, 1), gain=4.0)
+        y = upfirdn2d(y, make_kernel() * 4 if blur_kernel is None else blur_kernel, pad=(1, 1))
     return y
 
 

@@ -1,0 +1,197 @@
+"""rosinality ``stylegan2-pytorch`` generator state dict -> Flax tree of ``smis_jax.stylegan2.Generator``.
+
+The table (PyTorch key -> Flax leaf, transform); ``O`` out, ``I`` in, ``D`` style_dim, ``k`` kernel size:
+
+| PyTorch key (under ``prefix``)            | shape            | Flax leaf (under ``params``)             | transform        |
+|-------------------------------------------|------------------|------------------------------------------|------------------|
+| ``style.{i}.weight`` / ``.bias`` (i >= 1) | (D, D) / (D,)    | ``style/dense_{i-1}/kernel`` / ``bias``  | ``.T`` / as is   |
+| ``input.input``                           | (1, C4, 4, 4)    | ``input`` (1, 4, 4, C4)                  | NCHW -> NHWC     |
+| ``<conv>.conv.weight``                    | (1, O, I, k, k)  | ``<conv>/conv/weight`` (k, k, I, O)      | ``[0]`` -> HWIO  |
+| ``<conv>.conv.modulation.weight``/``bias``| (I, D) / (I,)    | ``<conv>/conv/modulation/kernel``/``bias``| ``.T`` / as is  |
+| ``<conv>.noise.weight``                   | (1,)             | ``<conv>/noise_weight``                  | as is            |
+| ``<conv>.activate.bias``                  | (O,)             | ``<conv>/activate_bias``                 | as is            |
+| ``<rgb>.bias``                            | (1, 3, 1, 1)     | ``<rgb>/bias`` (3,)                      | reshape          |
+| ``convs.{2k}.conv.blur.kernel``           | (4, 4)           | ``convs_{2k}/conv/blur_kernel``          | as is            |
+| ``to_rgbs.{k}.upsample.kernel``           | (4, 4)           | ``to_rgbs_{k}/upsample_kernel``          | as is            |
+| ``noises.noise_{i}``                      | (1, 1, r, r)     | ``noises[i]`` (1, r, r, 1)               | NCHW -> NHWC     |
+
+``<conv>`` is ``conv1`` or ``convs.{j}`` (Flax ``convs_{j}``; even j upsample), ``<rgb>`` is ``to_rgb1`` or
+``to_rgbs.{k}`` (Flax ``to_rgbs_{k}``). Stored values are kept raw (the modulation bias includes rosinality's
+``+1`` init); equalised-lr scales are applied at run time. The FIR buffers are kept and used as stored, as
+``load_state_dict`` makes the original do: trained checkpoints hold ``outer([1,3,3,1])/64*4`` there, but a
+checkpoint may hold anything (the golden test file randomises them), and recomputing would change its output. The architecture (size, style_dim, n_mlp, channel
+table) is inferred from the key set and shapes, then every key is taken with its expected shape.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smis_jax import torchfile
+from smis_jax.conversion.common import ConversionError, StateDict, check_tree, save_converted
+from smis_jax.stylegan2 import GeneratorConfig, param_shapes
+
+__all__ = ["generator_from_state_dict", "read_rosinality", "convert", "noises_from_tree"]
+
+def _count(sd: StateDict, fmt: str, start: int) -> int:
+    n = 0
+    while fmt.format(start + n) in sd:
+        n += 1
+    return n
+
+
+def _dim(sd: StateDict, key: str, ndim: int, axis: int) -> int:
+    shape = sd.shape(key)
+    if len(shape) != ndim:
+        raise ConversionError(f"{sd.source}: key '{key}' has shape {shape}, expected a {ndim}-D array")
+    return shape[axis]
+
+
+def infer_config(sd: StateDict, prefix: str = "") -> GeneratorConfig:
+    """Architecture from the key set and shapes (n_mlp from ``style.*``, size from ``to_rgbs.*``, channels
+    from ``input.input`` and the up-convs' output widths, style_dim from the mapping)."""
+    n_mlp = _count(sd, prefix + "style.{}.weight", 1)
+    if n_mlp == 0:
+        raise ConversionError(
+            f"{sd.source}: missing key '{prefix}style.1.weight'; not a rosinality StyleGAN2 generator state dict"
+        )
+    style_dim = _dim(sd, prefix + "style.1.weight", 2, 0)
+    n_blocks = _count(sd, prefix + "to_rgbs.{}.conv.weight", 0)
+    size = 2 ** (n_blocks + 2)
+    if size < 64:
+        raise ConversionError(
+            f"{sd.source}: found {n_blocks} '{prefix}to_rgbs.*' blocks (size {size}); a generator of size >= 64 is needed"
+        )
+    channels = {4: _dim(sd, prefix + "input.input", 4, 1)}
+    for k in range(n_blocks):
+        channels[2 ** (k + 3)] = _dim(sd, f"{prefix}convs.{2 * k}.conv.weight", 5, 1)
+    try:
+        return GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
+    except ValueError as e:
+        raise ConversionError(f"{sd.source}: {e}") from None
+
+
+def generator_from_state_dict(sd: StateDict, prefix: str = "") -> tuple[GeneratorConfig, dict, list[np.ndarray]]:
+    """Consume a rosinality generator's keys under ``prefix`` (e.g. ``"decoder."`` in pSp files).
+
+    Returns ``(config, {'params': tree}, noises)`` with noises a list of (1, r, r, 1) float32 arrays.
+    Does not call ``sd.finish()``: the caller decides whether other keys may remain.
+    """
+    config = infer_config(sd, prefix)
+    d = config.style_dim
+
+    def take(key, shape):
+        return np.asarray(sd.take(prefix + key, shape), dtype=np.float32)
+
+    def modconv(name, i, o, k, upsample=False):
+        out = {
+            "weight": take(f"{name}.weight", (1, o, i, k, k))[0].transpose(2, 3, 1, 0),  # (k, k, I, O)
+            "modulation": {"kernel": take(f"{name}.modulation.weight", (i, d)).T,  # (D, I)
+                           "bias": take(f"{name}.modulation.bias", (i,))},
+        }
+        if upsample:
+            out["blur_kernel"] = take(f"{name}.blur.kernel", (4, 4))
+        return out
+
+    def styled_conv(name, i, o, upsample):
+        out = {"conv": modconv(f"{name}.conv", i, o, 3, upsample)}
+        out["noise_weight"] = take(f"{name}.noise.weight", (1,))
+        out["activate_bias"] = take(f"{name}.activate.bias", (o,))
+        return out
+
+    def to_rgb(name, i, upsample):
+        out = {"bias": take(f"{name}.bias", (1, 3, 1, 1)).reshape(3)}
+        if upsample:
+            out["upsample_kernel"] = take(f"{name}.upsample.kernel", (4, 4))
+        out["conv"] = modconv(f"{name}.conv", i, 3, 1)
+        return out
+
+    tree: dict[str, Any] = {
+        "style": {f"dense_{i}": {"kernel": take(f"style.{i + 1}.weight", (d, d)).T,
+                                 "bias": take(f"style.{i + 1}.bias", (d,))} for i in range(config.n_mlp)},
+    }
+    c4 = config.channel(4)
+    tree["input"] = take("input.input", (1, c4, 4, 4)).transpose(0, 2, 3, 1)
+    tree["conv1"] = styled_conv("conv1", c4, c4, False)
+    tree["to_rgb1"] = to_rgb("to_rgb1", c4, False)
+    in_ch = c4
+    for k, res in enumerate(config.resolutions[1:]):
+        out_ch = config.channel(res)
+        tree[f"convs_{2 * k}"] = styled_conv(f"convs.{2 * k}", in_ch, out_ch, True)
+        tree[f"convs_{2 * k + 1}"] = styled_conv(f"convs.{2 * k + 1}", out_ch, out_ch, False)
+        tree[f"to_rgbs_{k}"] = to_rgb(f"to_rgbs.{k}", out_ch, True)
+        in_ch = out_ch
+    noises = []
+    for i in range(config.num_layers):
+        r = 2 ** ((i + 5) // 2)
+        noises.append(take(f"noises.noise_{i}", (1, 1, r, r)).transpose(0, 2, 3, 1))
+    params = {"params": tree}
+    # Our table against the module's own parameter tree: a mismatch here is a bug in this file, not the input.
+    check_tree(param_shapes(config), params, "stylegan2 conversion table")
+    return config, params, noises
+
+
+def read_rosinality(path: str | os.PathLike) -> tuple[GeneratorConfig, dict, list[np.ndarray], np.ndarray | None]:
+    """Read a rosinality ``.pt`` (``{'g_ema': state_dict, 'latent_avg'?: (D,), ...}``) without running pickled code.
+
+    Uses ``g_ema`` only (``g``, ``d``, ``args``, optimiser states are ignored). Returns
+    ``(config, params, noises, latent_avg or None)``.
+    """
+    path = os.fspath(path)
+    ckpt = torchfile.load(path)
+    if not isinstance(ckpt, dict):
+        raise ConversionError(
+            f"{path}: top level is a {type(ckpt).__name__}, expected a dict with 'g_ema' (a rosinality checkpoint)"
+        )
+    if "g_ema" not in ckpt:
+        if "g" in ckpt:
+            raise ConversionError(
+                f"{path}: has 'g' but no 'g_ema'; the EMA generator 'g_ema' is required ('g' is never used)"
+            )
+        if any(isinstance(k, str) and k.startswith("style.") for k in ckpt):
+            raise ConversionError(
+                f"{path}: a bare generator state dict; expected {{'g_ema': state_dict, 'latent_avg': ...}} as rosinality saves it"
+            )
+        keys = ", ".join(repr(k) for k in list(ckpt)[:6])
+        raise ConversionError(f"{path}: no 'g_ema' entry (top-level keys: {keys}); not a rosinality checkpoint")
+    g_ema = ckpt["g_ema"]
+    if not isinstance(g_ema, dict):
+        raise ConversionError(f"{path}: 'g_ema' is a {type(g_ema).__name__}, expected a state dict")
+    for key, value in g_ema.items():
+        if not isinstance(value, np.ndarray):
+            raise ConversionError(f"{path}: g_ema entry '{key}' is a {type(value).__name__}, expected a tensor")
+    sd = StateDict(g_ema, source=f"{path} [g_ema]")
+    config, params, noises = generator_from_state_dict(sd)
+    sd.finish()
+    latent_avg = ckpt.get("latent_avg")
+    if latent_avg is not None:
+        if not isinstance(latent_avg, np.ndarray) or latent_avg.shape != (config.style_dim,):
+            shape = latent_avg.shape if isinstance(latent_avg, np.ndarray) else type(latent_avg).__name__
+            raise ConversionError(f"{path}: 'latent_avg' has shape {shape}, expected ({config.style_dim},)")
+        latent_avg = latent_avg.astype(np.float32)
+    return config, params, noises, latent_avg
+
+
+def noises_from_tree(tree: Any) -> list[np.ndarray]:
+    """The stored noise list as restored by orbax (a list, or a dict keyed '0', '1', ...)."""
+    if isinstance(tree, dict):
+        return [tree[k] for k in sorted(tree, key=int)]
+    return list(tree)
+
+
+def convert(in_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """``python -m convert stylegan2 IN OUT``: write config.json (kind 'stylegan2') + params / noises /
+    latent_avg trees. Fails (ConversionError, TorchFileError, FileExistsError) before writing anything."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out.absolute()} exists and is not empty; choose a new output directory")
+    config, params, noises, latent_avg = read_rosinality(in_path)
+    trees = {"params": params, "noises": noises}
+    if latent_avg is not None:
+        trees["latent_avg"] = latent_avg
+    meta = {"kind": "stylegan2", **config.to_json(), "has_latent_avg": latent_avg is not None}
+    return save_converted(out, meta, **trees)
