@@ -193,3 +193,29 @@ def bilinear_align_corners(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
     mh = jnp.asarray(_align_corners_matrix(x.shape[1], oh), dtype=x.dtype)  # (oh, H)
     mw = jnp.asarray(_align_corners_matrix(x.shape[2], ow), dtype=x.dtype)  # (ow, W)
     return jnp.einsum("oh,bhwc,pw->bopc", mh, x, mw)
+
+
+def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) averaging weights over torch's windows ``[floor(i*in/out), ceil((i+1)*in/out))``."""
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+    """``nn.AdaptiveAvgPool2d(out_hw)`` on NHWC (pSp's ``face_pool``).  x: (B, H, W, C) -> (B, oh, ow, C).
+
+    Integer ratios (1024 -> 256) are a block mean; anything else uses torch's window rule through two small
+    averaging matrices.
+    """
+    b, h, w, c = x.shape
+    oh, ow = int(out_hw[0]), int(out_hw[1])
+    if (h, w) == (oh, ow):
+        return x
+    if h % oh == 0 and w % ow == 0:
+        return x.reshape(b, oh, h // oh, ow, w // ow, c).mean(axis=(2, 4))
+    mh = jnp.asarray(_adaptive_pool_matrix(h, oh), dtype=x.dtype)  # (oh, H)
+    mw = jnp.asarray(_adaptive_pool_matrix(w, ow), dtype=x.dtype)  # (ow, W)
+    return jnp.einsum("oh,bhwc,pw->bopc", mh, x, mw)

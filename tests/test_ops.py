@@ -199,3 +199,28 @@ def test_bilinear_twin_matches_torch(rng):
     want = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size=(9, 12),
                                            mode="bilinear", align_corners=True).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(ref_bilinear_align_corners(x, (9, 12)), want, atol=1e-10)
+
+
+def ref_adaptive_avg_pool(x, out_hw):
+    x = np.asarray(x, np.float64)
+    b, h, w, c = x.shape
+    out = np.zeros((b, *out_hw, c))
+    for i in range(out_hw[0]):
+        y0, y1 = math.floor(i * h / out_hw[0]), math.ceil((i + 1) * h / out_hw[0])
+        for j in range(out_hw[1]):
+            x0, x1 = math.floor(j * w / out_hw[1]), math.ceil((j + 1) * w / out_hw[1])
+            out[:, i, j] = x[:, y0:y1, x0:x1].mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((16, 16), (4, 4)), ((8, 8), (8, 8)), ((7, 10), (3, 4)), ((4, 4), (8, 8))])
+def test_adaptive_avg_pool(rng, in_hw, out_hw):
+    x = rng.standard_normal((2, *in_hw, 3)).astype(np.float32)
+    assert _rel(ops.adaptive_avg_pool(jnp.asarray(x), out_hw), ref_adaptive_avg_pool(x, out_hw)) < OP_TOL
+
+
+def test_adaptive_pool_twin_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 7, 10, 3))
+    want = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), (3, 4))
+    np.testing.assert_allclose(ref_adaptive_avg_pool(x, (3, 4)), want.numpy().transpose(0, 2, 3, 1), atol=1e-12)
