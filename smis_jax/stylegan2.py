@@ -133,7 +133,8 @@ class GeneratorConfig:
         if until_res is None:
             return self.size
         if not _is_pow2(until_res) or not FEATURE_RES <= until_res <= self.size:
-            raise ValueError(f"until_res must be None or a power of two in [{FEATURE_RES}, {self.size}], got {until_res!r}")
+            raise ValueError(
+                f"until_res must be None or a power of two in [{FEATURE_RES}, {self.size}], got {until_res!r}")
         return int(until_res)
 
     def to_json(self) -> dict:
@@ -215,7 +216,8 @@ class ModulatedConv(nn.Module):
     @nn.compact
     def __call__(self, x, w):  # x (B, H, W, I), w (B, D) -> (B, H', W', O)
         in_ch = x.shape[-1]
-        weight = self.param("weight", _normal(), (self.kernel_size, self.kernel_size, in_ch, self.features), jnp.float32)
+        k = self.kernel_size
+        weight = self.param("weight", _normal(), (k, k, in_ch, self.features), jnp.float32)
         styles = EqualLinear(in_ch, bias_init=1.0, name="modulation")(w)  # (B, I)
         blur_kernel = self.param("blur_kernel", _fir_init, (4, 4), jnp.float32) if self.upsample else None
         return ops.modulated_conv2d(x, weight, styles, self.demodulate, self.upsample, grouped=self.grouped,
@@ -234,7 +236,8 @@ class StyledConv(nn.Module):
         x = ModulatedConv(self.features, 3, True, self.upsample, self.grouped, name="conv")(x, w)
         strength = self.param("noise_weight", nn.initializers.zeros, (1,), jnp.float32)
         x = x + strength * noise
-        return ops.fused_leaky_relu(x, self.param("activate_bias", nn.initializers.zeros, (self.features,), jnp.float32))
+        bias = self.param("activate_bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return ops.fused_leaky_relu(x, bias)
 
 
 class ToRGB(nn.Module):
@@ -469,9 +472,11 @@ class LoadedGenerator:
         for i, n in enumerate(noises):
             r = 2 ** ((i + 5) // 2)
             if tuple(np.shape(n)) != (1, r, r, 1):
-                raise ValueError(f"stylegan2: noise buffer {i} has shape {tuple(np.shape(n))}, expected (1, {r}, {r}, 1)")
+                raise ValueError(
+                    f"stylegan2: noise buffer {i} has shape {tuple(np.shape(n))}, expected (1, {r}, {r}, 1)")
         if latent_avg is not None and tuple(np.shape(latent_avg)) != (config.style_dim,):
-            raise ValueError(f"stylegan2: latent_avg has shape {tuple(np.shape(latent_avg))}, expected ({config.style_dim},)")
+            raise ValueError(
+                f"stylegan2: latent_avg has shape {tuple(np.shape(latent_avg))}, expected ({config.style_dim},)")
         self.config = config
         self.params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
         self.noises = [jnp.asarray(n, jnp.float32) for n in noises]
@@ -524,7 +529,8 @@ class LoadedGenerator:
         and features with fresh noise; all from ``key``."""
         until_res = self.config.check_until_res(until_res)
         latent = None if truncation == 1.0 else self.truncation_latent()
-        return Sample(*_sample_fn(self.config, self.params, key, latent, jnp.float32(truncation), int(batch), until_res))
+        psi = jnp.float32(truncation)
+        return Sample(*_sample_fn(self.config, self.params, key, latent, psi, int(batch), until_res))
 
     def mean_latent(self, key: jax.Array, n: int = 4096) -> jax.Array:
         """rosinality ``mean_latent``: the mean of ``mapping(randn(n, D))``, (D,)."""

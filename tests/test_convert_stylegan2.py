@@ -140,7 +140,7 @@ def test_ffhq_config_f_full_forward(tmp_path):
     np.testing.assert_array_equal(np.asarray(stopped), np.asarray(features))
 
 
-def test_training_checkpoint_uses_g_ema_only(tmp_path, golden):
+def test_training_checkpoint_uses_g_ema_only(tmp_path):
     """A train.py checkpoint ({'g','d','g_ema','g_optim','d_optim','args','ada_aug_p'}, no latent_avg)."""
     sd = rosinality_state_dict(64, 1, style_dim=32, n_mlp=2, seed=3)
     decoy = {k: v + 1 for k, v in sd.items()}

@@ -1,26 +1,27 @@
 """rosinality ``stylegan2-pytorch`` generator state dict -> Flax tree of ``smis_jax.stylegan2.Generator``.
 
-The table (PyTorch key -> Flax leaf, transform); ``O`` out, ``I`` in, ``D`` style_dim, ``k`` kernel size:
+The table (PyTorch key -> Flax leaf under ``params``, transform); O out, I in, D style_dim, k kernel size:
 
-| PyTorch key (under ``prefix``)            | shape            | Flax leaf (under ``params``)             | transform        |
-|-------------------------------------------|------------------|------------------------------------------|------------------|
-| ``style.{i}.weight`` / ``.bias`` (i >= 1) | (D, D) / (D,)    | ``style/dense_{i-1}/kernel`` / ``bias``  | ``.T`` / as is   |
-| ``input.input``                           | (1, C4, 4, 4)    | ``input`` (1, 4, 4, C4)                  | NCHW -> NHWC     |
-| ``<conv>.conv.weight``                    | (1, O, I, k, k)  | ``<conv>/conv/weight`` (k, k, I, O)      | ``[0]`` -> HWIO  |
-| ``<conv>.conv.modulation.weight``/``bias``| (I, D) / (I,)    | ``<conv>/conv/modulation/kernel``/``bias``| ``.T`` / as is  |
-| ``<conv>.noise.weight``                   | (1,)             | ``<conv>/noise_weight``                  | as is            |
-| ``<conv>.activate.bias``                  | (O,)             | ``<conv>/activate_bias``                 | as is            |
-| ``<rgb>.bias``                            | (1, 3, 1, 1)     | ``<rgb>/bias`` (3,)                      | reshape          |
-| ``convs.{2k}.conv.blur.kernel``           | (4, 4)           | ``convs_{2k}/conv/blur_kernel``          | as is            |
-| ``to_rgbs.{k}.upsample.kernel``           | (4, 4)           | ``to_rgbs_{k}/upsample_kernel``          | as is            |
-| ``noises.noise_{i}``                      | (1, 1, r, r)     | ``noises[i]`` (1, r, r, 1)               | NCHW -> NHWC     |
+| PyTorch key (under ``prefix``)          | shape           | Flax leaf                             | transform     |
+|-----------------------------------------|-----------------|---------------------------------------|---------------|
+| ``style.{i}.weight`` / ``.bias``, i>=1  | (D, D) / (D,)   | ``style/dense_{i-1}/kernel``/``bias`` | ``.T`` / as is|
+| ``input.input``                         | (1, C4, 4, 4)   | ``input`` (1, 4, 4, C4)               | NCHW -> NHWC  |
+| ``<conv>.conv.weight``                  | (1, O, I, k, k) | ``<conv>/conv/weight`` (k, k, I, O)   | [0] -> HWIO   |
+| ``<conv>.conv.modulation.weight/bias``  | (I, D) / (I,)   | ``<conv>/conv/modulation/kernel/bias``| ``.T`` / as is|
+| ``<conv>.noise.weight``                 | (1,)            | ``<conv>/noise_weight``               | as is         |
+| ``<conv>.activate.bias``                | (O,)            | ``<conv>/activate_bias``              | as is         |
+| ``<rgb>.bias``                          | (1, 3, 1, 1)    | ``<rgb>/bias`` (3,)                   | reshape       |
+| ``convs.{2k}.conv.blur.kernel``         | (4, 4)          | ``convs_{2k}/conv/blur_kernel``       | as is         |
+| ``to_rgbs.{k}.upsample.kernel``         | (4, 4)          | ``to_rgbs_{k}/upsample_kernel``       | as is         |
+| ``noises.noise_{i}``                    | (1, 1, r, r)    | ``noises[i]`` (1, r, r, 1)            | NCHW -> NHWC  |
 
 ``<conv>`` is ``conv1`` or ``convs.{j}`` (Flax ``convs_{j}``; even j upsample), ``<rgb>`` is ``to_rgb1`` or
 ``to_rgbs.{k}`` (Flax ``to_rgbs_{k}``). Stored values are kept raw (the modulation bias includes rosinality's
 ``+1`` init); equalised-lr scales are applied at run time. The FIR buffers are kept and used as stored, as
 ``load_state_dict`` makes the original do: trained checkpoints hold ``outer([1,3,3,1])/64*4`` there, but a
-checkpoint may hold anything (the golden test file randomises them), and recomputing would change its output. The architecture (size, style_dim, n_mlp, channel
-table) is inferred from the key set and shapes, then every key is taken with its expected shape.
+checkpoint may hold anything (the golden test file randomises them) and recomputing would change its output.
+The architecture (size, style_dim, n_mlp, channel table) is inferred from the key set and shapes, then every
+key is taken with its expected shape.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def infer_config(sd: StateDict, prefix: str = "") -> GeneratorConfig:
     size = 2 ** (n_blocks + 2)
     if size < 64:
         raise ConversionError(
-            f"{sd.source}: found {n_blocks} '{prefix}to_rgbs.*' blocks (size {size}); a generator of size >= 64 is needed"
+            f"{sd.source}: found {n_blocks} '{prefix}to_rgbs.*' blocks (size {size}); "
+            f"a generator of size >= 64 is needed"
         )
     channels = {4: _dim(sd, prefix + "input.input", 4, 1)}
     for k in range(n_blocks):
@@ -154,7 +156,8 @@ def read_rosinality(path: str | os.PathLike) -> tuple[GeneratorConfig, dict, lis
             )
         if any(isinstance(k, str) and k.startswith("style.") for k in ckpt):
             raise ConversionError(
-                f"{path}: a bare generator state dict; expected {{'g_ema': state_dict, 'latent_avg': ...}} as rosinality saves it"
+                f"{path}: a bare generator state dict; expected {{'g_ema': state_dict, 'latent_avg': ...}} "
+                f"as rosinality saves it"
             )
         keys = ", ".join(repr(k) for k in list(ckpt)[:6])
         raise ConversionError(f"{path}: no 'g_ema' entry (top-level keys: {keys}); not a rosinality checkpoint")
