@@ -145,7 +145,7 @@ def ranger(
             count=jnp.zeros((), jnp.int32),
             mu=jax.tree.map(zeros, params),
             nu=jax.tree.map(zeros, params),
-            slow=jax.tree.map(jnp.asarray, params),
+            slow=jax.tree.map(jnp.copy, params),  # a copy: callers donate params and state together
         )
 
     def update_fn(grads: optax.Updates, state: RangerState, params: optax.Params | None = None):

@@ -1,0 +1,338 @@
+"""The few-shot pipeline end to end: shots -> inversion -> prototypes -> encoder training -> export.
+
+``train_and_evaluate`` is what ``python -m train.run`` calls. A run's folder (``workdir``) holds::
+
+    config.json        the resolved configuration, the generator/encoder architectures, devices, versions
+    inversion/         one .npz per shot: its W+ codes, loss, step count and the generator's fingerprint
+    checkpoints/N/     orbax: encoder params, BatchNorm stats, Ranger state, step, key, prototypes, run record
+    metrics.jsonl      one JSON object per log interval (and per evaluation)
+    images/            preview grids: pseudo-label | sample | reconstruction from the pseudo-label
+    export/            the final encoder + generator + latent_avg in the format ``python -m smis_jax.synthesize`` reads
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from smis_jax import data, labeling, lpips, stylegan2, viz
+from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
+from smis_jax.inversion import invert_cached
+from smis_jax.progress import Progress, progress
+from smis_jax.psp import EncoderConfig
+from smis_jax.training import (
+    Checkpointer,
+    StepConfig,
+    TrainingError,
+    TrainState,
+    abstract_like,
+    data_mesh,
+    init_train_state,
+    make_preview,
+    make_train_step,
+)
+
+__all__ = ["Shots", "load_shots", "load_test_masks", "encoder_config", "train_and_evaluate", "evaluate_run",
+           "export_pipeline"]
+
+# Fields that may change when a run is resumed (how long and how often); anything else must match.
+RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every", "image_every", "eval_every", "keep_checkpoints"}
+
+
+@dataclass(frozen=True)
+class Shots:
+    names: tuple[str, ...]
+    images: np.ndarray  # (K, 256, 256, 3) float32 in [-1, 1]
+    labels: np.ndarray  # (K, 256, 256) uint8 class ids
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise data.DataError(f"{path}: {what} not found")
+    return path
+
+
+def load_shots(data_dir: str | Path, domain: Domain, shots: int | Sequence[str]) -> Shots:
+    """The annotated training pairs in ``data_dir/train/{images,labels}``, paired by name.
+
+    ``shots``: the first K pairs by name, or a list of basenames (without extension).
+    """
+    root = _require_dir(Path(data_dir), "data folder")
+    pairs = data.paired_files(_require_dir(root / "train" / "images", "training images folder"),
+                              _require_dir(root / "train" / "labels", "training labels folder"))
+    if isinstance(shots, int):
+        if shots > len(pairs):
+            raise data.DataError(f"{root}: --shots {shots} asks for more pairs than the {len(pairs)} in train/")
+        pairs = pairs[:shots]
+    else:
+        by_name = {img.stem: (img, lab) for img, lab in pairs}
+        missing = [s for s in shots if s not in by_name]
+        if missing:
+            raise data.DataError(f"{root}: no training pair named {missing[0]!r} (have: {', '.join(by_name)})")
+        pairs = [by_name[s] for s in shots]
+    images = np.stack([data.read_image(img) for img, _ in pairs])
+    labels = np.stack([data.read_label(lab, domain.n_classes) for _, lab in pairs])
+    return Shots(tuple(img.stem for img, _ in pairs), images, labels)
+
+
+def load_test_masks(paths: Sequence[str | Path], n_classes: int) -> tuple[list[str], np.ndarray]:
+    """Label PNGs from files and/or folders: (names, (N, 256, 256) uint8)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(data.list_images(p) if p.is_dir() else [p])
+    if not files:
+        return [], np.zeros((0, 256, 256), np.uint8)
+    return [f.stem for f in files], np.stack([data.read_label(f, n_classes) for f in files])
+
+
+def encoder_config(cfg: TrainConfig, generator: stylegan2.LoadedGenerator) -> EncoderConfig:
+    widths, units = ENCODER_SIZES[cfg.encoder]
+    return EncoderConfig(input_nc=cfg.domain_preset.n_classes, style_num=generator.config.n_latent,
+                         widths=widths, units=units, style_dim=generator.config.style_dim)
+
+
+def load_generator(path: str | Path, domain: Domain) -> stylegan2.LoadedGenerator:
+    g = stylegan2.load(path)
+    if g.config.size != domain.generator_size:
+        raise ConfigError(
+            f"domain '{domain.name}' expects a {domain.generator_size}px generator ({domain.stylegan}), but {path} is "
+            f"{g.config.size}px; pick the matching --domain or checkpoint")
+    return g
+
+
+def export_pipeline(out_dir: str | Path, enc_config: EncoderConfig, state: TrainState,
+                    generator: stylegan2.LoadedGenerator, latent_avg_SD, opts: dict[str, Any]) -> Path:
+    """Write the encoder + generator + latent_avg as a converted 'psp' directory (what synthesis loads)."""
+    from smis_jax.conversion.common import save_converted
+
+    config = {"kind": "psp", "encoder": enc_config.to_json(), "generator": generator.config.to_json(),
+              "opts": opts, "label_nc": enc_config.input_nc, "source": "smis-jax training"}
+    return save_converted(out_dir, config, params=jax.device_get(state.params),
+                          batch_stats=jax.device_get(state.batch_stats), generator_params=generator.params,
+                          generator_noises=generator.noises, latent_avg=np.asarray(latent_avg_SD))
+
+
+def _check_resume(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    new = cfg.to_dict()
+    for key, value in saved.items():
+        if key in RESUMABLE_CHANGES or key == "extra":
+            continue
+        if new.get(key) != value:
+            raise ConfigError(f"cannot resume: '{key}' was {value!r} in the checkpointed run, now {new.get(key)!r}")
+
+
+class _JsonlWriter:
+    def __init__(self, path: Path):
+        self.file = open(path, "a", buffering=1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _mean_metrics(metrics: list[dict[str, Any]], first_step: int) -> dict[str, float]:
+    host = jax.device_get(metrics)
+    for i, m in enumerate(host):
+        if not math.isfinite(float(m["loss"])):
+            raise TrainingError(f"non-finite loss {float(m['loss'])} at step {first_step + i + 1}; stopping "
+                                f"(the last checkpoint is intact)")
+    return {k: float(np.mean([float(m[k]) for m in host])) for k in host[0]}
+
+
+def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path, stylegan: str | Path, workdir: str | Path, *,
+                       resume: bool = False, overwrite_inversion: bool = False, lpips_weights: str | Path | None = None,
+                       eval_masks: Sequence[str | Path] | None = None, devices=None,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) a few-shot training run; returns a summary (final step, last metrics, evaluation)."""
+    domain = cfg.domain_preset
+    workdir = Path(workdir)
+    data_dir = Path(data_dir)
+    ckpt_dir = workdir / "checkpoints"
+    existing = Checkpointer(ckpt_dir).latest_step() if ckpt_dir.is_dir() else None
+    if existing is not None and not resume:
+        raise ConfigError(f"{workdir} already holds checkpoints up to step {existing}; pass --resume to continue "
+                          f"that run or choose another --workdir")
+
+    generator = load_generator(stylegan, domain)
+    shots = load_shots(data_dir, domain, cfg.shots)
+    if eval_masks is None:
+        test_dir = data_dir / "test" / "labels"
+        eval_masks = [test_dir] if test_dir.is_dir() else []
+    eval_names, eval_labels = load_test_masks(eval_masks, domain.n_classes)
+
+    enc_config = encoder_config(cfg, generator)
+    mesh = data_mesh(devices)
+    step_cfg = StepConfig(generator=generator.config, encoder=enc_config, batch_size=cfg.batch_size,
+                          learning_rate=cfg.learning_rate, l2_lambda=cfg.l2_lambda, w_norm_lambda=cfg.w_norm_lambda,
+                          train_wplus=cfg.train_wplus, topk=cfg.topk, cos_th=cfg.cos_th)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_record = {
+        "train": cfg.to_dict(),
+        "data": str(data_dir.absolute()),
+        "stylegan": str(Path(stylegan).absolute()),
+        "shots": list(shots.names),
+        "generator": generator.config.to_json(),
+        "encoder": enc_config.to_json(),
+        "devices": [str(d) for d in mesh.devices.flat],
+        "versions": {"python": platform.python_version(), "jax": jax.__version__},
+        "command": sys.argv,
+    }
+    (workdir / "config.json").write_text(json.dumps(run_record, indent=1))
+    latent_avg = jnp.broadcast_to(generator.truncation_latent(), (generator.config.n_latent, generator.config.style_dim))
+
+    checkpointer = Checkpointer(ckpt_dir, max_to_keep=cfg.keep_checkpoints)
+    state = init_train_state(step_cfg, cfg.seed)
+    if existing is not None:
+        state, protos, meta = checkpointer.restore(abstract_like(state))
+        _check_resume(meta["train"], cfg)
+        log(f"resuming from step {int(state.step)} ({ckpt_dir})")
+    else:
+        protos = _build_prototypes(cfg, domain, generator, shots, workdir, overwrite_inversion, lpips_weights, log)
+
+    replicated = NamedSharding(mesh, P())
+    state, gen_params, protos, latent_avg = jax.device_put((state, generator.params, protos, latent_avg), replicated)
+    step_fn = make_train_step(step_cfg, mesh)
+    preview_fn = make_preview(step_cfg)
+    metrics_log = _JsonlWriter(workdir / "metrics.jsonl")
+    (workdir / "images").mkdir(exist_ok=True)
+    meta = {"train": cfg.to_dict()}
+    start = int(jax.device_get(state.step))
+    pending: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}
+    evaluation: dict[str, Any] | None = None
+    t_last, steps_since = time.perf_counter(), 0
+    bar = progress(range(start, cfg.max_steps), desc="train" if start == 0 else f"train (resumed at {start})")
+    try:
+        for step in bar:
+            state, metrics = step_fn(state, gen_params, protos, latent_avg)
+            pending.append(metrics)
+            steps_since += 1
+            done = step + 1
+            save_now = done % cfg.save_every == 0 or done == cfg.max_steps
+            if done % cfg.log_every == 0 or save_now:
+                last = _mean_metrics(pending, done - len(pending))
+                pending = []
+                elapsed = time.perf_counter() - t_last
+                last["steps_per_s"] = steps_since / elapsed
+                t_last, steps_since = time.perf_counter(), 0
+                metrics_log.write({"step": done, **last})
+                bar.postfix = f"loss {last['loss']:.4g}"
+            if done % cfg.image_every == 0 or done == cfg.max_steps:
+                _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg, done, workdir)
+            if eval_names and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+                evaluation = _evaluate(step_cfg, state, generator, latent_avg, protos, eval_labels)
+                metrics_log.write({"step": done, "eval/miou": evaluation["miou"],
+                                   "eval/per_class": evaluation["per_class"]})
+                log(f"step {done}: self-consistency mIoU {evaluation['miou']:.4f} on {len(eval_names)} masks")
+            if save_now:
+                checkpointer.save(state, protos, meta)
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+        metrics_log.close()
+        bar.close()
+
+    export_dir = workdir / "export"
+    if export_dir.exists():
+        import shutil
+
+        shutil.rmtree(export_dir)
+    export_pipeline(export_dir, enc_config, state, generator, latent_avg,
+                    {"dataset_type": domain.name, "label_nc": domain.n_classes, "style_num": enc_config.style_num,
+                     "start_from_latent_avg": True, "steps": int(jax.device_get(state.step))})
+    log(f"done at step {int(jax.device_get(state.step))}; synthesis checkpoint in {export_dir}")
+    return {"step": int(jax.device_get(state.step)), "metrics": last, "evaluation": evaluation,
+            "export": str(export_dir)}
+
+
+def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots, workdir: Path,
+                      overwrite_inversion: bool, lpips_weights, log):
+    key = jax.random.key(cfg.seed)
+    key_inv, key_proto = jax.random.split(jax.random.fold_in(key, 1))
+    lpips_params = lpips.load(lpips_weights).params if cfg.inversion_lpips_lambda else None
+    bar = Progress(total=cfg.inversion_steps, desc=f"invert {len(shots.names)} shots", unit="step")
+
+    def on_chunk(done, losses):
+        bar.postfix = "loss " + " ".join(f"{v:.3f}" for v in losses)
+        bar.update(done - bar.n)
+
+    inv = invert_cached(workdir / "inversion", shots.names, generator, lpips_params, shots.images, key_inv,
+                        overwrite=overwrite_inversion, log=log, steps=cfg.inversion_steps, lr=cfg.inversion_lr,
+                        l2_lambda=cfg.inversion_l2_lambda, lpips_lambda=cfg.inversion_lpips_lambda,
+                        on_chunk=on_chunk)
+    bar.close()
+    log("inversion loss per shot: " + ", ".join(f"{n}={v:.4f}" for n, v in zip(shots.names, inv.loss)))
+    # The original builds prototypes from one random noise draw (coach.py:124-126); ours is seeded.
+    _, features = generator.synthesize(jnp.asarray(inv.w_plus), key=key_proto, until_res=64)
+    protos = labeling.prototypes(features, data.onehot(shots.labels, domain.n_classes), mode=domain.mode)
+    if isinstance(protos, labeling.DensePrototypes):
+        absent = [c for c in range(domain.n_classes) if not bool(protos.present[c])]
+        if absent:
+            log(f"classes absent from every shot at 64x64 (never predicted): {absent}")
+    else:
+        log(f"sparse prototypes: {protos.vectors.shape[0]} annotated vectors")
+    return protos
+
+
+def _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg: TrainConfig, step: int, workdir: Path):
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 10_000_019 + step)
+    pv = preview_fn(state, gen_params, protos, latent_avg, key)
+    rows = [[viz.colorize(lab), viz.to_uint8(s), viz.to_uint8(r)]
+            for lab, s, r in zip(pv.labels, pv.sample, pv.reconstruction)]
+    viz.save_png(workdir / "images" / f"step_{step:07d}.png", viz.grid(rows))
+
+
+def _evaluate(step_cfg: StepConfig, state: TrainState, generator, latent_avg, protos, masks) -> dict[str, Any]:
+    from smis_jax.evaluate import self_consistency
+
+    enc_vars = {"params": state.params, "batch_stats": state.batch_stats}
+    return self_consistency(step_cfg.encoder, enc_vars, generator.config, generator.params, generator.noises,
+                            latent_avg, protos, masks, batch_size=step_cfg.batch_size)
+
+
+def evaluate_run(workdir: str | Path, masks: Sequence[str | Path] | None = None, step: int | None = None,
+                 batch_size: int = 4) -> dict[str, Any]:
+    """Self-consistency of a run's checkpoint (default: latest) on ``masks`` (default: the run's test labels)."""
+    workdir = Path(workdir)
+    record_file = workdir / "config.json"
+    if not record_file.is_file():
+        raise FileNotFoundError(f"{workdir}: not a training run (no config.json)")
+    record = json.loads(record_file.read_text())
+    cfg = TrainConfig.from_dict(record["train"])
+    domain = cfg.domain_preset
+    generator = load_generator(record["stylegan"], domain)
+    enc_config = EncoderConfig.from_json(record["encoder"])
+    step_cfg = StepConfig(generator=generator.config, encoder=enc_config, batch_size=cfg.batch_size)
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    try:
+        state, protos, _ = checkpointer.restore(abstract_like(init_train_state(step_cfg, cfg.seed)), step)
+    finally:
+        checkpointer.close()
+    if masks is None:
+        test_dir = Path(record["data"]) / "test" / "labels"
+        if not test_dir.is_dir():
+            raise FileNotFoundError(f"{test_dir}: no test masks; pass --masks")
+        masks = [test_dir]
+    names, labels = load_test_masks(masks, domain.n_classes)
+    if not names:
+        raise FileNotFoundError("no masks to evaluate")
+    latent_avg = jnp.broadcast_to(generator.truncation_latent(), (generator.config.n_latent, generator.config.style_dim))
+    result = _evaluate(dataclasses.replace(step_cfg, batch_size=batch_size), state, generator, latent_avg, protos,
+                       labels)
+    result["step"] = int(state.step)
+    result["masks"] = names
+    return result

@@ -1,0 +1,267 @@
+"""Encoder training (SPEC.md 1e): one jitted, data-parallel step; orbax checkpoints that resume exactly.
+
+Each step: z -> w (mapping) -> generator stopped after its 64x64 block -> pseudo-label -> one-hot -> encoder
+(train-mode BatchNorm) -> ``l2 * MSE(codes + latent_avg, w) (+ w_norm)`` -> Ranger. The full-resolution image and the
+decoder pass on the encoder's output are not needed by the loss and are only rendered for previews
+(SPEC.md 5.3).
+
+Data parallelism: a 1-D ``data`` mesh over all devices (one device included). The sampled batch is sharded along
+it; the encoder state, the frozen generator and the prototypes are replicated; XLA inserts the all-reduces
+(gradients, BatchNorm batch statistics). The generator's parameters are an argument of the step (never closed
+over, never donated); the encoder state is donated. Randomness is ``fold_in(seed_key, step)``, so a resumed run
+draws exactly what the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from smis_jax import labeling, ops
+from smis_jax.optim import ranger
+from smis_jax.psp import EncoderConfig, GradualStyleEncoder
+from smis_jax.stylegan2 import Generator, GeneratorConfig, make_noise
+
+__all__ = [
+    "TrainState",
+    "StepConfig",
+    "TrainingError",
+    "data_mesh",
+    "init_train_state",
+    "make_train_step",
+    "make_preview",
+    "sample_latents",
+    "Checkpointer",
+]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the step."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # () int32: updates done so far
+    params: Any  # encoder params
+    batch_stats: Any  # encoder BatchNorm running statistics
+    opt_state: Any  # Ranger state
+    key: jax.Array  # (2,) uint32 raw key data of the run's seed; step keys are fold_in(key, step)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """The static parts of a training step (hashable: it keys the compiled step)."""
+
+    generator: GeneratorConfig
+    encoder: EncoderConfig
+    batch_size: int
+    learning_rate: float = 1e-4
+    l2_lambda: float = 1.0
+    w_norm_lambda: float = 0.0
+    train_wplus: bool = False
+    topk: int = 3
+    cos_th: float = 0.5
+    compat: bool = False  # dense labels: let zero prototypes of absent classes compete (the original's bug)
+
+    def __post_init__(self):
+        if self.encoder.style_num != self.generator.n_latent or self.encoder.style_dim != self.generator.style_dim:
+            raise ValueError(
+                f"encoder produces ({self.encoder.style_num}, {self.encoder.style_dim}) codes but the generator takes "
+                f"({self.generator.n_latent}, {self.generator.style_dim})")
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D ``data`` mesh over ``devices`` (default: all devices, all hosts)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.array(devices), ("data",))
+
+
+def optimizer(cfg: StepConfig) -> optax.GradientTransformation:
+    return ranger(cfg.learning_rate)
+
+
+def init_train_state(cfg: StepConfig, seed: int) -> TrainState:
+    """A fresh encoder (PyTorch default initialisation, as the original trains from scratch) and Ranger state."""
+    key = jax.random.key(seed)
+    init_key, run_key = jax.random.split(key)
+    x = jnp.zeros((1, 256, 256, cfg.encoder.input_nc), jnp.float32)
+    variables = jax.jit(partial(GradualStyleEncoder(cfg.encoder).init, train=False))(init_key, x)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state=optimizer(cfg).init(params),
+        key=jax.random.key_data(run_key),
+    )
+
+
+def sample_latents(cfg: StepConfig, gen_params, key: jax.Array) -> jax.Array:
+    """The W (broadcast to W+) or, with ``train_wplus``, the W+ codes of a batch: (B, S, D).
+
+    W+ sampling maps every layer's own z and applies PixelNorm over the feature axis (the original normalised over
+    the layer axis: SPEC.md 5.1 bug 1).
+    """
+    g, b = cfg.generator, cfg.batch_size
+    generator = Generator(g)
+    if cfg.train_wplus:
+        z = jax.random.normal(key, (b * g.n_latent, g.style_dim))
+        w = generator.apply(gen_params, z, method=Generator.mapping)
+        return w.reshape(b, g.n_latent, g.style_dim)
+    z = jax.random.normal(key, (b, g.style_dim))
+    w = generator.apply(gen_params, z, method=Generator.mapping)
+    return jnp.broadcast_to(w[:, None, :], (b, g.n_latent, g.style_dim))
+
+
+def _pseudo_pairs(cfg: StepConfig, gen_params, protos, key: jax.Array, shard: Callable):
+    """Sample a batch and pseudo-label it: (w_plus (B, S, D), labels (B, 256, 256) int32)."""
+    key_w, key_noise = jax.random.split(key)
+    w_plus = shard(sample_latents(cfg, gen_params, key_w))
+    noise = [shard(n) for n in make_noise(cfg.generator, key_noise, cfg.batch_size, until_res=64)]
+    _, features = Generator(cfg.generator).apply(gen_params, w_plus, noise, until_res=64)
+    labels = labeling.pseudo_label(features, protos, topk=cfg.topk, cos_th=cfg.cos_th, out_size=256,
+                                   compat=cfg.compat)
+    return w_plus, shard(labels)
+
+
+def _loss(cfg: StepConfig, params, batch_stats, onehot, w_plus, latent_avg):
+    codes, updates = GradualStyleEncoder(cfg.encoder).apply(
+        {"params": params, "batch_stats": batch_stats}, onehot, True, mutable=["batch_stats"])
+    latent = codes + latent_avg  # (B, S, D)
+    l2 = jnp.mean((latent - w_plus) ** 2)
+    # pSp's WNorm: sum over the batch of ||latent_b - latent_avg||_F, divided by B.
+    w_norm = jnp.mean(jnp.sqrt(jnp.sum((latent - latent_avg) ** 2, axis=(1, 2))))
+    loss = cfg.l2_lambda * l2 + cfg.w_norm_lambda * w_norm
+    return loss, (updates["batch_stats"], {"loss": loss, "loss_l2": l2, "w_norm": w_norm})
+
+
+def make_train_step(cfg: StepConfig, mesh: Mesh):
+    """One jitted ``step(state, gen_params, protos, latent_avg) -> (state, metrics)``.
+
+    ``state`` is donated; ``gen_params``, ``protos`` and ``latent_avg (S, D)`` are replicated arguments. The batch
+    (``cfg.batch_size``, a multiple of the device count) is sampled inside and sharded over ``mesh``.
+    """
+    n_dev = mesh.devices.size
+    if cfg.batch_size % n_dev:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    tx = optimizer(cfg)
+
+    def shard(x):
+        return jax.lax.with_sharding_constraint(x, batch_sharding)
+
+    def step(state: TrainState, gen_params, protos, latent_avg):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        w_plus, labels = _pseudo_pairs(cfg, gen_params, protos, key, shard)
+        onehot = shard(labeling.labels_to_onehot(labels, cfg.encoder.input_nc))
+        grad_fn = jax.value_and_grad(partial(_loss, cfg), has_aux=True)
+        (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, onehot, w_plus, latent_avg)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["labelled_fraction"] = jnp.mean((labels > 0).astype(jnp.float32))
+        new_state = TrainState(state.step + 1, params, batch_stats, opt_state, state.key)
+        return new_state, metrics
+
+    return jax.jit(step, in_shardings=(replicated, replicated, replicated, replicated),
+                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+class Preview(NamedTuple):
+    labels: np.ndarray  # (B, 256, 256) int32 pseudo-labels
+    sample: np.ndarray  # (B, 256, 256, 3) the generator's sample, pooled to 256
+    reconstruction: np.ndarray  # (B, 256, 256, 3) the image from the encoder's codes for that label (same noise)
+
+
+def make_preview(cfg: StepConfig):
+    """A jitted ``preview(state, gen_params, protos, latent_avg, key) -> Preview`` for image grids: full-resolution
+    renders of a fresh pseudo-labelled batch and of the encoder's (eval-mode) reconstruction from its label."""
+
+    @jax.jit
+    def preview(state: TrainState, gen_params, protos, latent_avg, key):
+        key_pairs, key_noise = jax.random.split(key)
+        w_plus, labels = _pseudo_pairs(cfg, gen_params, protos, key_pairs, lambda x: x)
+        noise = make_noise(cfg.generator, key_noise, cfg.batch_size)
+        generator = Generator(cfg.generator)
+        sample, _ = generator.apply(gen_params, w_plus, noise)
+        codes = GradualStyleEncoder(cfg.encoder).apply(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            labeling.labels_to_onehot(labels, cfg.encoder.input_nc), False)
+        recon, _ = generator.apply(gen_params, codes + latent_avg, noise)
+        pool = partial(ops.adaptive_avg_pool, out_hw=(256, 256))
+        return labels, pool(sample), pool(recon)
+
+    def run(state, gen_params, protos, latent_avg, key) -> Preview:
+        return Preview(*jax.device_get(preview(state, gen_params, protos, latent_avg, key)))
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+class Checkpointer:
+    """orbax ``CheckpointManager`` over ``workdir/checkpoints``: the train state (encoder params, BatchNorm stats,
+    Ranger state, step, key), the prototypes and a JSON record of the run, saved atomically per step."""
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            item_names=("state", "protos", "meta"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState, protos, meta: dict[str, Any]) -> None:
+        ocp = self._ocp
+        step = int(jax.device_get(state.step))
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            protos=ocp.args.StandardSave(labeling.prototypes_state(protos)),
+            meta=ocp.args.JsonSave({**meta, "step": step}),
+        ), force=True)
+
+    def restore(self, abstract_state: TrainState, step: int | None = None):
+        """(state, protos, meta) of ``step`` (default: the latest)."""
+        ocp = self._ocp
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            protos=ocp.args.StandardRestore(),
+            meta=ocp.args.JsonRestore(),
+        ))
+        return restored.state, labeling.prototypes_from_state(restored.protos), dict(restored.meta)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(state: TrainState, sharding=None) -> TrainState:
+    """ShapeDtypeStructs of ``state`` (optionally with a sharding) to restore into."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
