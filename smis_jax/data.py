@@ -123,7 +123,7 @@ def read_label(path: str | os.PathLike, n_classes: int, size: int = 256) -> np.n
 
 
 def read_image(path: str | os.PathLike, size: int = 256) -> np.ndarray:
-    """Read a photo as float32 ``(size, size, 3)`` in [-1, 1]: PIL RGB, bilinear resize, ToTensor + Normalize(0.5, 0.5)."""
+    """A photo as float32 ``(size, size, 3)`` in [-1, 1]: PIL RGB, bilinear resize, ToTensor + Normalize(.5, .5)."""
     path = Path(path)
     img = _open(path).convert("RGB")
     if img.size != (size, size):
@@ -133,7 +133,9 @@ def read_image(path: str | os.PathLike, size: int = 256) -> np.ndarray:
 
 
 def onehot(labels, n_classes: int):
-    """One-hot class ids: ``(..., H, W)`` integer -> float32 ``(..., H, W, n_classes)`` (numpy in, numpy out; jax in, jax out).
+    """One-hot class ids: ``(..., H, W)`` integer -> float32 ``(..., H, W, n_classes)``.
+
+    numpy in, numpy out; jax in, jax out.
 
     Values outside ``0..n_classes-1`` raise :class:`LabelError` for numpy input; for traced jax input they give
     all-zero vectors (checking them would need a host sync), so validate with :func:`read_label` first.

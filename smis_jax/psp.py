@@ -380,7 +380,9 @@ def _read(path: str | os.PathLike, with_generator: bool):
     from smis_jax.conversion import common
 
     path = Path(path)
-    trees = ["params", "batch_stats", "latent_avg"] + (["generator_params", "generator_noises"] if with_generator else [])
+    trees = ["params", "batch_stats", "latent_avg"]
+    if with_generator:
+        trees += ["generator_params", "generator_noises"]
     if path.is_dir():
         if not common.is_converted(path):
             raise common.ConversionError(f"{path}: not a converted checkpoint (no config.json); "

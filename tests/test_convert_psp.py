@@ -192,7 +192,8 @@ def test_latent_avg_shapes(tiny_ckpt, tmp_path):
     _, trees = convert_checkpoint(_modified(tiny_ckpt, tmp_path, lambda c: c.__setitem__("latent_avg", row)),
                                   units=TINY_UNITS)
     np.testing.assert_array_equal(trees["latent_avg"], np.broadcast_to(row.numpy(), (12, 64)))
-    path = _modified(tiny_ckpt, tmp_path, lambda c: (c.pop("latent_avg"), c["opts"].update(start_from_latent_avg=False)))
+    path = _modified(tiny_ckpt, tmp_path,
+                     lambda c: (c.pop("latent_avg"), c["opts"].update(start_from_latent_avg=False)))
     _, trees = convert_checkpoint(path, units=TINY_UNITS)
     np.testing.assert_array_equal(trees["latent_avg"], np.zeros((12, 64)))
 

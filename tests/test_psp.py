@@ -172,36 +172,44 @@ def _torch_encoder(cfg, state_dict):
     return model.train()
 
 
-@pytest.fixture(scope="module")
-def torch_grads(golden, encoder, io):
-    """First-conv gradient (OIHW) from PyTorch float32, input contiguous NCHW (as the original) and channels-last."""
+def _torch_grad(golden, cfg, io, layout):
+    """First-conv gradient (OIHW) of the latent MSE from PyTorch float32, the one-hot input in ``layout``."""
     torch = pytest.importorskip("torch")
     from smis_jax import torchfile
 
     ckpt = torchfile.load(golden / "psp_tiny_celebamask.pt")
     sd = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
-    out = {}
-    for layout in ("contiguous", "channels_last"):
-        model = _torch_encoder(encoder.config, sd)
-        x = torch.from_numpy(data.onehot(io["labels"], encoder.config.input_nc)).permute(0, 3, 1, 2)
-        x = x.contiguous() if layout == "contiguous" else x.contiguous(memory_format=torch.channels_last)
-        codes = model(x)
-        loss = torch.nn.functional.mse_loss(codes + torch.from_numpy(ckpt["latent_avg"]),
-                                            torch.from_numpy(io["latent_target"]))
-        loss.backward()
-        out[layout] = model.input_layer[0].weight.grad.numpy()
-    return out
+    model = _torch_encoder(cfg, sd)
+    for p in model.parameters():  # only the first conv's gradient is compared: skip the others' weight grads
+        p.requires_grad_(False)
+    model.input_layer[0].weight.requires_grad_(True)
+    x = torch.from_numpy(data.onehot(io["labels"], cfg.input_nc)).permute(0, 3, 1, 2)
+    x = x.contiguous() if layout == "contiguous" else x.contiguous(memory_format=torch.channels_last)
+    loss = torch.nn.functional.mse_loss(model(x) + torch.from_numpy(ckpt["latent_avg"]),
+                                        torch.from_numpy(io["latent_target"]))
+    loss.backward()
+    return model.input_layer[0].weight.grad.numpy()
 
 
-def test_grad_input_conv(results, torch_grads):
+@pytest.fixture(scope="module")
+def torch_grad_contiguous(golden, encoder, io):
+    return _torch_grad(golden, encoder.config, io, "contiguous")
+
+
+def test_grad_input_conv(results, torch_grad_contiguous):
     grad_oihw = results["grad_hwio"].transpose(3, 2, 0, 1)
-    assert rel_err(grad_oihw, torch_grads["contiguous"]) < GRAD_TOL
+    assert rel_err(grad_oihw, torch_grad_contiguous) < GRAD_TOL
 
 
-def test_golden_grad_is_the_channels_last_one(io, torch_grads, results):
-    """The golden gradient is reproduced by PyTorch's channels-last path, not by the contiguous one (nor by us)."""
-    assert rel_err(torch_grads["channels_last"], io["grad_input_conv"]) < GRAD_TOL
-    assert rel_err(torch_grads["contiguous"], io["grad_input_conv"]) > GRAD_TOL
+def test_golden_grad_differs_from_contiguous_torch(io, torch_grad_contiguous):
+    """Pins the explanation above: the golden gradient is not what the original's layout gives."""
+    assert rel_err(torch_grad_contiguous, io["grad_input_conv"]) > 10 * GRAD_TOL
+
+
+@pytest.mark.slow
+def test_golden_grad_is_the_channels_last_one(golden, encoder, io):
+    """...but exactly what PyTorch's channels-last path gives."""
+    assert rel_err(_torch_grad(golden, encoder.config, io, "channels_last"), io["grad_input_conv"]) < GRAD_TOL
 
 
 # ---------------------------------------------------------------------------------------------------------------

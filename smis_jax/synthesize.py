@@ -1,0 +1,273 @@
+"""Mask-to-image synthesis with a pSp / Fewshot-SMIS checkpoint (the original's ``scripts/inference.py``).
+
+    python -m smis_jax.synthesize --checkpoint ckpt/celeba --masks labels/ --out results/ --grid
+    python -m smis_jax.synthesize --checkpoint ckpt/celeba --masks a.png b.png --out results/ \\
+        --styles 4 --latent-mask 8,9,10,11,12,13,14,15,16,17 --seed 1
+
+Each label PNG (grey value = class id, read exactly as the original: NEAREST-resized to 256) is one-hot
+encoded, encoded to W+ (eval-mode encoder + latent_avg) and decoded by the checkpoint's generator; the image
+is average-pooled to 256x256 (pSp's ``face_pool``) and written to ``OUT/<name>.png``.
+
+Without ``--styles`` the generator uses the checkpoint's stored noise buffers, as the original inference does.
+With ``--styles N`` each mask gets N variants ``OUT/<name>_s{k}.png``: a random z -> mapping -> w replaces the
+W+ layers in ``--latent-mask`` (default 8..style_num-1, the README's recipe; ``--alpha`` blends instead of
+replacing), with fresh noise. Every random draw comes from ``--seed`` and the mask's position in the sorted
+input list, so results do not depend on ``--batch-size``. ``--grid`` also writes ``OUT/grid/<name>.png`` =
+[colourised mask | outputs].
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smis_jax import data, viz
+from smis_jax.progress import progress
+
+__all__ = ["OUTPUT_SIZE", "default_latent_mask", "latent_mask_array", "adaptive_avg_pool", "mix_latents", "synthesize",
+           "collect_masks", "run", "main"]
+
+OUTPUT_SIZE = 256  # pSp's face_pool target
+
+
+def default_latent_mask(style_num: int) -> list[int]:
+    """Layers 8..style_num-1: the fine layers the README mixes (8..17 for faces, 8..13 for 256px models)."""
+    return list(range(min(8, style_num), style_num))
+
+
+def latent_mask_array(latent_mask: Sequence[int] | None, style_num: int, warn: bool = True) -> np.ndarray:
+    """Layer indices -> bool (style_num,). Indices >= style_num are dropped with a warning (as the original)."""
+    if latent_mask is None:
+        latent_mask = default_latent_mask(style_num)
+    idx = [int(i) for i in latent_mask]
+    if any(i < 0 for i in idx):
+        raise ValueError(f"latent mask indices must be >= 0, got {idx}")
+    dropped = sorted(i for i in idx if i >= style_num)
+    if dropped and warn:
+        warnings.warn(f"latent mask indices {dropped} are >= style_num {style_num} and are ignored", stacklevel=2)
+    mask = np.zeros(style_num, bool)
+    mask[[i for i in idx if i < style_num]] = True
+    return mask
+
+
+def adaptive_avg_pool(image: jax.Array, size: int = OUTPUT_SIZE) -> jax.Array:
+    """PyTorch ``AdaptiveAvgPool2d((size, size))`` for power-of-two ratios: (B, H, W, C) -> (B, size, size, C).
+
+    H > size: mean over (H/size)^2 blocks (4x4 at 1024); H < size: each pixel repeated (adaptive pooling's
+    windows then hold one pixel each); H == size: unchanged.
+    """
+    b, h, w, c = image.shape
+    if h == size and w == size:
+        return image
+    if h % size == 0 and w % size == 0:
+        return image.reshape(b, size, h // size, size, w // size, c).mean(axis=(2, 4))
+    if size % h == 0 and size % w == 0:
+        return jnp.repeat(jnp.repeat(image, size // h, axis=1), size // w, axis=2)
+    raise ValueError(f"cannot pool {h}x{w} to {size}x{size} (power-of-two ratios only)")
+
+
+def mix_latents(codes: jax.Array, w: jax.Array, mask: jax.Array, alpha) -> jax.Array:
+    """The original's latent_mask injection: codes (B, S, D) (latent_avg included), w (B, D), mask (S,) bool.
+
+    Layers in ``mask`` become ``alpha * w + (1 - alpha) * codes`` (alpha = 1: replaced by w); others are kept.
+    """
+    mixed = alpha * w[:, None, :] + (1 - alpha) * codes
+    return jnp.where(mask[None, :, None], mixed, codes)
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_fn(gen_cfg, styles: int, random_noise: bool):
+    """One jitted codes -> images function per (generator, styles, noise mode); weights, masks, keys are arguments.
+
+    The encoder runs in its own jitted function (:meth:`smis_jax.psp.LoadedEncoder.encode`), shared by every mode.
+    """
+    from smis_jax import stylegan2
+
+    generator = stylegan2.Generator(gen_cfg)
+
+    def noise_for(keys):  # keys (N,) -> list of (N, r, r, 1), each sample's noise from its own key
+        per = jax.vmap(lambda k: stylegan2.make_noise(gen_cfg, k, 1))(keys)
+        return [n[:, 0] for n in per]
+
+    def fn(codes, latent_avg, gen_params, stored_noise, key, first_index, mask, alpha):
+        codes = codes + latent_avg  # (B, S, D)
+        b = codes.shape[0]
+        sample_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(first_index + jnp.arange(b))  # (B,)
+        if styles:
+            style_keys = jax.vmap(lambda k: jax.random.split(k, styles))(sample_keys).reshape(b * styles)
+            pair = jax.vmap(jax.random.split)(style_keys)  # (B*N, 2): z key, noise key
+            z = jax.vmap(lambda k: jax.random.normal(k, (gen_cfg.style_dim,)))(pair[:, 0])  # (B*N, D)
+            w = generator.apply(gen_params, z, method=stylegan2.Generator.mapping)  # (B*N, D)
+            codes = mix_latents(jnp.repeat(codes, styles, axis=0), w, mask, alpha)  # (B*N, S, D)
+            noise = noise_for(pair[:, 1])
+        elif random_noise:
+            noise = noise_for(sample_keys)
+        else:
+            noise = stored_noise
+        image, _ = generator.apply(gen_params, codes, noise)
+        image = adaptive_avg_pool(image, OUTPUT_SIZE)
+        return image.reshape(b, styles, *image.shape[1:]) if styles else image
+
+    return jax.jit(fn)
+
+
+def synthesize(pipeline, onehot: jax.Array, key: jax.Array, styles: int = 0, latent_mask: Sequence[int] | None = None,
+               alpha: float | None = None, noise: str = "const", first_index: int = 0) -> jax.Array:
+    """Masks -> images in [-1, 1].
+
+    pipeline: :func:`smis_jax.psp.load_pipeline`'s result. onehot: (B, 256, 256, input_nc) float.
+    styles = 0: (B, 256, 256, 3) from the encoder's W+; ``noise`` 'const' (stored buffers, the original's
+    inference) or 'random' (from ``key``). styles = N > 0: (B, N, 256, 256, 3); layers in ``latent_mask``
+    (default 8..S-1) come from a random sample's w (``alpha``-blended with the encoder's if given), with
+    random noise. Sample b's randomness is ``fold_in(key, first_index + b)``, so a batch split changes nothing.
+    """
+    enc, gen = pipeline.encoder, pipeline.generator
+    cfg = enc.config
+    if styles < 0:
+        raise ValueError(f"styles must be >= 0, got {styles}")
+    if noise not in ("const", "random"):
+        raise ValueError(f"noise must be 'const' or 'random', got {noise!r}")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    onehot = jnp.asarray(onehot, jnp.float32)
+    if onehot.ndim != 4 or onehot.shape[1:] != (256, 256, cfg.input_nc):
+        raise ValueError(f"onehot must be (B, 256, 256, {cfg.input_nc}), got {tuple(onehot.shape)}")
+    mask = latent_mask_array(latent_mask, cfg.style_num)
+    codes = enc.encode(onehot)  # (B, S, D), eval mode
+    fn = _decode_fn(gen.config, int(styles), styles == 0 and noise == "random")
+    return fn(codes, pipeline.latent_avg, gen.params, gen.noises, key, jnp.int32(first_index), jnp.asarray(mask),
+              jnp.float32(1.0 if alpha is None else alpha))
+
+
+def collect_masks(inputs: Sequence[str | Path]) -> list[Path]:
+    """Label files from folders (image files, sorted) and explicit files, in the given order; names must be unique."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(data.list_images(p))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise data.DataError(f"{p}: no such file or directory")
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise data.DataError(f"two masks would write the same output '{f.stem}': {seen[f.stem]} and {f}")
+        seen[f.stem] = f
+    if not files:
+        raise data.DataError("no masks given")
+    return files
+
+
+def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, styles: int = 0,
+        latent_mask: Sequence[int] | None = None, alpha: float | None = None, seed: int = 0, batch_size: int = 8,
+        write_grid: bool = False, noise: str | None = None, show_progress: bool = True) -> list[Path]:
+    """The CLI's work: read masks, synthesise in fixed-shape batches, write PNGs (+ grids); returns written files."""
+    from smis_jax import psp
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if styles < 0:
+        raise ValueError(f"styles must be >= 0, got {styles}")
+    files = collect_masks(masks)
+    pipeline = psp.load_pipeline(checkpoint)
+    cfg = pipeline.encoder.config
+    noise = noise or ("random" if styles else "const")
+    if latent_mask is not None:
+        latent_mask_array(latent_mask, cfg.style_num)  # warn about dropped indices once, up front
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = jax.random.key(seed)
+    batch = min(batch_size, len(files))  # one fixed shape: the last batch is padded, never retraced
+    starts = list(range(0, len(files), batch))
+    written: list[Path] = []
+
+    def write(start: int, labels: np.ndarray, images) -> None:
+        images = viz.to_uint8(np.asarray(images))
+        for j, f in enumerate(files[start:start + batch]):
+            outs = [images[j]] if not styles else list(images[j])
+            names = [f"{f.stem}.png"] if not styles else [f"{f.stem}_s{k}.png" for k in range(styles)]
+            for name, im in zip(names, outs):
+                written.append(viz.save_png(out / name, im))
+            if write_grid:
+                written.append(viz.save_png(out / "grid" / f"{f.stem}.png", viz.grid([viz.colorize(labels[j])] + outs)))
+
+    t0 = time.perf_counter()
+    pending = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dropped-index warning was given above
+        bar = progress(starts, total=len(starts), desc="synthesize", unit="batch") if show_progress else starts
+        for start in bar:
+            chunk = files[start:start + batch]
+            labels = np.stack([data.read_label(f, cfg.input_nc) for f in chunk])  # (b, 256, 256) uint8
+            if len(chunk) < batch:
+                labels = np.concatenate([labels, np.repeat(labels[-1:], batch - len(chunk), axis=0)])
+            images = synthesize(pipeline, data.onehot(jnp.asarray(labels), cfg.input_nc), key, styles=styles,
+                                latent_mask=latent_mask, alpha=alpha, noise=noise, first_index=start)
+            if pending is not None:  # write the previous batch while this one computes
+                write(*pending)
+            pending = (start, labels, images)
+        if pending is not None:
+            write(*pending)
+    info = {"checkpoint": str(checkpoint), "masks": len(files), "styles": styles,
+            "latent_mask": [int(i) for i in np.flatnonzero(latent_mask_array(latent_mask, cfg.style_num, warn=False))]
+            if styles else None, "alpha": alpha, "noise": noise, "seed": seed, "batch_size": batch,
+            "seconds": round(time.perf_counter() - t0, 3), "device": jax.devices()[0].device_kind}
+    (out / "synthesize.json").write_text(json.dumps(info, indent=1))
+    return written
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 8,9,10, got {text!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m smis_jax.synthesize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="converted pSp directory (python -m convert psp) or a .pt")
+    parser.add_argument("--masks", required=True, nargs="+", help="label PNG files and/or folders of them")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--styles", type=int, default=0, help="N multi-modal variants per mask (default: 0, one image)")
+    parser.add_argument("--latent-mask", type=_int_list, default=None,
+                        help="W+ layers taken from the random sample with --styles (default 8..style_num-1)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="blend alpha*sample + (1-alpha)*encoder on those layers (default: replace them)")
+    parser.add_argument("--noise", choices=("const", "random"), default=None,
+                        help="generator noise (default: const = stored buffers without --styles, random with)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--grid", action="store_true", help="also write OUT/grid/<name>.png = [mask | outputs]")
+    args = parser.parse_args(argv)
+
+    from smis_jax.torchfile import TorchFileError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+            written = run(args.checkpoint, args.masks, args.out, styles=args.styles, latent_mask=args.latent_mask,
+                          alpha=args.alpha, seed=args.seed, batch_size=args.batch_size, write_grid=args.grid,
+                          noise=args.noise)
+    except (ValueError, TorchFileError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

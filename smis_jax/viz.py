@@ -1,0 +1,97 @@
+"""Looking at results: colourised label maps, [-1, 1] images as uint8, side-by-side grids, PNG writing.
+
+The first 19 colours are CelebAMask-HQ's (as pSp's ``utils/common.py: get_colors``); classes beyond them get
+fixed pseudo-random colours (seeded, so a class keeps its colour across runs and class counts).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["CELEBAMASK_COLORS", "palette", "colorize", "to_uint8", "grid", "save_png"]
+
+CELEBAMASK_COLORS = np.array([
+    [0, 0, 0], [204, 0, 0], [76, 153, 0], [204, 204, 0], [51, 51, 255], [204, 0, 204], [0, 255, 255],
+    [255, 204, 204], [102, 51, 0], [255, 0, 0], [102, 204, 0], [255, 255, 0], [0, 0, 153], [0, 0, 204],
+    [255, 51, 153], [0, 204, 204], [0, 51, 0], [255, 153, 51], [0, 204, 0],
+], dtype=np.uint8)
+
+_MAX_CLASSES = 256  # labels are uint8
+_PALETTE = np.concatenate([
+    CELEBAMASK_COLORS,
+    np.random.default_rng(0).integers(0, 256, (_MAX_CLASSES - len(CELEBAMASK_COLORS), 3), dtype=np.uint8),
+])
+
+
+def palette(n_classes: int = _MAX_CLASSES) -> np.ndarray:
+    """(n_classes, 3) uint8 colours: CelebAMask-HQ's 19, then fixed pseudo-random ones."""
+    if not 1 <= n_classes <= _MAX_CLASSES:
+        raise ValueError(f"n_classes must be in 1..{_MAX_CLASSES}, got {n_classes}")
+    return _PALETTE[:n_classes].copy()
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """Class ids (..., H, W) -> uint8 RGB (..., H, W, 3). For a one-hot/score map (..., H, W, C), argmax it first."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"colorize takes integer class ids, got dtype {labels.dtype} (argmax a one-hot map first)")
+    if labels.size and (labels.min() < 0 or labels.max() >= _MAX_CLASSES):
+        raise ValueError(f"class ids must be in 0..{_MAX_CLASSES - 1}, got {labels.min()}..{labels.max()}")
+    return _PALETTE[labels]
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Image in [-1, 1] (..., H, W, 3) float -> uint8, as pSp's ``tensor2im``: clip((x+1)/2, 0, 1) * 255, truncated."""
+    x = (np.asarray(image, np.float32) + 1.0) / 2.0
+    return (np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def grid(rows: Sequence[Sequence[np.ndarray]] | Sequence[np.ndarray], pad: int = 0, fill: int = 255) -> np.ndarray:
+    """Tile uint8 images (H, W, 3): a list of rows (each a list of images) or one row; rows are left-aligned.
+
+    ``pad`` pixels of ``fill`` go between images. Images in a row must share their height.
+    """
+    if len(rows) and isinstance(rows[0], np.ndarray) and rows[0].ndim == 3:
+        rows = [rows]
+    rendered = []
+    for r, row in enumerate(rows):
+        if not len(row):
+            raise ValueError(f"grid row {r} is empty")
+        heights = {im.shape[0] for im in row}
+        if len(heights) != 1:
+            raise ValueError(f"grid row {r}: images of different heights {sorted(heights)}")
+        parts = []
+        for im in row:
+            im = np.asarray(im)
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                raise ValueError(f"grid takes uint8 (H, W, 3) images, got {im.dtype} {im.shape}")
+            if parts and pad:
+                parts.append(np.full((im.shape[0], pad, 3), fill, np.uint8))
+            parts.append(im)
+        rendered.append(np.concatenate(parts, axis=1))
+    width = max(r.shape[1] for r in rendered)
+    out = []
+    for i, r in enumerate(rendered):
+        if i and pad:
+            out.append(np.full((pad, width, 3), fill, np.uint8))
+        if r.shape[1] < width:
+            r = np.concatenate([r, np.full((r.shape[0], width - r.shape[1], 3), fill, np.uint8)], axis=1)
+        out.append(r)
+    return np.concatenate(out, axis=0)
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write a uint8 (H, W, 3) or (H, W) image as PNG, creating parent folders."""
+    from PIL import Image
+
+    path = Path(path)
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"save_png takes uint8 images, got {image.dtype} (use to_uint8)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="PNG")
+    return path
