@@ -31,7 +31,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -375,7 +375,7 @@ class Pipeline(NamedTuple):
     config: dict  # the converted config.json (kind 'psp')
 
 
-def _read(path: str | os.PathLike, with_generator: bool):
+def _read(path: str | os.PathLike, with_generator: bool, units: Sequence[int] | None = None):
     """(config dict, trees) from a converted 'psp' directory or a pSp .pt (converted in memory)."""
     from smis_jax.conversion import common
 
@@ -387,12 +387,16 @@ def _read(path: str | os.PathLike, with_generator: bool):
         if not common.is_converted(path):
             raise common.ConversionError(f"{path}: not a converted checkpoint (no config.json); "
                                          f"convert a pSp .pt with `python -m convert psp IN.pt OUT`")
-        return common.load_converted(path, "psp", trees)
+        config, loaded = common.load_converted(path, "psp", trees)
+        needed = ["encoder", "generator"] if with_generator else ["encoder"]
+        if not all(isinstance(config.get(k), dict) for k in needed):
+            raise common.ConversionError(f"{path}/config.json: no 'encoder'/'generator' architecture")
+        return config, loaded
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     from smis_jax.conversion.psp import convert_checkpoint
 
-    config, all_trees = convert_checkpoint(path)
+    config, all_trees = convert_checkpoint(path, units=units)
     return config, {k: all_trees[k] for k in trees}
 
 
@@ -413,19 +417,22 @@ def _encoder_from(config: dict, trees: dict, where: str) -> LoadedEncoder:
     return LoadedEncoder(enc_cfg, to_jax(trees["params"]), to_jax(trees["batch_stats"]), jnp.asarray(latent_avg))
 
 
-def load(path: str | os.PathLike) -> LoadedEncoder:
-    """Load the encoder of a converted pSp directory (``python -m convert psp``) or of a pSp ``.pt`` file."""
-    config, trees = _read(path, with_generator=False)
+def load(path: str | os.PathLike, units: Sequence[int] | None = None) -> LoadedEncoder:
+    """Load the encoder of a converted pSp directory (``python -m convert psp``) or of a pSp ``.pt`` file.
+
+    ``units`` is only needed for a .pt whose stage split the keys cannot show (see ``conversion/psp.py``).
+    """
+    config, trees = _read(path, with_generator=False, units=units)
     return _encoder_from(config, trees, str(path))
 
 
-def load_pipeline(path: str | os.PathLike) -> Pipeline:
+def load_pipeline(path: str | os.PathLike, units: Sequence[int] | None = None) -> Pipeline:
     """Encoder + generator (the same checkpoint's decoder) + latent_avg, from a converted directory or a .pt."""
     from smis_jax import stylegan2
     from smis_jax.conversion.common import ConversionError
     from smis_jax.conversion.stylegan2 import noises_from_tree
 
-    config, trees = _read(path, with_generator=True)
+    config, trees = _read(path, with_generator=True, units=units)
     encoder = _encoder_from(config, trees, str(path))
     try:
         gen_cfg = stylegan2.GeneratorConfig.from_json(config["generator"])
