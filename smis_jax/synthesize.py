@@ -6,7 +6,7 @@
 
 Each label PNG (grey value = class id, read exactly as the original: NEAREST-resized to 256) is one-hot
 encoded, encoded to W+ (eval-mode encoder + latent_avg) and decoded by the checkpoint's generator; the image
-is average-pooled to 256x256 (pSp's ``face_pool``) and written to ``OUT/<name>.png``.
+is average-pooled to 256x256 (pSp's ``face_pool``, ``ops.adaptive_avg_pool``) and written to ``OUT/<name>.png``.
 
 Without ``--styles`` the generator uses the checkpoint's stored noise buffers, as the original inference does.
 With ``--styles N`` each mask gets N variants ``OUT/<name>_s{k}.png``: a random z -> mapping -> w replaces the
@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import data, viz
+from smis_jax import data, ops, viz
 from smis_jax.progress import progress
 
-__all__ = ["OUTPUT_SIZE", "default_latent_mask", "latent_mask_array", "adaptive_avg_pool", "mix_latents", "synthesize",
+__all__ = ["OUTPUT_SIZE", "default_latent_mask", "latent_mask_array", "mix_latents", "synthesize",
            "collect_masks", "run", "main"]
 
 OUTPUT_SIZE = 256  # pSp's face_pool target
@@ -58,22 +58,6 @@ def latent_mask_array(latent_mask: Sequence[int] | None, style_num: int, warn: b
     mask = np.zeros(style_num, bool)
     mask[[i for i in idx if i < style_num]] = True
     return mask
-
-
-def adaptive_avg_pool(image: jax.Array, size: int = OUTPUT_SIZE) -> jax.Array:
-    """PyTorch ``AdaptiveAvgPool2d((size, size))`` for power-of-two ratios: (B, H, W, C) -> (B, size, size, C).
-
-    H > size: mean over (H/size)^2 blocks (4x4 at 1024); H < size: each pixel repeated (adaptive pooling's
-    windows then hold one pixel each); H == size: unchanged.
-    """
-    b, h, w, c = image.shape
-    if h == size and w == size:
-        return image
-    if h % size == 0 and w % size == 0:
-        return image.reshape(b, size, h // size, size, w // size, c).mean(axis=(2, 4))
-    if size % h == 0 and size % w == 0:
-        return jnp.repeat(jnp.repeat(image, size // h, axis=1), size // w, axis=2)
-    raise ValueError(f"cannot pool {h}x{w} to {size}x{size} (power-of-two ratios only)")
 
 
 def mix_latents(codes: jax.Array, w: jax.Array, mask: jax.Array, alpha) -> jax.Array:
@@ -115,7 +99,7 @@ def _decode_fn(gen_cfg, styles: int, random_noise: bool):
         else:
             noise = stored_noise
         image, _ = generator.apply(gen_params, codes, noise)
-        image = adaptive_avg_pool(image, OUTPUT_SIZE)
+        image = ops.adaptive_avg_pool(image, (OUTPUT_SIZE, OUTPUT_SIZE))  # face_pool: 1024 -> 4x4 means
         return image.reshape(b, styles, *image.shape[1:]) if styles else image
 
     return jax.jit(fn)
