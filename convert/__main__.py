@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("psp", help="pSp / Fewshot-SMIS encoder + generator", description=PSP_HELP, formatter_class=raw)
     p.add_argument("input", help="pSp .pt file")
     p.add_argument("output", help="new directory to write")
+    p.add_argument("--units", help="bottleneck units per encoder stage, e.g. 1,2,2,1; only needed when two stages "
+                                   "have the same width, so the keys cannot show where one ends (IR-SE-50: 3,4,14,3)")
     p = sub.add_parser("lpips", help="LPIPS(alex) from torchvision AlexNet + lpips lin weights",
                        description=LPIPS_HELP, formatter_class=raw)
     p.add_argument("alexnet", help="torchvision AlexNet .pth")
@@ -70,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.what == "psp":
             from smis_jax.conversion.psp import convert
 
-            out = convert(args.input, args.output)
+            units = None
+            if args.units:
+                try:
+                    units = tuple(int(u) for u in args.units.split(","))
+                except ValueError:
+                    raise ConversionError(f"--units must be comma-separated integers, got {args.units!r}") from None
+            out = convert(args.input, args.output, units=units)
         else:
             from smis_jax.conversion.lpips import convert
 
