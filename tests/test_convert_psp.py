@@ -63,7 +63,7 @@ def test_converted_directory(tiny_pt, tmp_path):
 
 
 def test_equal_width_stages_need_explicit_units(tiny_pt, tmp_path):
-    with pytest.raises(ConversionError, match=r"cannot infer the 4 encoder stages .* pass units="):
+    with pytest.raises(ConversionError, match=r"cannot infer the 4 encoder stages .*--units u1,u2,u3,u4"):
         convert_checkpoint(tiny_pt)
     with pytest.raises(ConversionError, match="do not fit"):
         convert_checkpoint(tiny_pt, units=(2, 1, 2, 1))  # unit 1 (width 32) inside a width-16 stage
