@@ -57,12 +57,20 @@ class _Carry(NamedTuple):
     best_loss: jax.Array  # (K,)
 
 
-@partial(jax.jit, static_argnames=("config", "n_steps", "lr", "l2_lambda", "lpips_lambda"), donate_argnums=(1,))
-def _run_chunk(config: GeneratorConfig, carry: _Carry, gen_params, lpips_params, targets, key, first_step,
-               n_steps: int, lr: float, l2_lambda: float, lpips_lambda: float):
+def _image_noise(config: GeneratorConfig, keys_K: jax.Array, t) -> list[jax.Array]:
+    """Fresh noise for step ``t``, each image's drawn from its own key: list of (K, r, r, 1).
+
+    Image k's noise depends only on its key and the step, so a batched run draws what K separate runs would.
+    """
+    per_image = jax.vmap(lambda kk: make_noise(config, jax.random.fold_in(kk, t), 1))(keys_K)  # (K, 1, r, r, 1)
+    return [n[:, 0] for n in per_image]
+
+
+@partial(jax.jit, static_argnames=("config", "n_steps", "lpips_lambda"), donate_argnums=(1,))
+def _run_chunk(config: GeneratorConfig, carry: _Carry, gen_params, lpips_params, targets, keys_K, first_step, lr,
+               l2_lambda, n_steps: int, lpips_lambda: float):
     tx = ranger(lr, gc_axes=0)
     generator = Generator(config)
-    k = targets.shape[0]
 
     def loss_fn(w_plus, noise):
         image, _ = generator.apply(gen_params, w_plus, noise)
@@ -70,7 +78,7 @@ def _run_chunk(config: GeneratorConfig, carry: _Carry, gen_params, lpips_params,
         return jnp.sum(per_image), per_image
 
     def step(carry: _Carry, t):
-        noise = make_noise(config, jax.random.fold_in(key, t), k)
+        noise = _image_noise(config, keys_K, t)
         (_, per_image), grads = jax.value_and_grad(loss_fn, has_aux=True)(carry.w_plus, noise)
         better = per_image < carry.best_loss
         best_w = jnp.where(better[:, None, None], carry.w_plus, carry.best_w)  # the codes that achieved it
@@ -82,36 +90,53 @@ def _run_chunk(config: GeneratorConfig, carry: _Carry, gen_params, lpips_params,
     return jax.lax.scan(step, carry, first_step + jnp.arange(n_steps))
 
 
-def invert(generator: LoadedGenerator, lpips_params, targets_NHWC, key: jax.Array, steps: int = 2000,
+def initial_codes(generator: LoadedGenerator, keys_K: jax.Array) -> jax.Array:
+    """``latent_avg + randn/sqrt(D)`` per image, from each image's key: (K, S, D)."""
+    c = generator.config
+    noise = jax.vmap(lambda kk: jax.random.normal(kk, (c.n_latent, c.style_dim)))(keys_K)
+    return generator.truncation_latent()[None, None, :] + noise / np.sqrt(c.style_dim)
+
+
+def invert(generator: LoadedGenerator, lpips_params, targets_NHWC, key: jax.Array | None = None, steps: int = 2000,
            lr: float = 1.0, l2_lambda: float = 1.0, lpips_lambda: float = 0.8, chunk: int = 50,
-           on_chunk: Callable[[int, np.ndarray], None] | None = None) -> InversionResult:
+           on_chunk: Callable[[int, np.ndarray], None] | None = None, keys: jax.Array | None = None) -> InversionResult:
     """Invert K images ``targets_NHWC (K, 256, 256, 3)`` in [-1, 1] into W+ ``(K, S, D)``.
 
-    Starts at ``latent_avg + randn/sqrt(D)`` (``truncation_latent()`` when the checkpoint has no latent_avg).
-    ``on_chunk(step, losses (K,))`` is called after every ``chunk`` steps (progress display).
+    Randomness: image k uses its own key (``keys[k]``, default ``split(key, K)[k]``) for its starting codes
+    (``latent_avg + randn/sqrt(D)``; ``truncation_latent()`` when the checkpoint has no latent_avg) and its
+    per-step noise, so inverting images together or one by one with the same keys gives the same trajectories.
+    ``lpips_params`` may be None when ``lpips_lambda`` is 0. ``on_chunk(step, losses (K,))`` runs after every
+    ``chunk`` steps (progress display).
     """
-    c = generator.config
     targets = jnp.asarray(targets_NHWC, jnp.float32)
     if targets.ndim != 4 or targets.shape[-1] != 3:
         raise ValueError(f"targets must be (K, H, W, 3), got {tuple(targets.shape)}")
     k = targets.shape[0]
-    key_init, key_noise = jax.random.split(key)
-    start = generator.truncation_latent()[None, None, :] + jax.random.normal(
-        key_init, (k, c.n_latent, c.style_dim)) / np.sqrt(c.style_dim)
+    if keys is None:
+        if key is None:
+            raise ValueError("invert needs a key (or per-image keys)")
+        keys = jax.random.split(key, k)
+    if keys.shape[0] != k:
+        raise ValueError(f"{keys.shape[0]} keys for {k} images")
+    if lpips_lambda and lpips_params is None:
+        raise ValueError("lpips_lambda > 0 needs LPIPS weights (smis_jax.lpips.load().params)")
+    init_keys, noise_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)  # (K,) each
+    start = initial_codes(generator, init_keys)
     carry = _Carry(start, ranger(lr, gc_axes=0).init(start), jnp.copy(start), jnp.full((k,), jnp.inf))  # donated
     history = []
     done = 0
     while done < steps:
         n = min(chunk, steps - done)
-        carry, losses = _run_chunk(c, carry, generator.params, lpips_params, targets, key_noise, done, n,
-                                   float(lr), float(l2_lambda), float(lpips_lambda))
+        carry, losses = _run_chunk(generator.config, carry, generator.params, lpips_params, targets, noise_keys, done,
+                                   jnp.float32(lr), jnp.float32(l2_lambda), n_steps=n, lpips_lambda=float(lpips_lambda))
         history.append(np.asarray(losses))
         done += n
         if on_chunk is not None:
             on_chunk(done, history[-1][-1])
-    history = np.concatenate(history) if history else np.zeros((0, k), np.float32)
-    if steps == 0:
-        return InversionResult(np.asarray(start), np.full((k,), np.inf, np.float32), np.full((k,), np.inf), history)
+    if not history:
+        nan = np.full((k,), np.nan, np.float32)
+        return InversionResult(np.asarray(start), nan, nan, np.zeros((0, k), np.float32))
+    history = np.concatenate(history)
     return InversionResult(np.asarray(carry.best_w), np.asarray(carry.best_loss), history[-1], history)
 
 
