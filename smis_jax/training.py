@@ -14,10 +14,7 @@ draws exactly what the uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-import time
+import functools
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -93,12 +90,15 @@ def optimizer(cfg: StepConfig) -> optax.GradientTransformation:
     return ranger(cfg.learning_rate)
 
 
+@partial(jax.jit, static_argnames=("config",))
+def _init_encoder(config: EncoderConfig, key: jax.Array):
+    return GradualStyleEncoder(config).init(key, jnp.zeros((1, 256, 256, config.input_nc), jnp.float32), False)
+
+
 def init_train_state(cfg: StepConfig, seed: int) -> TrainState:
     """A fresh encoder (PyTorch default initialisation, as the original trains from scratch) and Ranger state."""
-    key = jax.random.key(seed)
-    init_key, run_key = jax.random.split(key)
-    x = jnp.zeros((1, 256, 256, cfg.encoder.input_nc), jnp.float32)
-    variables = jax.jit(partial(GradualStyleEncoder(cfg.encoder).init, train=False))(init_key, x)
+    init_key, run_key = jax.random.split(jax.random.key(seed))
+    variables = _init_encoder(cfg.encoder, init_key)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -148,8 +148,9 @@ def _loss(cfg: StepConfig, params, batch_stats, onehot, w_plus, latent_avg):
     return loss, (updates["batch_stats"], {"loss": loss, "loss_l2": l2, "w_norm": w_norm})
 
 
+@functools.lru_cache(maxsize=8)
 def make_train_step(cfg: StepConfig, mesh: Mesh):
-    """One jitted ``step(state, gen_params, protos, latent_avg) -> (state, metrics)``.
+    """One jitted ``step(state, gen_params, protos, latent_avg) -> (state, metrics)`` per (config, mesh).
 
     ``state`` is donated; ``gen_params``, ``protos`` and ``latent_avg (S, D)`` are replicated arguments. The batch
     (``cfg.batch_size``, a multiple of the device count) is sampled inside and sharded over ``mesh``.
@@ -172,7 +173,7 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
         (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, onehot, w_plus, latent_avg)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["labelled_fraction"] = jnp.mean((labels > 0).astype(jnp.float32))
         new_state = TrainState(state.step + 1, params, batch_stats, opt_state, state.key)
         return new_state, metrics

@@ -1,0 +1,123 @@
+"""The training step: data parallelism, one compile, exact resume from an orbax checkpoint, W+ sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from smis_jax import data, labeling, stylegan2
+from smis_jax.psp import EncoderConfig
+from smis_jax.training import (
+    Checkpointer,
+    StepConfig,
+    abstract_like,
+    data_mesh,
+    init_train_state,
+    make_train_step,
+    sample_latents,
+)
+
+
+@pytest.fixture(scope="module")
+def generator(golden):
+    return stylegan2.load(golden / "stylegan2_tiny128.pt")
+
+
+def _step_config(generator, n_classes):
+    c = generator.config
+    enc = EncoderConfig(input_nc=n_classes, style_num=c.n_latent, widths=(8, 16, 16, 32), units=(1, 1, 1, 1),
+                        style_dim=c.style_dim, se_reduction=8)
+    return StepConfig(generator=c, encoder=enc, batch_size=2)
+
+
+def _prototypes(generator, samples, mode):
+    folder, n_classes, names = (("CelebAMask-HQ", 19, ["0", "1"]) if mode == "dense"
+                                else ("CelebALandmark-HQ", 71, ["9995", "9996"]))
+    labels = np.stack([data.read_label(samples / folder / "train" / "labels" / f"{n}.png", n_classes) for n in names])
+    w = jnp.broadcast_to(generator.latent_avg, (2, generator.config.n_latent, generator.config.style_dim))
+    _, features = generator.synthesize(w, key=jax.random.key(1), until_res=64)
+    return labeling.prototypes(features, data.onehot(labels, n_classes), mode=mode), n_classes
+
+
+def _run(cfg, generator, protos, devices, steps, state=None):
+    mesh = data_mesh(devices)
+    replicated = NamedSharding(mesh, P())
+    latent_avg = jnp.broadcast_to(generator.latent_avg, (cfg.generator.n_latent, cfg.generator.style_dim))
+    state = init_train_state(cfg, seed=0) if state is None else state
+    state, gen_params, protos, latent_avg = jax.device_put((state, generator.params, protos, latent_avg), replicated)
+    step = make_train_step(cfg, mesh)
+    losses = []
+    for _ in range(steps):
+        state, metrics = step(state, gen_params, protos, latent_avg)
+        losses.append(float(metrics["loss"]))
+    return jax.device_get(state), losses, step
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_two_devices_match_one(generator, samples, mode):
+    assert jax.device_count() >= 2, "conftest forces two CPU devices"
+    protos, n_classes = _prototypes(generator, samples, mode)
+    cfg = _step_config(generator, n_classes)
+    one, losses_one, _ = _run(cfg, generator, protos, jax.devices()[:1], steps=2)
+    two, losses_two, step = _run(cfg, generator, protos, jax.devices()[:2], steps=2)
+    # The same samples, labels and updates; only the order of the cross-device sums differs.
+    np.testing.assert_allclose(losses_two, losses_one, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(one)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert int(two.step) == 2
+    assert step._cache_size() == 1  # compiled once for both steps: no retrace
+
+
+def test_resume_from_checkpoint_is_exact(generator, samples, tmp_path):
+    protos, n_classes = _prototypes(generator, samples, "dense")
+    cfg = _step_config(generator, n_classes)
+    straight, losses, _ = _run(cfg, generator, protos, jax.devices()[:1], steps=4)
+
+    half, _, _ = _run(cfg, generator, protos, jax.devices()[:1], steps=2)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    ckpt.save(half, protos, {"note": "test"})
+    ckpt.wait()
+    ckpt.close()
+    del half
+
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.latest_step() == 2
+    restored, restored_protos, meta = ckpt.restore(abstract_like(init_train_state(cfg, seed=0)))
+    ckpt.close()
+    assert meta["step"] == 2 and meta["note"] == "test"
+    np.testing.assert_array_equal(restored_protos.vectors, protos.vectors)
+    resumed, resumed_losses, _ = _run(cfg, generator, restored_protos, jax.devices()[:1], steps=2, state=restored)
+    assert resumed_losses == losses[2:]
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+        np.testing.assert_array_equal(a, b)  # optimizer state, BN statistics, step and key included
+
+
+def test_wplus_sampling_normalises_each_layer_over_features(generator):
+    c = generator.config
+    cfg = StepConfig(generator=c, encoder=EncoderConfig(input_nc=2, style_num=c.n_latent, style_dim=c.style_dim),
+                     batch_size=2, train_wplus=True)
+    key = jax.random.key(5)
+    w_plus = sample_latents(cfg, generator.params, key)
+    assert w_plus.shape == (2, c.n_latent, c.style_dim)
+    # Each layer's w is the mapping of its own z (PixelNorm over the 512 features, not over the layers).
+    z = jax.random.normal(key, (2 * c.n_latent, c.style_dim))
+    np.testing.assert_allclose(w_plus.reshape(-1, c.style_dim), generator.mapping(z), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(w_plus[:, 0], w_plus[:, 1])
+    w = sample_latents(cfg.__class__(**{**cfg.__dict__, "train_wplus": False}), generator.params, key)
+    np.testing.assert_array_equal(w[:, 0], w[:, -1])  # W: one w broadcast to every layer
+
+
+def test_batch_must_split_over_devices(generator):
+    c = generator.config
+    cfg = StepConfig(generator=c, encoder=EncoderConfig(input_nc=2, style_num=c.n_latent, style_dim=c.style_dim),
+                     batch_size=3)
+    with pytest.raises(ValueError, match="not divisible by the 2 devices"):
+        make_train_step(cfg, data_mesh(jax.devices()[:2]))
+
+
+def test_encoder_must_fit_generator(generator):
+    c = generator.config
+    with pytest.raises(ValueError, match="encoder produces"):
+        StepConfig(generator=c, encoder=EncoderConfig(input_nc=2, style_num=c.n_latent + 1, style_dim=c.style_dim),
+                   batch_size=2)
