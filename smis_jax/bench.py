@@ -216,14 +216,19 @@ def _status_kb(field: str) -> int | None:
 # FLOPs.
 
 def _flops(compiled, fn: Callable, *args) -> tuple[float | None, str]:
-    """(FLOPs of one call, where the number comes from): XLA's cost model, else :func:`jaxpr_flops`."""
-    flops = _cost_flops(compiled)
-    if flops is not None:
-        return flops, "xla cost_analysis"
+    """(FLOPs of one call, where the number comes from): XLA's cost model, except for programs with loops, which
+    it counts once (the chunked sparse labelling is a ``lax.map``): those, and backends without a cost model, get
+    the jaxpr count, which multiplies a scan body by its length."""
+    xla = _cost_flops(compiled)
     try:
-        return jaxpr_flops(fn, *args), "analytic (jaxpr convs/matmuls)"
-    except Exception:
-        return None, "unavailable"
+        analytic, loops = _jaxpr_count(fn, *args)
+    except Exception:  # a primitive the counter cannot walk: XLA's number alone
+        analytic, loops = None, False
+    if xla is not None and not (loops and analytic):
+        return xla, "xla cost_analysis"
+    if analytic is not None:
+        return analytic, "analytic (jaxpr convs/matmuls)" + ("; the program loops" if loops else "")
+    return None, "unavailable"
 
 
 def _cost_flops(compiled) -> float | None:
@@ -242,9 +247,17 @@ def jaxpr_flops(fn: Callable, *args) -> float:
     """Analytic FLOPs of ``fn(*args)``: 2 per multiply-add of every ``dot_general`` and ``conv_general_dilated`` in
     its jaxpr (nested jaxprs included, scan bodies times their length); zeros inserted by ``lhs_dilation``
     (transposed convs) are not counted. Element-wise work is ignored (small next to the convs)."""
+    return _jaxpr_count(fn, *args)[0]
+
+
+def _jaxpr_count(fn: Callable, *args) -> tuple[float, bool]:
+    """(:func:`jaxpr_flops`, whether the program has a scan or while loop)."""
     from jax.extend.core import jaxprs_in_params
 
+    loops = False
+
     def count(jaxpr) -> float:
+        nonlocal loops
         total = 0.0
         for eqn in jaxpr.eqns:
             name = eqn.primitive.name
@@ -258,12 +271,15 @@ def jaxpr_flops(fn: Callable, *args) -> float:
                 taps = math.prod(rhs[d] for d in spec[2:]) * rhs[spec[1]]
                 holes = math.prod(eqn.params.get("lhs_dilation") or (1,))
                 total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * taps / holes
+            elif name in ("scan", "while"):
+                loops = True
             times = eqn.params.get("length", 1) if name == "scan" else 1
             for sub in jaxprs_in_params(eqn.params):
                 total += times * count(sub)
         return total
 
-    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+    total = count(jax.make_jaxpr(fn)(*args).jaxpr)
+    return total, loops
 
 
 def _xla_bytes(compiled) -> int | None:
@@ -371,8 +387,19 @@ def _host_context() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs: generator weights, prototypes from generated shots.
 
+# Inputs are built by a few whole-tree jits or in numpy: every distinct eager op is a compile of its own, and
+# hundreds of them (one per parameter leaf) cost more than the benchmarked programs at the tiny shapes.
+
+@partial(jax.jit, static_argnums=(1,))
 def _cast(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+_init_params = jax.jit(init_params, static_argnums=(0,))
+
+
+def _normal(seed: int, shape) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
 
 
 def _sample(gcfg: GeneratorConfig, params, key, batch: int, until_res: int | None, dtype):
@@ -562,7 +589,7 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
     device = device_info()
     memory = _Memory()
     key_params, key_protos, key_runs = jax.random.split(jax.random.key(seed), 3)
-    params32 = init_params(gcfg, key_params)
+    params32 = _init_params(gcfg, key_params)
     params = _cast(params32, jdtype)
     protos = make_prototypes(gcfg, params32, mode, n_classes, key_protos, vectors_per_class)
     vecs = _vectors_by_class(protos) if mode == "sparse" else None
@@ -717,37 +744,31 @@ def _original_dense_step(cfg, state, gen_params, protos, latent_avg):
 def random_train_state(cfg, seed: int = 0):
     """A :class:`smis_jax.training.TrainState` with random encoder weights at the real shapes (PyTorch's default
     ranges: kernels U(+-1/sqrt(fan_in)), EqualLinear weights N(0, 1), BatchNorm scale 1, PReLU 0.25) and a fresh
-    Ranger state. One uniform draw over all leaves: ``init_train_state`` jits the Flax init, whose one threefry
-    per parameter takes about half a minute to compile on a 2-core CPU even for the tiny encoder."""
+    Ranger state. Drawn in numpy: ``init_train_state`` jits the Flax init, whose one threefry per parameter takes
+    about half a minute to compile on a 2-core CPU even for the tiny encoder."""
     from smis_jax.psp import abstract_variables
     from smis_jax.training import TrainState, optimizer
 
+    rng = np.random.default_rng(seed)
     shapes = abstract_variables(cfg.encoder)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes["params"])
-    sizes = [math.prod(leaf.shape) for _, leaf in leaves]
-    key = jax.random.key(seed)
-    flat = jax.random.uniform(key, (sum(sizes),), minval=-1.0, maxval=1.0)
-    out, offset = [], 0
-    for (path, leaf), n in zip(leaves, sizes):
+
+    def param(path, leaf):
         name = getattr(path[-1], "key", "")
-        u = flat[offset:offset + n].reshape(leaf.shape)
-        offset += n
         if name == "kernel":
-            out.append(u / math.sqrt(math.prod(leaf.shape[:-1])))
-        elif name == "weight":
-            out.append(u * math.sqrt(3.0))  # unit variance, as N(0, 1)
-        elif name == "scale":
-            out.append(jnp.ones(leaf.shape, jnp.float32))
-        elif name == "alpha":
-            out.append(jnp.full(leaf.shape, 0.25, jnp.float32))
-        else:
-            out.append(jnp.zeros(leaf.shape, jnp.float32))
-    params = jax.tree_util.tree_unflatten(treedef, out)
+            bound = 1.0 / math.sqrt(math.prod(leaf.shape[:-1]))
+            return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
+        if name == "weight":
+            return rng.standard_normal(leaf.shape, dtype=np.float32)
+        return np.full(leaf.shape, {"scale": 1.0, "alpha": 0.25}.get(name, 0.0), np.float32)
+
+    params = jax.tree_util.tree_map_with_path(param, shapes["params"])
     batch_stats = jax.tree_util.tree_map_with_path(
-        lambda path, s: jnp.ones(s.shape, s.dtype) if getattr(path[-1], "key", "") == "var"
-        else jnp.zeros(s.shape, s.dtype), shapes["batch_stats"])
+        lambda path, s: np.full(s.shape, 1.0 if getattr(path[-1], "key", "") == "var" else 0.0, np.float32),
+        shapes["batch_stats"])
+    params, batch_stats = jax.device_put((params, batch_stats))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=optimizer(cfg).init(params), key=jax.random.key_data(jax.random.fold_in(key, 1)))
+                      opt_state=jax.jit(optimizer(cfg).init)(params),
+                      key=jax.random.key_data(jax.random.key(seed)))
 
 
 def bench_train_step(preset: Preset, mode: str, batches: Sequence[int] = (2,), repeats: int = 3,
@@ -760,11 +781,11 @@ def bench_train_step(preset: Preset, mode: str, batches: Sequence[int] = (2,), r
     n_classes = preset.n_classes(mode)
     device = device_info()
     memory = _Memory()
-    key_params, key_protos, key_avg = jax.random.split(jax.random.key(seed), 3)
-    gen_params = init_params(gcfg, key_params)
+    key_params, key_protos = jax.random.split(jax.random.key(seed))
+    gen_params = _init_params(gcfg, key_params)
     protos = make_prototypes(gcfg, gen_params, mode, n_classes, key_protos, vectors_per_class)
     vecs = _vectors_by_class(protos) if mode == "sparse" else None
-    latent_avg = jax.random.normal(key_avg, (gcfg.n_latent, gcfg.style_dim))
+    latent_avg = _normal(seed + 1, (gcfg.n_latent, gcfg.style_dim))
     mesh = data_mesh()
     replicated = NamedSharding(mesh, P())
     rows = []
@@ -854,10 +875,12 @@ def bench_train_step(preset: Preset, mode: str, batches: Sequence[int] = (2,), r
 # Inversion.
 
 def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, repeats: int = 3, seed: int = 0,
-                    xla_flops: bool = True) -> list[dict[str, Any]]:
+                    xla_flops: bool = True, target_size: int = LABEL_SIZE) -> list[dict[str, Any]]:
     """Inversion steps per second for K images: ours (K at once) vs the original (K sequential one-image runs).
 
-    ``xla_flops=False`` counts the FLOPs from the jaxpr instead of compiling the loss gradient once more."""
+    Image k gets the same key in both paths, so both follow the same trajectories (reported as the largest
+    relative difference of the final losses). ``xla_flops=False`` counts the FLOPs from the jaxpr instead of
+    compiling the loss gradient once more; ``target_size`` (the original's 256) may be lowered for smoke runs."""
     from smis_jax import lpips as lpips_lib
     from smis_jax.inversion import image_loss, invert
     from smis_jax.stylegan2 import LoadedGenerator
@@ -865,11 +888,10 @@ def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, re
     gcfg = preset.generator
     device = device_info()
     memory = _Memory()
-    key_params, key_noise, key_avg, key_targets, key_runs = jax.random.split(jax.random.key(seed), 5)
-    params = init_params(gcfg, key_params)
-    noises = [jax.random.normal(jax.random.fold_in(key_noise, i), (1, r, r, 1))
-              for i, r in enumerate(2 ** ((i + 5) // 2) for i in range(gcfg.num_layers))]
-    gen = LoadedGenerator(gcfg, params, noises, jax.random.normal(key_avg, (gcfg.style_dim,)))
+    key_params, key_noise, key_runs = jax.random.split(jax.random.key(seed), 3)
+    params = _init_params(gcfg, key_params)
+    noises = [_normal(seed + 10 + i, (1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2), 1)) for i in range(gcfg.num_layers)]
+    gen = LoadedGenerator(gcfg, params, noises, _normal(seed + 1, (gcfg.style_dim,)))
     lpips_params = lpips_lib.load().params
 
     # Model FLOPs of one image-step: generator forward + pooling + MSE + LPIPS, and the gradient (Ranger ignored).
@@ -878,7 +900,7 @@ def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, re
         return jnp.sum(image_loss(lpips_params, image, target, 1.0, 0.8))
 
     w1 = jnp.zeros((1, gcfg.n_latent, gcfg.style_dim))
-    t1 = jnp.zeros((1, LABEL_SIZE, LABEL_SIZE, 3))
+    t1 = jnp.zeros((1, target_size, target_size, 3))
     grad_jit = jax.jit(jax.value_and_grad(one_step_loss))
     noise1 = make_noise(gcfg, key_noise, 1)
     if xla_flops:
@@ -889,16 +911,16 @@ def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, re
 
     rows = []
     for k in ks:
-        targets = jax.random.uniform(jax.random.fold_in(key_targets, k), (k, LABEL_SIZE, LABEL_SIZE, 3),
-                                     minval=-1.0, maxval=1.0)
-        keys = [jax.random.fold_in(key_runs, r) for r in range(repeats + 1)]
+        targets = jnp.asarray(np.random.default_rng(seed + k).uniform(-1, 1, (k, target_size, target_size, 3)),
+                              jnp.float32)
+        keys = [jax.random.split(jax.random.fold_in(key_runs, r), k) for r in range(repeats + 1)]  # per image
 
         def ours_run(r):
-            return invert(gen, lpips_params, targets, keys[r], steps=steps, chunk=steps).loss
+            return invert(gen, lpips_params, targets, keys=keys[r], steps=steps, chunk=steps).final_loss
 
         def orig_run(r):
-            return [invert(gen, lpips_params, targets[i:i + 1], jax.random.fold_in(keys[r], i), steps=steps,
-                           chunk=steps).loss for i in range(k)]
+            return np.concatenate([invert(gen, lpips_params, targets[i:i + 1], keys=keys[r][i:i + 1], steps=steps,
+                                          chunk=steps).final_loss for i in range(k)])
 
         flops = step_flops * k * steps
         source = flops_source
@@ -908,12 +930,14 @@ def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, re
         for p in (original, ours):  # invert() compiles on its first call: the warm-up's extra time
             p.compile_s = max(0.0, p.first_s - _median(p.times))
         base = {"config": preset.name, "k_images": k, "batch": k, "steps": steps, "resolution": gcfg.size,
-                **_host_context()}
+                "target_res": target_size, **_host_context()}
         orig_row = _result("inversion", original, base, k * steps, "image_steps_per_s", "float32", device)
         ours_row = _result("inversion", ours, base, k * steps, "image_steps_per_s", "float32", device)
         for row in (orig_row, ours_row):
             row["steps_per_s"] = steps / row["time_s_median"]  # steps of all K images per second
         ours_row["speedup_vs_original"] = orig_row["time_s_median"] / ours_row["time_s_median"]
+        a, b = np.asarray(ours.first_out, np.float64), np.asarray(original.first_out, np.float64)
+        ours_row["final_loss_max_rel_diff_vs_original"] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
         rows += [orig_row, ours_row]
     return rows
 
@@ -1015,7 +1039,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.bench == "train-step":
             rows = bench_train_step(preset, args.mode, batches, repeats, args.vectors_per_class, max_gb, args.seed)
         else:
-            rows = bench_inversion(preset, batches, steps, repeats, args.seed, xla_flops=not args.quick)
+            # --quick: 64x64 targets (LPIPS at 256 dominates a tiny-generator step) and no extra FLOPs compile.
+            rows = bench_inversion(preset, batches, steps, repeats, args.seed, xla_flops=not args.quick,
+                                   target_size=64 if args.quick else LABEL_SIZE)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU benchmark set (issue #4), for one GPU; about 6-8 minutes on an H100-class card (most of it compiling).
+#
+#   bash bench/gpu.sh [OUT.jsonl]          # default bench/gpu-results.jsonl; tables go to stdout
+#
+# Each command is its own process, so the device's peak-memory high-water mark belongs to that command's batch
+# sizes; each is cut off after STEP_TIMEOUT seconds (default 150) and the script goes on with the next one.
+# QUICK=1 runs the same commands with --quick (tiny shapes) to check the plumbing on any machine; FORCE=1 runs
+# the full set without a GPU (slow: use the CPU commands in BENCHMARKS.md instead).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${1:-bench/gpu-results.jsonl}
+STEP_TIMEOUT=${STEP_TIMEOUT:-150}
+EXTRA=()
+if [[ "${QUICK:-0}" == 1 ]]; then EXTRA=(--quick --repeats 1); fi
+
+platform=$(python -c "import jax; print(jax.devices()[0].platform)") || exit 1
+if [[ "$platform" != gpu && "${FORCE:-0}" != 1 && "${QUICK:-0}" != 1 ]]; then
+  echo "bench/gpu.sh: no GPU visible to jax (platform: $platform); set FORCE=1 or QUICK=1 to run anyway" >&2
+  exit 2
+fi
+python -c "import jax; d = jax.devices()[0]; print('device:', d.platform, d.device_kind, '| jax', jax.__version__)"
+
+failed=0
+run() {
+  echo "== python -m smis_jax.bench $*"
+  if ! timeout "$STEP_TIMEOUT" python -m smis_jax.bench "$@" "${EXTRA[@]}" --json-out "$OUT"; then
+    echo "!! failed or timed out: $*" >&2
+    failed=$((failed + 1))
+  fi
+}
+
+# Labelling at the FFHQ config-f shapes: dense (19 classes) and sparse (71 classes, 9 and 150 vectors per class).
+# (--quick only changes defaults, and an explicit --config wins, so QUICK=1 swaps the config itself.)
+CFG=ffhq
+if [[ "${QUICK:-0}" == 1 ]]; then CFG=tiny; fi
+run labeling --config "$CFG" --mode dense --batch 1,4,16 --dtype float32 --repeats 10
+run labeling --config "$CFG" --mode dense --batch 1,4,16 --dtype bfloat16 --repeats 10
+run labeling --config "$CFG" --mode sparse --batch 1,4,16 --dtype float32 --repeats 5
+run labeling --config "$CFG" --mode sparse --batch 16 --dtype bfloat16 --repeats 5
+run labeling --config "$CFG" --mode sparse --batch 16 --vectors-per-class 150 --repeats 5
+# Training step (IR-SE-50, batch 2 as the original trains, and 8), inversion of K = 5 images.
+run train-step --config "$CFG" --mode dense --batch 2,8 --repeats 10
+run train-step --config "$CFG" --mode sparse --batch 2 --repeats 5
+run inversion --config "$CFG" --batch 5 --steps 20 --repeats 3
+
+echo "results appended to $OUT ($failed command(s) failed)"
+exit $((failed > 0))
