@@ -1,0 +1,168 @@
+"""End to end, as a user runs it: train.run on the real CelebAMask-HQ shots with the golden generator, a kill -9
+after the first checkpoint, --resume, then synthesis and evaluation from what the run wrote.
+
+The resumed run must end exactly where an uninterrupted run ends: we replay the 20 steps in this process from the
+seed and the run's prototypes and compare with the final checkpoint.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from smis_jax import experiment, stylegan2, synthesize
+from smis_jax import evaluate as evaluate_cli
+from smis_jax.config import TrainConfig
+from smis_jax.training import Checkpointer, StepConfig, abstract_like, init_train_state
+from train import run as train_cli
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS, SAVE_EVERY = 20, 10
+
+
+def _train_args(workdir, samples, golden, *extra):
+    return ["--domain", "tiny", "--data", str(samples / "CelebAMask-HQ"),
+            "--stylegan", str(golden / "stylegan2_tiny128.pt"), "--workdir", str(workdir), "--encoder", "tiny",
+            "--max-steps", str(STEPS), "--inversion-steps", "2", "--save-every", str(SAVE_EVERY), "--log-every", "5",
+            "--image-every", "10", "--eval-every", "20", *extra]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, samples, golden):
+    workdir = tmp_path_factory.mktemp("e2e") / "run"
+    cmd = [sys.executable, "-m", "train.run", *_train_args(workdir, samples, golden)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = workdir / "checkpoints" / str(SAVE_EVERY)  # orbax renames a finished step's folder into place
+    deadline = time.monotonic() + 900
+    while not first.is_dir():
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early ({proc.returncode}):\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no checkpoint after 15 minutes")
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (workdir / "export").exists() and not (workdir / "checkpoints" / str(STEPS)).exists()
+
+    resumed = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming from step {SAVE_EVERY}" in resumed.stdout
+    assert "reusing cached inversions" not in resumed.stdout  # resume restores the prototypes, no inversion
+    return workdir
+
+
+def test_run_writes_what_a_user_needs(run_dir):
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["train"]["domain"] == "tiny" and record["shots"] == ["0", "1", "10", "100", "1000"]
+    assert len(record["devices"]) == 2  # the batch was split over both (forced) CPU devices
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [m for m in lines if "loss" in m]
+    assert [m["step"] for m in train_lines][-2:] == [15, 20] and all(np.isfinite(m["loss"]) for m in train_lines)
+    evals = [m for m in lines if "eval/miou" in m]
+    assert evals and evals[-1]["step"] == STEPS and 0.0 <= evals[-1]["eval/miou"] <= 1.0
+    grid = Image.open(run_dir / "images" / f"step_{STEPS:07d}.png")
+    assert grid.size == (3 * 256, 2 * 256)  # [pseudo-label | sample | reconstruction] x batch 2
+    assert sorted(p.name for p in (run_dir / "inversion").iterdir()) == [f"{n}.npz" for n in
+                                                                          ["0", "1", "10", "100", "1000"]]
+
+
+def test_resumed_run_equals_uninterrupted_run(run_dir, golden):
+    from smis_jax.training import data_mesh, make_train_step
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    record = json.loads((run_dir / "config.json").read_text())
+    cfg = TrainConfig.from_dict(record["train"])
+    generator = stylegan2.load(golden / "stylegan2_tiny128.pt")
+    step_cfg = StepConfig(generator=generator.config, encoder=experiment.encoder_config(cfg, generator),
+                          batch_size=cfg.batch_size)
+    ckpt = Checkpointer(run_dir / "checkpoints")
+    assert ckpt.latest_step() == STEPS
+    final, protos, _ = ckpt.restore(abstract_like(init_train_state(step_cfg, cfg.seed)))
+    ckpt.close()
+
+    mesh = data_mesh()
+    replicated = NamedSharding(mesh, P())
+    latent_avg = np.broadcast_to(generator.latent_avg, (generator.config.n_latent, generator.config.style_dim))
+    state, gen_params, protos, latent_avg = jax.device_put(
+        (init_train_state(step_cfg, cfg.seed), generator.params, protos, latent_avg), replicated)
+    step = make_train_step(step_cfg, mesh)
+    for _ in range(STEPS):
+        state, _ = step(state, gen_params, protos, latent_avg)
+    for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(final)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_synthesis_and_evaluation_from_the_run(run_dir, samples, tmp_path, capsys):
+    masks = samples / "CelebAMask-HQ" / "test" / "labels"
+    out = tmp_path / "synth"
+    assert synthesize.main(["--checkpoint", str(run_dir / "export"), "--masks", str(masks), "--out", str(out),
+                            "--styles", "2", "--seed", "1", "--grid"]) == 0
+    for name in ["28000", "28001", "28002"]:
+        for s in range(2):
+            assert Image.open(out / f"{name}_s{s}.png").size == (256, 256)
+        assert (out / "grid" / f"{name}.png").is_file()
+    capsys.readouterr()
+    assert evaluate_cli.main(["--workdir", str(run_dir)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["step"] == STEPS and result["n_masks"] == 3 and 0.0 <= result["miou"] <= 1.0
+    # The same number the run logged at its last step (same checkpoint, masks, noise buffers).
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert result["miou"] == pytest.approx([m for m in lines if "eval/miou" in m][-1]["eval/miou"], rel=1e-6)
+
+
+def test_existing_run_needs_resume(run_dir, samples, golden, capsys):
+    assert train_cli.main(_train_args(run_dir, samples, golden)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds checkpoints up to step 20; pass --resume" in err
+
+
+def _copy_pairs(src: Path, dst: Path, names, label_names=None):
+    (dst / "train" / "images").mkdir(parents=True)
+    (dst / "train" / "labels").mkdir(parents=True)
+    for n in names:
+        (dst / "train" / "images" / f"{n}.jpg").write_bytes((src / "train" / "images" / f"{n}.jpg").read_bytes())
+    for n in label_names or names:
+        (dst / "train" / "labels" / f"{n}.png").write_bytes((src / "train" / "labels" / f"{n}.png").read_bytes())
+
+
+@pytest.mark.parametrize("problem", ["no-data", "unpaired", "bad-class", "wrong-size", "bad-shots"])
+def test_bad_input_is_one_line_error(problem, tmp_path, samples, golden, capsys):
+    data_dir = tmp_path / "data"
+    extra = []
+    domain = "tiny"
+    if problem == "no-data":
+        expected = f"{data_dir}: data folder not found"
+    elif problem == "unpaired":
+        _copy_pairs(samples / "CelebAMask-HQ", data_dir, ["0", "1"], label_names=["0", "10"])
+        expected = "images without a label"
+    elif problem == "bad-class":
+        _copy_pairs(samples / "CelebAMask-HQ", data_dir, ["0"])
+        bad = np.array(Image.open(data_dir / "train" / "labels" / "0.png").convert("L"))
+        bad[5, 7] = 42
+        Image.fromarray(bad).save(data_dir / "train" / "labels" / "0.png")
+        extra = ["--shots", "1"]
+        expected = "0.png: label value 42 at (x=7, y=5) is not a class id of a 19-class model"
+    elif problem == "wrong-size":
+        domain = "faces"
+        expected = "domain 'faces' expects a 1024px generator"
+    else:
+        _copy_pairs(samples / "CelebAMask-HQ", data_dir, ["0"])
+        extra = ["--shots", "3"]
+        expected = "--shots 3 asks for more pairs than the 1 in train/"
+    args = _train_args(tmp_path / "work", samples, golden, *extra)
+    args[args.index("--domain") + 1] = domain
+    args[args.index("--data") + 1] = str(data_dir)
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "work" / "checkpoints").exists()
