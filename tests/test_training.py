@@ -121,3 +121,13 @@ def test_encoder_must_fit_generator(generator):
     with pytest.raises(ValueError, match="encoder produces"):
         StepConfig(generator=c, encoder=EncoderConfig(input_nc=2, style_num=c.n_latent + 1, style_dim=c.style_dim),
                    batch_size=2)
+
+
+def test_non_finite_loss_stops_and_names_the_step():
+    from smis_jax.experiment import _mean_metrics
+    from smis_jax.training import TrainingError
+
+    metrics = [{"loss": jnp.float32(0.5)}, {"loss": jnp.float32(0.4)}, {"loss": jnp.float32(np.nan)}]
+    with pytest.raises(TrainingError, match="non-finite loss nan at step 13"):
+        _mean_metrics(metrics, first_step=10)
+    assert _mean_metrics(metrics[:2], first_step=10) == {"loss": pytest.approx(0.45)}
