@@ -64,8 +64,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from smis_jax import labeling
 from smis_jax.config import DOMAINS
+from smis_jax.conversion.common import ConversionError
 from smis_jax.psp import EncoderConfig, GradualStyleEncoder
 from smis_jax.stylegan2 import FEATURE_RES, Generator, GeneratorConfig, init_params, make_noise
+from smis_jax.torchfile import TorchFileError
 
 __all__ = [
     "BenchError", "Preset", "PRESETS", "PEAK_FLOPS", "device_info", "peak_flops", "jaxpr_flops",
@@ -581,15 +583,25 @@ def _torch_render_path(gcfg: GeneratorConfig, batch: int, channel_multiplier: in
 
 def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str = "float32", repeats: int = 3,
                    vectors_per_class: int = 9, topk: int = 3, cos_th: float = 0.5, max_memory_gb: float | None = None,
-                   torch_row: bool = True, seed: int = 0) -> list[dict[str, Any]]:
-    """Pseudo-labels per second, original path vs ours, for each batch size. Returns one dict per (batch, path)."""
+                   torch_row: bool = True, seed: int = 0, weights: str | None = None) -> list[dict[str, Any]]:
+    """Pseudo-labels per second, original path vs ours, for each batch size. Returns one dict per (batch, path).
+
+    ``weights``: a rosinality checkpoint or converted directory whose generator replaces the random one (its
+    shapes replace the preset's); the speed is the same, but bfloat16 agreement is only meaningful with trained
+    weights (random weights give near-identical prototypes, see ``f32_top2_margin_median``)."""
     gcfg = preset.generator
     n_classes = preset.n_classes(mode)
     jdtype = jnp.dtype(dtype)
     device = device_info()
     memory = _Memory()
     key_params, key_protos, key_runs = jax.random.split(jax.random.key(seed), 3)
-    params32 = _init_params(gcfg, key_params)
+    if weights is None:
+        params32 = _init_params(gcfg, key_params)
+    else:
+        from smis_jax import stylegan2
+
+        loaded = stylegan2.load(weights)
+        gcfg, params32 = loaded.config, loaded.params
     params = _cast(params32, jdtype)
     protos = make_prototypes(gcfg, params32, mode, n_classes, key_protos, vectors_per_class)
     vecs = _vectors_by_class(protos) if mode == "sparse" else None
@@ -645,7 +657,7 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
         base = {"config": preset.name, "mode": mode, "batch": batch, "resolution": gcfg.size,
                 "feature_res": FEATURE_RES, "label_res": LABEL_SIZE, "n_classes": n_classes,
                 "n_prototype_vectors": n_vectors, "topk": topk if mode == "sparse" else None,
-                **_host_context()}
+                "weights": weights or "random", **_host_context()}
         skip = _check_fits(paths, None if max_memory_gb is None else max_memory_gb * 2**30)
         if skip:
             rows.append({"bench": "labeling", "path": "skipped", **base, "dtype": dtype, **device, "skipped": skip})
@@ -674,7 +686,24 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
                 ours_row["agree_with_float32_labelled"] = float(np.mean(ours_labels[either] == ref[either])) \
                     if either.any() else None
             ours_row["generator_dtype"] = dtype_check
+            if mode == "dense":
+                ours_row.update(_dense_margins(gcfg, params32, protos, batch, keys[0]))
     return rows
+
+
+def _dense_margins(gcfg: GeneratorConfig, params32, protos: labeling.DensePrototypes, batch: int, key):
+    """How close the float32 dense decisions are: the median gap between the best and second-best cosine per
+    pixel, and the median cosine between prototypes (bfloat16 flips labels where the gap is small)."""
+    @jax.jit
+    def gaps(params, protos, key):
+        _, features, _ = _sample(gcfg, params, key, batch, FEATURE_RES, jnp.float32)
+        top2 = jax.lax.top_k(labeling.cosine_scores(features, protos), 2)[0]
+        return top2[..., 0] - top2[..., 1]
+
+    v = np.asarray(protos.vectors)[np.asarray(protos.present)]
+    pair = (v @ v.T)[~np.eye(len(v), dtype=bool)]
+    return {"f32_top2_margin_median": float(np.median(np.asarray(gaps(params32, protos, key)))),
+            "prototype_pairwise_cos_median": float(np.median(pair)) if pair.size else None}
 
 
 def _channel_multiplier(gcfg: GeneratorConfig) -> int:
@@ -1013,6 +1042,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-memory-gb", type=float, default=None,
                     help="skip a batch whose XLA buffers exceed this (default: 12 on CPU, no limit elsewhere)")
     ap.add_argument("--no-torch", action="store_true", help="labeling: leave out the PyTorch reference row")
+    ap.add_argument("--weights", help="labeling: a StyleGAN2 checkpoint (rosinality .pt or converted directory) to use "
+                    "instead of random weights (its shapes replace the config's)")
     ap.add_argument("--quick", action="store_true", help="tiny config, first default batch, 2 repeats")
     ap.add_argument("--json-out", type=Path, help="append JSON lines here (the table goes to stdout)")
     ap.add_argument("--seed", type=int, default=0)
@@ -1030,19 +1061,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BenchError("--repeats, --steps and --vectors-per-class must be >= 1")
         if args.bench != "labeling" and args.dtype != "float32":
             raise BenchError(f"{args.bench} runs in float32 only; --dtype bfloat16 applies to labeling")
+        if args.bench != "labeling" and args.weights:
+            raise BenchError("--weights applies to labeling only")
         max_gb = args.max_memory_gb
         if max_gb is None and jax.devices()[0].platform == "cpu":
             max_gb = 12.0
         if args.bench == "labeling":
             rows = bench_labeling(preset, args.mode, batches, args.dtype, repeats, args.vectors_per_class,
-                                  max_memory_gb=max_gb, torch_row=not (args.no_torch or args.quick), seed=args.seed)
+                                  max_memory_gb=max_gb, torch_row=not (args.no_torch or args.quick), seed=args.seed,
+                                  weights=args.weights)
         elif args.bench == "train-step":
             rows = bench_train_step(preset, args.mode, batches, repeats, args.vectors_per_class, max_gb, args.seed)
         else:
             # --quick: 64x64 targets (LPIPS at 256 dominates a tiny-generator step) and no extra FLOPs compile.
             rows = bench_inversion(preset, batches, steps, repeats, args.seed, xla_flops=not args.quick,
                                    target_size=64 if args.quick else LABEL_SIZE)
-    except BenchError as e:
+    except (BenchError, ConversionError, TorchFileError) as e:  # bad options, unreadable --weights
         print(f"error: {e}", file=sys.stderr)
         return 2
     lines = [json.dumps(row, sort_keys=True) for row in rows]
