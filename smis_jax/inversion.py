@@ -28,7 +28,7 @@ import optax
 from smis_jax import lpips as lpips_lib
 from smis_jax import ops
 from smis_jax.optim import ranger
-from smis_jax.stylegan2 import Generator, GeneratorConfig, LoadedGenerator, make_noise
+from smis_jax.stylegan2 import Generator, GeneratorConfig, LoadedGenerator, make_sample_noise
 
 __all__ = ["InversionResult", "invert", "invert_cached", "image_loss"]
 
@@ -57,15 +57,6 @@ class _Carry(NamedTuple):
     best_loss: jax.Array  # (K,)
 
 
-def _image_noise(config: GeneratorConfig, keys_K: jax.Array, t) -> list[jax.Array]:
-    """Fresh noise for step ``t``, each image's drawn from its own key: list of (K, r, r, 1).
-
-    Image k's noise depends only on its key and the step, so a batched run draws what K separate runs would.
-    """
-    per_image = jax.vmap(lambda kk: make_noise(config, jax.random.fold_in(kk, t), 1))(keys_K)  # (K, 1, r, r, 1)
-    return [n[:, 0] for n in per_image]
-
-
 @partial(jax.jit, static_argnames=("config", "n_steps", "lpips_lambda"), donate_argnums=(1,))
 def _run_chunk(config: GeneratorConfig, carry: _Carry, gen_params, lpips_params, targets, keys_K, first_step, lr,
                l2_lambda, n_steps: int, lpips_lambda: float):
@@ -78,7 +69,8 @@ def _run_chunk(config: GeneratorConfig, carry: _Carry, gen_params, lpips_params,
         return jnp.sum(per_image), per_image
 
     def step(carry: _Carry, t):
-        noise = _image_noise(config, keys_K, t)
+        # Image k's noise depends only on its key and the step: a batched run draws what K separate runs would.
+        noise = make_sample_noise(config, jax.vmap(lambda kk: jax.random.fold_in(kk, t))(keys_K))
         (_, per_image), grads = jax.value_and_grad(loss_fn, has_aux=True)(carry.w_plus, noise)
         better = per_image < carry.best_loss
         best_w = jnp.where(better[:, None, None], carry.w_plus, carry.best_w)  # the codes that achieved it

@@ -356,6 +356,16 @@ def make_noise(config: GeneratorConfig, key: jax.Array, batch: int, until_res: i
     return noise
 
 
+def make_sample_noise(config: GeneratorConfig, keys: jax.Array, until_res: int | None = None) -> list[jax.Array]:
+    """Like :func:`make_noise`, but sample b's noise comes from its own key ``keys[b]``: list of (B, r, r, 1).
+
+    A sample's noise then does not depend on the batch it is computed in (batched inversion equals separate
+    runs; synthesis results do not depend on the batch size).
+    """
+    per_sample = jax.vmap(lambda k: make_noise(config, k, 1, until_res))(keys)  # each (B, 1, r, r, 1)
+    return [n[:, 0] for n in per_sample]
+
+
 def truncate(w: jax.Array, latent_avg: jax.Array, psi: float) -> jax.Array:
     """``latent_avg + psi * (w - latent_avg)``.  w (..., D), latent_avg (D,) or broadcastable."""
     return latent_avg + psi * (w - latent_avg)

@@ -79,10 +79,6 @@ def _decode_fn(gen_cfg, styles: int, random_noise: bool):
 
     generator = stylegan2.Generator(gen_cfg)
 
-    def noise_for(keys):  # keys (N,) -> list of (N, r, r, 1), each sample's noise from its own key
-        per = jax.vmap(lambda k: stylegan2.make_noise(gen_cfg, k, 1))(keys)
-        return [n[:, 0] for n in per]
-
     def fn(codes, latent_avg, gen_params, stored_noise, key, first_index, mask, alpha):
         codes = codes + latent_avg  # (B, S, D)
         b = codes.shape[0]
@@ -93,9 +89,9 @@ def _decode_fn(gen_cfg, styles: int, random_noise: bool):
             z = jax.vmap(lambda k: jax.random.normal(k, (gen_cfg.style_dim,)))(pair[:, 0])  # (B*N, D)
             w = generator.apply(gen_params, z, method=stylegan2.Generator.mapping)  # (B*N, D)
             codes = mix_latents(jnp.repeat(codes, styles, axis=0), w, mask, alpha)  # (B*N, S, D)
-            noise = noise_for(pair[:, 1])
+            noise = stylegan2.make_sample_noise(gen_cfg, pair[:, 1])
         elif random_noise:
-            noise = noise_for(sample_keys)
+            noise = stylegan2.make_sample_noise(gen_cfg, sample_keys)
         else:
             noise = stored_noise
         image, _ = generator.apply(gen_params, codes, noise)
