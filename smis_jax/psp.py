@@ -315,8 +315,18 @@ class GradualStyleEncoder(nn.Module):
         codes = []
         for j in range(cfg.style_num):
             src = c3 if j < COARSE_END else p2 if j < MIDDLE_END else p1
-            codes.append(GradualStyleBlock(cfg.style_dim, src.shape[1], name=f"styles_{j}")(src))
+            codes.append(GradualStyleBlock(cfg.style_dim, cfg.head_spatial(j), name=f"styles_{j}")(src))
         return jnp.stack(codes, axis=1)  # (B, S, D)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def init_variables(config: EncoderConfig, key: jax.Array) -> dict[str, Any]:
+    """Fresh ``{'params', 'batch_stats'}`` with PyTorch's default initialisation (what the original trains from).
+
+    One compiled function: initialising hundreds of leaves eagerly compiles a kernel per op and shape.
+    """
+    x = jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, config.input_nc), jnp.float32)
+    return GradualStyleEncoder(config).init(key, x, False)
 
 
 def abstract_variables(config: EncoderConfig) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smis_jax import labeling, ops
 from smis_jax.optim import ranger
-from smis_jax.psp import EncoderConfig, GradualStyleEncoder
+from smis_jax.psp import EncoderConfig, GradualStyleEncoder, init_variables
 from smis_jax.stylegan2 import Generator, GeneratorConfig, make_noise
 
 __all__ = [
@@ -90,23 +90,18 @@ def optimizer(cfg: StepConfig) -> optax.GradientTransformation:
     return ranger(cfg.learning_rate)
 
 
-@partial(jax.jit, static_argnames=("config",))
-def _init_encoder(config: EncoderConfig, key: jax.Array):
-    return GradualStyleEncoder(config).init(key, jnp.zeros((1, 256, 256, config.input_nc), jnp.float32), False)
+@partial(jax.jit, static_argnames=("cfg",))
+def _init_state(cfg: StepConfig, key: jax.Array) -> TrainState:
+    init_key, run_key = jax.random.split(key)
+    variables = init_variables(cfg.encoder, init_key)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+                      opt_state=optimizer(cfg).init(params), key=jax.random.key_data(run_key))
 
 
 def init_train_state(cfg: StepConfig, seed: int) -> TrainState:
     """A fresh encoder (PyTorch default initialisation, as the original trains from scratch) and Ranger state."""
-    init_key, run_key = jax.random.split(jax.random.key(seed))
-    variables = _init_encoder(cfg.encoder, init_key)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables["batch_stats"],
-        opt_state=optimizer(cfg).init(params),
-        key=jax.random.key_data(run_key),
-    )
+    return _init_state(cfg, jax.random.key(seed))
 
 
 def sample_latents(cfg: StepConfig, gen_params, key: jax.Array) -> jax.Array:
