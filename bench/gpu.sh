@@ -4,13 +4,17 @@
 #   bash bench/gpu.sh [OUT.jsonl]          # default bench/gpu-results.jsonl; tables go to stdout
 #
 # Each command is its own process, so the device's peak-memory high-water mark belongs to that command's batch
-# sizes; each is cut off after STEP_TIMEOUT seconds (default 150) and the script goes on with the next one.
+# sizes; each is cut off after STEP_TIMEOUT seconds (default 150) or when the whole script's BUDGET (default 570 s)
+# runs out, whichever comes first, and the script goes on with the next one (commands with under 20 s left are
+# skipped and counted as failed), so the set always ends within 10 minutes.
 # QUICK=1 runs the same commands with --quick (tiny shapes) to check the plumbing on any machine; FORCE=1 runs
 # the full set without a GPU (slow: use the CPU commands in BENCHMARKS.md instead).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/gpu-results.jsonl}
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}
+BUDGET=${BUDGET:-570}
+START=$SECONDS
 EXTRA=()
 if [[ "${QUICK:-0}" == 1 ]]; then EXTRA=(--quick --repeats 1); fi
 
@@ -23,8 +27,15 @@ python -c "import jax; d = jax.devices()[0]; print('device:', d.platform, d.devi
 
 failed=0
 run() {
-  echo "== python -m smis_jax.bench $*"
-  if ! timeout "$STEP_TIMEOUT" python -m smis_jax.bench "$@" "${EXTRA[@]}" --json-out "$OUT"; then
+  local left=$((BUDGET - (SECONDS - START)))
+  local limit=$((left < STEP_TIMEOUT ? left : STEP_TIMEOUT))
+  echo "== python -m smis_jax.bench $*   (limit ${limit} s)"
+  if ((limit < 20)); then
+    echo "!! skipped, out of time: $*" >&2
+    failed=$((failed + 1))
+    return
+  fi
+  if ! timeout "$limit" python -m smis_jax.bench "$@" "${EXTRA[@]}" --json-out "$OUT"; then
     echo "!! failed or timed out: $*" >&2
     failed=$((failed + 1))
   fi

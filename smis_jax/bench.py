@@ -65,7 +65,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from smis_jax import labeling
 from smis_jax.config import DOMAINS
 from smis_jax.conversion.common import ConversionError
-from smis_jax.psp import EncoderConfig, GradualStyleEncoder
+from smis_jax.psp import EncoderConfig
 from smis_jax.stylegan2 import FEATURE_RES, Generator, GeneratorConfig, init_params, make_noise
 from smis_jax.torchfile import TorchFileError
 
@@ -722,18 +722,6 @@ def _torch_threads() -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # Training step.
 
-def _original_loss(cfg, params, batch_stats, onehot, w_plus, latent_avg):
-    """The same loss as :func:`smis_jax.training.make_train_step`'s, also returning the codes (W+) that the
-    original decodes for logging."""
-    codes, updates = GradualStyleEncoder(cfg.encoder).apply(
-        {"params": params, "batch_stats": batch_stats}, onehot, True, mutable=["batch_stats"])
-    latent = codes + latent_avg  # (B, S, D)
-    l2 = jnp.mean((latent - w_plus) ** 2)
-    w_norm = jnp.mean(jnp.sqrt(jnp.sum((latent - latent_avg) ** 2, axis=(1, 2))))
-    loss = cfg.l2_lambda * l2 + cfg.w_norm_lambda * w_norm
-    return loss, (updates["batch_stats"], latent, loss)
-
-
 def _original_render_step(cfg, gen_params, key):
     """coach.py:137-140: sample and render at full resolution (the image is kept for logging)."""
     from smis_jax.training import sample_latents
@@ -750,11 +738,11 @@ def _original_update(cfg, state, gen_params, labels, w_plus, latent_avg, key):
     the encoder's output with fresh noise (coach.py:146; logged only, so it is returned, not used)."""
     import optax
 
-    from smis_jax.training import TrainState, optimizer
+    from smis_jax.training import TrainState, latent_loss, optimizer
 
     onehot = labeling.labels_to_onehot(labels, cfg.encoder.input_nc)
-    grad_fn = jax.value_and_grad(partial(_original_loss, cfg), has_aux=True)
-    (_, (batch_stats, latent, loss)), grads = grad_fn(state.params, state.batch_stats, onehot, w_plus, latent_avg)
+    grad_fn = jax.value_and_grad(partial(latent_loss, cfg), has_aux=True)
+    (loss, (batch_stats, _, latent)), grads = grad_fn(state.params, state.batch_stats, onehot, w_plus, latent_avg)
     updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     y_hat, _ = Generator(cfg.generator).apply(gen_params, latent, make_noise(cfg.generator, key, cfg.batch_size))

@@ -132,7 +132,11 @@ def _pseudo_pairs(cfg: StepConfig, gen_params, protos, key: jax.Array, shard: Ca
     return w_plus, shard(labels)
 
 
-def _loss(cfg: StepConfig, params, batch_stats, onehot, w_plus, latent_avg):
+def latent_loss(cfg: StepConfig, params, batch_stats, onehot, w_plus, latent_avg):
+    """pSp's loss on W+: ``l2_lambda * MSE(encoder(onehot) + latent_avg, w_plus) + w_norm_lambda * WNorm``.
+
+    Returns ``(loss, (new batch_stats, metrics, latent))``; the encoder runs in train mode (batch statistics).
+    """
     codes, updates = GradualStyleEncoder(cfg.encoder).apply(
         {"params": params, "batch_stats": batch_stats}, onehot, True, mutable=["batch_stats"])
     latent = codes + latent_avg  # (B, S, D)
@@ -140,7 +144,7 @@ def _loss(cfg: StepConfig, params, batch_stats, onehot, w_plus, latent_avg):
     # pSp's WNorm: sum over the batch of ||latent_b - latent_avg||_F, divided by B.
     w_norm = jnp.mean(jnp.sqrt(jnp.sum((latent - latent_avg) ** 2, axis=(1, 2))))
     loss = cfg.l2_lambda * l2 + cfg.w_norm_lambda * w_norm
-    return loss, (updates["batch_stats"], {"loss": loss, "loss_l2": l2, "w_norm": w_norm})
+    return loss, (updates["batch_stats"], {"loss": loss, "loss_l2": l2, "w_norm": w_norm}, latent)
 
 
 @functools.lru_cache(maxsize=8)
@@ -164,8 +168,8 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         w_plus, labels = _pseudo_pairs(cfg, gen_params, protos, key, shard)
         onehot = shard(labeling.labels_to_onehot(labels, cfg.encoder.input_nc))
-        grad_fn = jax.value_and_grad(partial(_loss, cfg), has_aux=True)
-        (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, onehot, w_plus, latent_avg)
+        grad_fn = jax.value_and_grad(partial(latent_loss, cfg), has_aux=True)
+        (_, (batch_stats, metrics, _)), grads = grad_fn(state.params, state.batch_stats, onehot, w_plus, latent_avg)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
