@@ -907,8 +907,8 @@ def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, re
     memory = _Memory()
     key_params, key_noise, key_runs = jax.random.split(jax.random.key(seed), 3)
     params = _init_params(gcfg, key_params)
-    noises = [_normal(seed + 10 + i, (1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2), 1)) for i in range(gcfg.num_layers)]
-    gen = LoadedGenerator(gcfg, params, noises, _normal(seed + 1, (gcfg.style_dim,)))
+    noise1 = make_noise(gcfg, key_noise, 1)  # the stored buffers (unused: inversion draws fresh noise every step)
+    gen = LoadedGenerator(gcfg, params, noise1, _normal(seed + 1, (gcfg.style_dim,)))
     lpips_params = lpips_lib.load().params
 
     # Model FLOPs of one image-step: generator forward + pooling + MSE + LPIPS, and the gradient (Ranger ignored).
@@ -919,7 +919,6 @@ def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, re
     w1 = jnp.zeros((1, gcfg.n_latent, gcfg.style_dim))
     t1 = jnp.zeros((1, target_size, target_size, 3))
     grad_jit = jax.jit(jax.value_and_grad(one_step_loss))
-    noise1 = make_noise(gcfg, key_noise, 1)
     if xla_flops:
         step_flops, flops_source = _flops(grad_jit.lower(w1, noise1, t1).compile(), grad_jit, w1, noise1, t1)
     else:

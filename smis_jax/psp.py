@@ -331,8 +331,7 @@ def init_variables(config: EncoderConfig, key: jax.Array) -> dict[str, Any]:
 
 def abstract_variables(config: EncoderConfig) -> dict[str, Any]:
     """``{'params': ..., 'batch_stats': ...}`` as ShapeDtypeStructs (no compute, no random init)."""
-    x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, config.input_nc), jnp.float32)
-    return jax.eval_shape(lambda: GradualStyleEncoder(config).init(jax.random.key(0), jnp.zeros(x.shape), False))
+    return jax.eval_shape(lambda key: init_variables(config, key), jax.random.key(0))
 
 
 @functools.lru_cache(maxsize=None)
