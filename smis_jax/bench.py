@@ -6,13 +6,17 @@
     python -m smis_jax.bench inversion --config church --batch 5 --steps 4    # K = 5 images
     python -m smis_jax.bench labeling --quick                                  # tiny shapes: a smoke test
 
-Every comparison runs both paths in one process on identical inputs: each path is compiled and warmed up
+Every comparison runs all its paths in one process on identical inputs: each path is compiled and warmed up
 once, then the paths take turns repeat by repeat (a shared, noisy machine slows both alike) and the median
 is reported; compile time is reported apart. Weights are random at the real shapes (speed does not depend on
 the values). Each result is one JSON line (stdout, or appended to ``--json-out``) and a row of a table.
 
-The "original" path keeps the original's algorithmic structure but runs on our (tested-equal) ops, so a
-ratio measures the structural change alone:
+Two versions of the original are measured. ``original-torch`` (labelling only) is the original itself: its
+PyTorch generator (rosinality's, as vendored by ``draggan``) and psp.py's labelling code, see
+:mod:`smis_jax.bench_torch`; it needs torch and draggan, runs in float32 on the CPU, and is what a user switching
+from the original gains. ``original-jax`` keeps the original's algorithmic structure but runs on our
+(tested-equal) ops, so a ratio against it measures the structural change alone, and ``original-torch`` against
+``original-jax`` measures the ops alone:
 
 * labelling -- the original renders every sample at full resolution (coach.py:137-140; the image is returned,
   as the original returns it, so XLA cannot drop the layers above 64x64) and then labels it. Dense labels were
@@ -36,8 +40,9 @@ training (random unit vectors would give cosines near 0, degenerate argmaxes and
 random annotated 64x64 pixels per class c >= 1 over the five shots (default 9: the five real CelebALandmark-HQ
 masks of the samples give 616 vectors for 70 classes, 8.8 per class).
 
-With torch and the ``draggan`` package (rosinality's generator) importable, labelling in float32 also times the
-actual PyTorch generator's full render on the CPU as a reference row (render only; skipped silently otherwise).
+With the PyTorch path and no ``--weights``, the random weights are the PyTorch generator's own initialisation
+converted to ours by the shipped converter, and the same z and noise go to every path, so the rows also report
+how many label pixels agree with each original (``agree_with_original_torch``, ``agree_with_original_jax``).
 """
 
 from __future__ import annotations
@@ -51,7 +56,6 @@ import resource
 import statistics
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -404,15 +408,20 @@ def _normal(seed: int, shape) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
 
 
+def _z_and_noise(gcfg: GeneratorConfig, key, batch: int, until_res: int | None, dtype):
+    """The latent z (B, D) and noise list (rosinality order, up to ``until_res``) that ``key`` draws."""
+    key_z, key_noise = jax.random.split(key)
+    z = jax.random.normal(key_z, (batch, gcfg.style_dim)).astype(dtype)
+    return z, [n.astype(dtype) for n in make_noise(gcfg, key_noise, batch, until_res)]
+
+
 def _sample(gcfg: GeneratorConfig, params, key, batch: int, until_res: int | None, dtype):
     """z ~ N(0, I) -> mapping -> W (broadcast to W+) -> generator with fresh noise, all in ``dtype``.
     Returns (image (B, size, size, 3) or None, features (B, 64, 64, C), w_plus (B, S, D))."""
-    key_z, key_noise = jax.random.split(key)
+    z, noise = _z_and_noise(gcfg, key, batch, until_res, dtype)
     g = Generator(gcfg)
-    z = jax.random.normal(key_z, (batch, gcfg.style_dim)).astype(dtype)
     w = g.apply(params, z, method=Generator.mapping)
     w_plus = jnp.broadcast_to(w[:, None, :], (batch, gcfg.n_latent, gcfg.style_dim))
-    noise = [n.astype(dtype) for n in make_noise(gcfg, key_noise, batch, until_res)]
     image, features = g.apply(params, w_plus, noise, until_res)
     return image, features, w_plus
 
@@ -557,51 +566,69 @@ def generator_dtype_report(gcfg: GeneratorConfig, dtype) -> dict[str, Any]:
     return {"end_to_end": not others, "convs_and_matmuls": total, "in_other_dtypes": sorted(set(others))}
 
 
-def _torch_render_path(gcfg: GeneratorConfig, batch: int, channel_multiplier: int) -> _Path | None:
-    """rosinality's PyTorch generator (via draggan), full render of z on the CPU; None when unavailable."""
-    if gcfg.style_dim != 512 or gcfg.channels != GeneratorConfig.rosinality(gcfg.size, channel_multiplier).channels:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            os.environ.pop("CUDA_HOME", None)  # its CUDA ops must fall back to the native (CPU) ones
-            import torch
-            from draggan.deprecated.stylegan2.model import Generator as TorchGenerator
-    except Exception:  # any import failure means: no reference row
-        return None
-    torch.manual_seed(0)
-    g = TorchGenerator(gcfg.size, gcfg.style_dim, gcfg.n_mlp, channel_multiplier=channel_multiplier).eval()
+def _torch_reference(gcfg: GeneratorConfig, weights: str | None, seed: int):
+    """The PyTorch original's generator (see :mod:`smis_jax.bench_torch`) or None: with ``weights``, only a
+    rosinality ``.pt`` (its ``g_ema``) can be handed to it; a converted directory runs without it."""
+    state_dict = None
+    if weights is not None:
+        if not str(weights).endswith(".pt"):
+            return None
+        from smis_jax import torchfile
 
-    def run(r):
-        with torch.no_grad():
-            z = torch.randn(batch, gcfg.style_dim, generator=torch.Generator().manual_seed(r))
-            image, _ = g([z], randomize_noise=True)
-        return image.shape
+        state_dict = torchfile.load(weights)["g_ema"]
+    from smis_jax import bench_torch
 
-    return _Path("original-torch-render", run, flops_source="see the original row (render only)")
+    return bench_torch.load_reference(gcfg, _channel_multiplier(gcfg), seed, state_dict)
+
+
+def _torch_original_path(ref, gcfg: GeneratorConfig, batch: int, mode: str, protos, keys, topk: int,
+                         cos_th: float) -> _Path:
+    """psp.py's labelling on rosinality's PyTorch generator, fed the z and noise our paths draw from ``keys``."""
+    from smis_jax import bench_torch
+
+    inputs = []
+    for key in keys:
+        z, noise = _z_and_noise(gcfg, key, batch, None, jnp.float32)
+        inputs.append(bench_torch.inputs(np.asarray(z), [np.asarray(n) for n in noise]))
+    if mode == "dense":
+        tprotos = bench_torch.dense_prototypes(protos.vectors)
+    else:
+        tprotos = bench_torch.sparse_vectors(protos.vectors, protos.classes, protos.n_classes)
+    return _Path("original-torch", lambda r: bench_torch.labels(ref, *inputs[r], mode, tprotos, topk, cos_th,
+                                                                 LABEL_SIZE),
+                 flops_source="as original-jax (the same work)")
 
 
 def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str = "float32", repeats: int = 3,
                    vectors_per_class: int = 9, topk: int = 3, cos_th: float = 0.5, max_memory_gb: float | None = None,
                    torch_row: bool = True, seed: int = 0, weights: str | None = None) -> list[dict[str, Any]]:
-    """Pseudo-labels per second, original path vs ours, for each batch size. Returns one dict per (batch, path).
+    """Pseudo-labels per second, the original's paths vs ours, for each batch size. Returns one dict per
+    (batch, path): ``original-torch`` (when torch and draggan are importable, float32 only), ``original-jax``,
+    ``ours``.
 
     ``weights``: a rosinality checkpoint or converted directory whose generator replaces the random one (its
     shapes replace the preset's); the speed is the same, but bfloat16 agreement is only meaningful with trained
-    weights (random weights give near-identical prototypes, see ``f32_top2_margin_median``)."""
+    weights (random weights give near-identical prototypes, see ``f32_top2_margin_median``). Without ``weights``
+    and with the PyTorch path, the random weights are the PyTorch generator's own initialisation, converted to
+    ours, so all three paths hold the same weights and their labels can be compared."""
     gcfg = preset.generator
     n_classes = preset.n_classes(mode)
     jdtype = jnp.dtype(dtype)
     device = device_info()
     memory = _Memory()
     key_params, key_protos, key_runs = jax.random.split(jax.random.key(seed), 3)
-    if weights is None:
-        params32 = _init_params(gcfg, key_params)
-    else:
+    weights_desc = weights or "random"
+    if weights is not None:
         from smis_jax import stylegan2
 
         loaded = stylegan2.load(weights)
         gcfg, params32 = loaded.config, loaded.params
+    ref = _torch_reference(gcfg, weights, seed) if (torch_row and dtype == "float32") else None
+    if weights is None:
+        if ref is not None:
+            params32, weights_desc = jax.tree.map(jnp.asarray, ref.params), "random (PyTorch initialisation)"
+        else:
+            params32 = _init_params(gcfg, key_params)
     params = _cast(params32, jdtype)
     protos = make_prototypes(gcfg, params32, mode, n_classes, key_protos, vectors_per_class)
     vecs = _vectors_by_class(protos) if mode == "sparse" else None
@@ -624,8 +651,8 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
                 jax.block_until_ready(image)
                 return np.asarray(labels)
 
-            original = _Path("original", orig_run, orig_compile, *_flops(orig_c, orig_jit, params, protos, keys[0]),
-                             _xla_bytes(orig_c))
+            original = _Path("original-jax", orig_run, orig_compile,
+                             *_flops(orig_c, orig_jit, params, protos, keys[0]), _xla_bytes(orig_c))
         else:
             render_jit = jax.jit(partial(_original_render, gcfg, batch, jdtype))
             render_c, orig_compile = _aot(render_jit, params, keys[0])
@@ -645,19 +672,19 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
 
             flops = None if render_flops is None else render_flops + batch * _class_pair_flops(
                 vecs, FEATURE_RES**2)
-            original = _Path("original", orig_run, orig_compile, flops,
+            original = _Path("original-jax", orig_run, orig_compile, flops,
                              f"{render_source} (render) + analytic (per-class matmuls)", _xla_bytes(render_c))
             original.stages = stages
         paths = [original, ours]
-        # The PyTorch reference render is slow on a CPU: one batch size (the first) is enough to place it.
-        torch_path = _torch_render_path(gcfg, batch, _channel_multiplier(gcfg)) if (
-            torch_row and dtype == "float32" and batch == batches[0]) else None
-        if torch_path is not None:
-            paths.append(torch_path)
+        torch_path = None
+        if ref is not None:
+            torch_path = _torch_original_path(ref, gcfg, batch, mode, protos, keys, topk, cos_th)
+            torch_path.flops = original.flops
+            paths.insert(0, torch_path)
         base = {"config": preset.name, "mode": mode, "batch": batch, "resolution": gcfg.size,
                 "feature_res": FEATURE_RES, "label_res": LABEL_SIZE, "n_classes": n_classes,
                 "n_prototype_vectors": n_vectors, "topk": topk if mode == "sparse" else None,
-                "weights": weights or "random", **_host_context()}
+                "weights": weights_desc, **_host_context()}
         skip = _check_fits(paths, None if max_memory_gb is None else max_memory_gb * 2**30)
         if skip:
             rows.append({"bench": "labeling", "path": "skipped", **base, "dtype": dtype, **device, "skipped": skip})
@@ -666,24 +693,32 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
         # The first compile of the per-class device calls happens in the warm-up: report it as compile time.
         if mode == "sparse":
             original.compile_s += max(0.0, original.first_s - _median(original.times))
+        by_name = {}
         for p in paths:
             row = _result("labeling", p, base, batch, "labels_per_s", dtype, device)
-            if p.name == "original-torch-render":
-                row.update(flops_per_item=None, compile_s=0.0, note="PyTorch rosinality generator (draggan), "
-                           "full render of z only, CPU, torch threads=%d" % _torch_threads())
+            if p is torch_path:
+                row.update(compile_s=0.0, note="PyTorch %s, rosinality's generator (draggan's copy) + psp.py's "
+                           "labelling, torch threads=%d" % (_torch_version(), ref.threads))
+            by_name[p.name] = row
             rows.append(row)
-        orig_row, ours_row = rows[-len(paths)], rows[-len(paths) + 1]
-        ours_row["speedup_vs_original"] = orig_row["time_s_median"] / ours_row["time_s_median"]
-        ours_labels, orig_labels = np.asarray(ours.first_out), np.asarray(original.first_out)
-        ours_row["agree_with_original"] = float(np.mean(ours_labels == orig_labels))
+        ours_row, orig_row = by_name["ours"], by_name["original-jax"]
+        ours_labels = np.asarray(ours.first_out)
+        ours_row["speedup_vs_original_jax"] = orig_row["time_s_median"] / ours_row["time_s_median"]
+        ours_row["agree_with_original_jax"] = float(np.mean(ours_labels == np.asarray(original.first_out)))
+        if torch_path is not None:
+            torch_row_ = by_name["original-torch"]
+            torch_labels = np.asarray(torch_path.first_out)
+            for row, out in ((ours_row, ours_labels), (orig_row, np.asarray(original.first_out))):
+                row["speedup_vs_original_torch"] = torch_row_["time_s_median"] / row["time_s_median"]
+                row["agree_with_original_torch"] = float(np.mean(out == torch_labels))
         ours_row["labelled_fraction"] = float(np.mean(ours_labels > 0)) if mode == "sparse" else None
         if dtype != "float32":
             ref_c = jax.jit(partial(_ours_labels, gcfg, batch, jnp.float32, topk, LABEL_SIZE))
-            ref = np.asarray(ref_c(params32, protos, cos, keys[0]))
-            ours_row["agree_with_float32"] = float(np.mean(ours_labels == ref))
+            ref32 = np.asarray(ref_c(params32, protos, cos, keys[0]))
+            ours_row["agree_with_float32"] = float(np.mean(ours_labels == ref32))
             if mode == "sparse":  # agreement on the labelled pixels alone (the unlabelled majority agrees trivially)
-                either = (ours_labels > 0) | (ref > 0)
-                ours_row["agree_with_float32_labelled"] = float(np.mean(ours_labels[either] == ref[either])) \
+                either = (ours_labels > 0) | (ref32 > 0)
+                ours_row["agree_with_float32_labelled"] = float(np.mean(ours_labels[either] == ref32[either])) \
                     if either.any() else None
             ours_row["generator_dtype"] = dtype_check
             if mode == "dense":
@@ -710,13 +745,10 @@ def _channel_multiplier(gcfg: GeneratorConfig) -> int:
     return max(1, gcfg.channel(FEATURE_RES) // 256) if FEATURE_RES in gcfg.resolutions else 2
 
 
-def _torch_threads() -> int:
-    try:
-        import torch
+def _torch_version() -> str:
+    import torch
 
-        return torch.get_num_threads()
-    except Exception:
-        return 0
+    return torch.__version__
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -829,7 +861,7 @@ def bench_train_step(preset: Preset, mode: str, batches: Sequence[int] = (2,), r
                 jax.block_until_ready((image, y_hat))
                 return float(loss)
 
-            original = _Path("original", orig_run, orig_compile, *_flops(orig_c, step, holder["state"], *args),
+            original = _Path("original-jax", orig_run, orig_compile, *_flops(orig_c, step, holder["state"], *args),
                              _xla_bytes(orig_c))
         else:
             render = jax.jit(partial(_original_render_step, cfg), out_shardings=replicated)
@@ -865,7 +897,7 @@ def bench_train_step(preset: Preset, mode: str, batches: Sequence[int] = (2,), r
                                                         w0, latent_avg, key0))
             flops = None if None in (f_render, f_update) else (
                 f_render + f_update + batch * _class_pair_flops(vecs, FEATURE_RES**2))
-            original = _Path("original", orig_run, t_render + t_update, flops,
+            original = _Path("original-jax", orig_run, t_render + t_update, flops,
                              f"{source} (render, update) + analytic (per-class matmuls)",
                              max(_xla_bytes(render_c) or 0, _xla_bytes(update_c) or 0) or None)
             original.stages = stages
@@ -882,7 +914,7 @@ def bench_train_step(preset: Preset, mode: str, batches: Sequence[int] = (2,), r
             original.compile_s += max(0.0, original.first_s - _median(original.times))
         orig_row = _result("train-step", original, base, batch, "images_per_s", "float32", device)
         ours_row = _result("train-step", ours, base, batch, "images_per_s", "float32", device)
-        ours_row["speedup_vs_original"] = orig_row["time_s_median"] / ours_row["time_s_median"]
+        ours_row["speedup_vs_original_jax"] = orig_row["time_s_median"] / ours_row["time_s_median"]
         rows += [orig_row, ours_row]
         del holder, ours_c, original, ours
     return rows
@@ -940,7 +972,7 @@ def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, re
 
         flops = step_flops * k * steps
         source = flops_source
-        original = _Path("original", orig_run, flops=flops, flops_source=source)
+        original = _Path("original-jax", orig_run, flops=flops, flops_source=source)
         ours = _Path("ours", ours_run, flops=flops, flops_source=source)
         _measure([original, ours], repeats, memory)
         for p in (original, ours):  # invert() compiles on its first call: the warm-up's extra time
@@ -951,9 +983,9 @@ def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, re
         ours_row = _result("inversion", ours, base, k * steps, "image_steps_per_s", "float32", device)
         for row in (orig_row, ours_row):
             row["steps_per_s"] = steps / row["time_s_median"]  # steps of all K images per second
-        ours_row["speedup_vs_original"] = orig_row["time_s_median"] / ours_row["time_s_median"]
+        ours_row["speedup_vs_original_jax"] = orig_row["time_s_median"] / ours_row["time_s_median"]
         a, b = np.asarray(ours.first_out, np.float64), np.asarray(original.first_out, np.float64)
-        ours_row["final_loss_max_rel_diff_vs_original"] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+        ours_row["final_loss_max_rel_diff_vs_original_jax"] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
         rows += [orig_row, ours_row]
     return rows
 
@@ -968,10 +1000,18 @@ def _fmt_bytes(n) -> str:
     return "-" if not n else f"{n / 2**30:.2f}G"
 
 
+def _fmt_ratio(x) -> str:
+    return "" if x is None else f"{x:.2f}x"
+
+
+def _fmt_percent(x) -> str:
+    return "" if x is None else f"{100 * x:.2f}%"
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of results (one line per row)."""
-    head = ["bench", "config", "mode", "dtype", "batch", "path", "median_s", "rate", "speedup", "compile_s",
-            "GFLOP/item", "GFLOP/s", "%peak", "peak_mem", "agree"]
+    head = ["bench", "config", "mode", "dtype", "batch", "path", "median_s", "rate", "x_vs_torch", "x_vs_orig_jax",
+            "compile_s", "GFLOP/item", "GFLOP/s", "%peak", "peak_mem", "agree_torch", "agree_orig_jax", "agree_f32"]
     lines = [head]
     for r in rows:
         if r.get("path") == "skipped":
@@ -981,16 +1021,16 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         rate_key = next(k for k in _RATE_KEYS if k in r)
         unit = {"labels_per_s": "labels/s", "images_per_s": "img/s", "steps_per_s": "steps/s"}[rate_key]
         fpi, ach, frac = r.get("flops_per_item"), r.get("achieved_flops_per_s"), r.get("peak_fraction")
-        agree = r.get("agree_with_float32", r.get("agree_with_original"))
         mem = r.get("memory") or {}
         lines.append([
             r["bench"], r["config"], str(r.get("mode", "-")), r["dtype"], str(r["batch"]), r["path"],
             f"{r['time_s_median']:.3f}", f"{r[rate_key]:.3g} {unit}",
-            f"{r['speedup_vs_original']:.2f}x" if "speedup_vs_original" in r else "",
+            _fmt_ratio(r.get("speedup_vs_original_torch")), _fmt_ratio(r.get("speedup_vs_original_jax")),
             f"{r['compile_s']:.1f}", "-" if fpi is None else f"{fpi / 1e9:.1f}",
             "-" if ach is None else f"{ach / 1e9:.1f}",
             f"{100 * frac:.1f}" if isinstance(frac, float) else str(frac), _fmt_bytes(mem.get("peak_bytes")),
-            "" if agree is None else f"{100 * agree:.2f}%",
+            *(_fmt_percent(r.get(k)) for k in ("agree_with_original_torch", "agree_with_original_jax",
+                                                "agree_with_float32")),
         ])
     widths = [max(len(row[i]) for row in lines if i < len(row)) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
@@ -1028,7 +1068,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--vectors-per-class", type=int, default=9, help="sparse: annotated 64x64 vectors per class")
     ap.add_argument("--max-memory-gb", type=float, default=None,
                     help="skip a batch whose XLA buffers exceed this (default: 12 on CPU, no limit elsewhere)")
-    ap.add_argument("--no-torch", action="store_true", help="labeling: leave out the PyTorch reference row")
+    ap.add_argument("--no-torch", action="store_true", help="labeling: leave out the original-torch path (the "
+                    "original's PyTorch generator and labelling; needs torch and draggan)")
     ap.add_argument("--weights", help="labeling: a StyleGAN2 checkpoint (rosinality .pt or converted directory) to use "
                     "instead of random weights (its shapes replace the config's)")
     ap.add_argument("--quick", action="store_true", help="tiny config, first default batch, 2 repeats")

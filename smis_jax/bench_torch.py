@@ -1,0 +1,147 @@
+"""The original's pseudo-labelling in PyTorch, for the benchmark's "original-torch" path (issue #4).
+
+rosinality's ``Generator`` (the copy vendored by the ``draggan`` package: the same ``model.py`` the original
+forks) renders every sample at full resolution, the 64x64 feature tap is read from the second StyledConv of the
+64x64 block (the original's ``return_feature_map``, here a forward hook), and the labels are computed as
+``models/psp.py`` computes them: dense by one matmul and an argmax, sparse by a loop over samples and classes
+with a sort, ``np.unique`` on the host and a running best (psp.py:221-277), written out again here in torch.
+The image is average-pooled to 256x256 as the original's ``face_pool`` does.
+
+Everything here is optional: :func:`load_reference` returns None when torch or draggan is not importable. torch
+is imported lazily so the rest of the benchmark never needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from smis_jax.conversion.common import StateDict
+from smis_jax.conversion.stylegan2 import generator_from_state_dict
+from smis_jax.stylegan2 import FEATURE_RES, GeneratorConfig
+
+EPS = 1e-8
+
+
+@dataclass
+class TorchReference:
+    """rosinality's generator in eval mode with a hook that keeps the 64x64 features of the last call."""
+
+    generator: Any
+    config: GeneratorConfig
+    params: dict  # the same weights as ours: {'params': tree}, float32 numpy
+    tap: dict
+
+    @property
+    def threads(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+
+def _import_generator():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.environ.pop("CUDA_HOME", None)  # its CUDA ops must fall back to the native (CPU) ones
+        import torch
+        from draggan.deprecated.stylegan2.model import Generator
+
+    return torch, Generator
+
+
+def load_reference(gcfg: GeneratorConfig, channel_multiplier: int, seed: int = 0,
+                   state_dict: dict[str, Any] | None = None) -> TorchReference | None:
+    """The PyTorch generator at ``gcfg``'s shapes, with rosinality's own (seeded) random initialisation or
+    ``state_dict`` (a ``g_ema``), and the same weights converted to ours by the shipped converter. None when
+    torch/draggan are missing or ``gcfg`` is not a rosinality layout (style_dim 512, its channel table)."""
+    if gcfg.style_dim != 512 or gcfg.channels != GeneratorConfig.rosinality(gcfg.size, channel_multiplier).channels:
+        return None
+    try:
+        torch, Generator = _import_generator()
+    except Exception:  # any import failure means: no PyTorch path
+        return None
+    torch.manual_seed(seed)
+    g = Generator(gcfg.size, gcfg.style_dim, gcfg.n_mlp, channel_multiplier=channel_multiplier).eval()
+    if state_dict is not None:
+        g.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()}, strict=True)
+    sd = StateDict({k: v.detach().numpy() for k, v in g.state_dict().items()}, source="torch generator")
+    config, params, _ = generator_from_state_dict(sd)
+    sd.finish()
+    if config != gcfg:
+        return None
+    tap: dict = {}
+    feature_conv = 2 * int(np.log2(FEATURE_RES // 4)) - 1  # convs[7]: the 64x64 block's second StyledConv
+    g.convs[feature_conv].register_forward_hook(lambda module, args, out: tap.__setitem__("features", out))
+    return TorchReference(g, config, params, tap)
+
+
+def inputs(z: np.ndarray, noise: Sequence[np.ndarray]):
+    """Our z (B, D) and noise list of (B|1, r, r, 1) as the torch tensors the generator takes ((B, 1, r, r))."""
+    import torch
+
+    return torch.from_numpy(np.array(z, np.float32)), [
+        torch.from_numpy(np.array(np.asarray(n).transpose(0, 3, 1, 2), np.float32)) for n in noise]
+
+
+def dense_prototypes(vectors: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.array(vectors, np.float32))
+
+
+def sparse_vectors(vectors: np.ndarray, classes: np.ndarray, n_classes: int):
+    """The original's ``id2prototype`` list: one (N_c, C) tensor per class (class 0's is never used)."""
+    import torch
+
+    vectors, classes = np.asarray(vectors, np.float32), np.asarray(classes)
+    return [torch.from_numpy(vectors[classes == c]) for c in range(n_classes)]
+
+
+def labels(ref: TorchReference, z, noise, mode: str, protos, topk: int = 3, cos_th: float = 0.5,
+           out_size: int = 256) -> np.ndarray:
+    """Render z with the given noise and pseudo-label it the original's way: (B, out_size, out_size) int64."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        image, _ = ref.generator([z], noise=noise)
+        F.adaptive_avg_pool2d(image, (out_size, out_size))  # face_pool, as the original returns its images
+        return label_features(ref.tap.pop("features"), mode, protos, topk, cos_th, out_size)
+
+
+def label_features(f, mode: str, protos, topk: int = 3, cos_th: float = 0.5, out_size: int = 256) -> np.ndarray:
+    """psp.py's labelling of (B, C, H, W) torch features: ``protos`` is the (L, C) tensor (dense) or the list of
+    per-class (N_c, C) tensors (sparse). Returns (B, out_size, out_size) int64 (numpy)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        b, c, h, w = f.shape
+        fn = f / (f.norm(dim=1)[:, None] + EPS)
+        if mode == "dense":
+            cos = torch.matmul(protos, fn.reshape(b, c, h * w)).reshape(b, -1, h, w)
+            label = cos.argmax(dim=1)[:, None].float()
+            return F.interpolate(label, size=(out_size, out_size)).long()[:, 0].numpy()
+        out = []
+        for i in range(b):
+            label = torch.zeros(h * w)
+            best = torch.zeros(h * w)
+            for cid in range(1, len(protos)):  # class 0 ("unknown") is skipped
+                sim = torch.matmul(protos[cid], fn[i].reshape(c, h * w))  # (N_c, H*W)
+                val, pix = torch.topk(sim, topk, dim=1)
+                val, order = torch.sort(val.flatten(), descending=True)
+                pix = pix.flatten()[order]
+                _, first = np.unique(pix.cpu().numpy(), return_index=True)  # the best pair per pixel
+                pix, val = pix[first], val[first]
+                d = torch.zeros(h * w)
+                keep = val > cos_th
+                d[pix[keep]] = val[keep]
+                win = best < d
+                label[win] = cid
+                best[win] = d[win]
+            out.append(F.interpolate(label.reshape(1, 1, h, w), size=(out_size, out_size)).long())
+        return torch.cat(out)[:, 0].numpy()
