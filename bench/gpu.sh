@@ -41,15 +41,16 @@ run() {
   fi
 }
 
-# Labelling at the FFHQ config-f shapes: dense (19 classes) and sparse (71 classes, 9 and 150 vectors per class).
+# Labelling at the FFHQ config-f shapes: dense (19 classes) and sparse (71 classes, 9 and 150 vectors per class);
+# --no-torch: the PyTorch original runs on the CPU only, see BENCHMARKS.md for its CPU numbers.
 # (--quick only changes defaults, and an explicit --config wins, so QUICK=1 swaps the config itself.)
 CFG=ffhq
 if [[ "${QUICK:-0}" == 1 ]]; then CFG=tiny; fi
-run labeling --config "$CFG" --mode dense --batch 1,4,16 --dtype float32 --repeats 10
-run labeling --config "$CFG" --mode dense --batch 1,4,16 --dtype bfloat16 --repeats 10
-run labeling --config "$CFG" --mode sparse --batch 1,4,16 --dtype float32 --repeats 5
-run labeling --config "$CFG" --mode sparse --batch 16 --dtype bfloat16 --repeats 5
-run labeling --config "$CFG" --mode sparse --batch 16 --vectors-per-class 150 --repeats 5
+run labeling --config "$CFG" --mode dense --batch 1,4,16 --dtype float32 --repeats 10 --no-torch
+run labeling --config "$CFG" --mode dense --batch 1,4,16 --dtype bfloat16 --repeats 10 --no-torch
+run labeling --config "$CFG" --mode sparse --batch 1,4,16 --dtype float32 --repeats 5 --no-torch
+run labeling --config "$CFG" --mode sparse --batch 16 --dtype bfloat16 --repeats 5 --no-torch
+run labeling --config "$CFG" --mode sparse --batch 16 --vectors-per-class 150 --repeats 5 --no-torch
 # Training step (IR-SE-50, batch 2 as the original trains, and 8), inversion of K = 5 images.
 run train-step --config "$CFG" --mode dense --batch 2,8 --repeats 10
 run train-step --config "$CFG" --mode sparse --batch 2 --repeats 5

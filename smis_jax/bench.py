@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import labeling
+from smis_jax import bench_torch, labeling
 from smis_jax.config import DOMAINS
 from smis_jax.conversion.common import ConversionError
 from smis_jax.psp import EncoderConfig
@@ -576,15 +576,12 @@ def _torch_reference(gcfg: GeneratorConfig, weights: str | None, seed: int):
         from smis_jax import torchfile
 
         state_dict = torchfile.load(weights)["g_ema"]
-    from smis_jax import bench_torch
-
     return bench_torch.load_reference(gcfg, _channel_multiplier(gcfg), seed, state_dict)
 
 
 def _torch_original_path(ref, gcfg: GeneratorConfig, batch: int, mode: str, protos, keys, topk: int,
                          cos_th: float) -> _Path:
     """psp.py's labelling on rosinality's PyTorch generator, fed the z and noise our paths draw from ``keys``."""
-    from smis_jax import bench_torch
 
     inputs = []
     for key in keys:
@@ -697,8 +694,9 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
         for p in paths:
             row = _result("labeling", p, base, batch, "labels_per_s", dtype, device)
             if p is torch_path:
+                chunked = f", rendered in chunks of {bench_torch.MAX_CHUNK}" if batch > bench_torch.MAX_CHUNK else ""
                 row.update(compile_s=0.0, note="PyTorch %s, rosinality's generator (draggan's copy) + psp.py's "
-                           "labelling, torch threads=%d" % (_torch_version(), ref.threads))
+                           "labelling, torch threads=%d%s" % (_torch_version(), ref.threads, chunked))
             by_name[p.name] = row
             rows.append(row)
         ours_row, orig_row = by_name["ours"], by_name["original-jax"]

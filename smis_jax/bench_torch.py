@@ -101,16 +101,27 @@ def sparse_vectors(vectors: np.ndarray, classes: np.ndarray, n_classes: int):
     return [torch.from_numpy(vectors[classes == c]) for c in range(n_classes)]
 
 
+# rosinality's native (CPU) upfirdn2d holds several padded copies of each 1024 px activation: a full render at
+# batch 4 peaks at ~7 GB and takes ~7 s per sample, batch 16 does not fit in 23 GB, while one sample at a time
+# takes ~4.3 s per sample on the 2-core machine of BENCHMARKS.md. So a batch is rendered in chunks of this many
+# samples, one after another: the original's fastest way here, which keeps its timings conservative.
+MAX_CHUNK = 1
+
+
 def labels(ref: TorchReference, z, noise, mode: str, protos, topk: int = 3, cos_th: float = 0.5,
            out_size: int = 256) -> np.ndarray:
     """Render z with the given noise and pseudo-label it the original's way: (B, out_size, out_size) int64."""
     import torch
     import torch.nn.functional as F
 
+    out = []
     with torch.no_grad():
-        image, _ = ref.generator([z], noise=noise)
-        F.adaptive_avg_pool2d(image, (out_size, out_size))  # face_pool, as the original returns its images
-        return label_features(ref.tap.pop("features"), mode, protos, topk, cos_th, out_size)
+        for start in range(0, z.shape[0], MAX_CHUNK):
+            part = slice(start, start + MAX_CHUNK)
+            image, _ = ref.generator([z[part]], noise=[n if n.shape[0] == 1 else n[part] for n in noise])
+            F.adaptive_avg_pool2d(image, (out_size, out_size))  # face_pool, as the original returns its images
+            out.append(label_features(ref.tap.pop("features"), mode, protos, topk, cos_th, out_size))
+    return np.concatenate(out)
 
 
 def label_features(f, mode: str, protos, topk: int = 3, cos_th: float = 0.5, out_size: int = 256) -> np.ndarray:
