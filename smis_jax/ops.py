@@ -10,7 +10,6 @@ Each fast op here has a slow, plainly written numpy twin in ``tests/test_ops.py`
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Sequence
 
 import jax
@@ -152,78 +151,6 @@ def _conv(x, w, upsample_: bool, groups: int = 1):
         x, w, window_strides=(1, 1), padding=[(k // 2, k // 2)] * 2,
         dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups,
     )
-
-
-def _plain_conv2d(x, w, stride: int, pad: int):
-    return lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
-                                    dimension_numbers=_DIMENSION_NUMBERS)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv2d_matmul_wgrad(x, w, stride: int, pad: int):
-    return _plain_conv2d(x, w, stride, pad)
-
-
-def _conv2d_fwd(x, w, stride, pad):
-    return _plain_conv2d(x, w, stride, pad), (x, w)
-
-
-def _conv2d_bwd(stride, pad, residuals, dy):
-    x, w = residuals
-    dx = jax.vjp(lambda x_: _plain_conv2d(x_, w, stride, pad), x)[1](dy)[0]
-    return dx, conv2d_weight_grad(x, dy, w.shape, stride, pad)
-
-
-_conv2d_matmul_wgrad.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-
-def conv2d_weight_grad(x: jax.Array, dy: jax.Array, w_shape, stride: int, pad: int) -> jax.Array:
-    """The gradient of ``sum(dy * conv2d(x, w))`` with respect to the (k, k, I, O) kernel, as k*k matmuls.
-
-    Tap (i, j) sees the padded input at ``(s*h + i, s*w + j)``, so ``dW[i, j] = x_tap^T dy``, one
-    (I, N*H'*W') x (N*H'*W', O) contraction. Stride 1 (with 'same' padding) avoids gathering the taps: with
-    ``dy`` zero-padded to the padded input's width and height and both flattened to rows, tap (i, j) is the
-    contiguous row range starting at ``i * W_pad + j`` (the padding rows and columns of ``dy`` are zero, so
-    rows that wrap into the next line or image add nothing). Stride 2 contracts strided slices.
-    """
-    k, _, c_in, c_out = w_shape
-    n, oh, ow, _ = dy.shape
-    dy = dy.astype(x.dtype)
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    taps = []
-    if stride == 1 and 2 * pad == k - 1:
-        wp = xp.shape[2]
-        xf = xp.reshape(-1, c_in)  # (N * H_pad * W_pad, I)
-        dyf = jnp.pad(dy, ((0, 0), (0, 2 * pad), (0, 2 * pad), (0, 0))).reshape(-1, c_out)
-        rows = xf.shape[0] - (k - 1) * (wp + 1)
-        for i in range(k):
-            for j in range(k):
-                start = i * wp + j
-                taps.append(lax.slice_in_dim(xf, start, start + rows).T @ dyf[:rows])
-    else:
-        for i in range(k):
-            for j in range(k):
-                tap = lax.slice(xp, (0, i, j, 0),
-                                (n, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c_in), (1, stride, stride, 1))
-                taps.append(jnp.einsum("nhwc,nhwo->co", tap, dy))
-    return jnp.stack(taps).reshape(w_shape)
-
-
-def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, pad: int | None = None,
-           matmul_weight_grad: bool | None = None) -> jax.Array:
-    """PyTorch ``Conv2d`` maths on NHWC / HWIO: stride ``stride``, ``pad`` zeros on every side (default k // 2).
-
-    ``matmul_weight_grad`` (default: on the CPU backend) differentiates the kernel with
-    :func:`conv2d_weight_grad` instead of XLA's own: the same sums, but XLA's CPU backend computes a conv's
-    kernel gradient at 3-7 GFLOP/s where its input is large and its channels few (the encoder's 256x256 and
-    128x128 layers: over half of a training step), and the k*k matmuls run 2-5x faster.
-    """
-    pad = w.shape[0] // 2 if pad is None else pad
-    if matmul_weight_grad is None:
-        matmul_weight_grad = jax.default_backend() == "cpu"
-    if matmul_weight_grad:
-        return _conv2d_matmul_wgrad(x, w, stride, pad)
-    return _plain_conv2d(x, w, stride, pad)
 
 
 def modulated_conv2d(x: jax.Array, w_hwio_raw: jax.Array, styles: jax.Array, demodulate: bool = True,

@@ -200,7 +200,9 @@ class Conv2d(nn.Module):
         c_in, k = x.shape[-1], self.kernel
         fan_in = c_in * k * k
         w = self.param("kernel", _torch_uniform(fan_in), (k, k, c_in, self.features))  # HWIO
-        y = ops.conv2d(x, w.astype(x.dtype), self.stride, k // 2)
+        p = k // 2
+        y = lax.conv_general_dilated(x, w.astype(x.dtype), (self.stride, self.stride), ((p, p), (p, p)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
             y = y + self.param("bias", _torch_uniform(fan_in), (self.features,))
         return y

@@ -171,34 +171,6 @@ def test_grouped_and_input_scaling_agree_with_gradients(rng):
         assert _rel(a, b) < OP_TOL
 
 
-@pytest.mark.parametrize("k,stride,hw", [(3, 1, (9, 9)), (3, 2, (9, 8)), (1, 2, (8, 8)), (1, 1, (3, 5))])
-def test_conv2d_matmul_weight_grad_matches_torch(rng, k, stride, hw):
-    """The CPU path's custom kernel gradient (and the input gradient beside it) against torch's autograd, and
-    the same forward and gradients as the plain XLA path."""
-    torch = pytest.importorskip("torch")
-    x = rng.standard_normal((2, *hw, 5)).astype(np.float32)
-    w = rng.standard_normal((k, k, 5, 4)).astype(np.float32)
-    dy_shape = ops.conv2d(jnp.asarray(x), jnp.asarray(w), stride, matmul_weight_grad=False).shape
-    dy = rng.standard_normal(dy_shape).astype(np.float32)
-
-    xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
-    wt = torch.tensor(w.transpose(3, 2, 0, 1), dtype=torch.float64, requires_grad=True)
-    yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=k // 2)
-    yt.backward(torch.from_numpy(dy.transpose(0, 3, 1, 2)).double())
-    want_y = yt.detach().numpy().transpose(0, 2, 3, 1)
-    want_dx, want_dw = xt.grad.numpy().transpose(0, 2, 3, 1), wt.grad.numpy().transpose(2, 3, 1, 0)
-
-    for matmul in (True, False):
-        y, vjp = jax.vjp(lambda a, b: ops.conv2d(a, b, stride, matmul_weight_grad=matmul), jnp.asarray(x),
-                         jnp.asarray(w))
-        dx, dw = vjp(jnp.asarray(dy))
-        assert _rel(y, want_y) < OP_TOL and _rel(dx, want_dx) < OP_TOL and _rel(dw, want_dw) < OP_TOL, matmul
-    # Under jit, as training runs it.
-    dw_jit = jax.jit(jax.grad(lambda b: jnp.vdot(ops.conv2d(jnp.asarray(x), b, stride, matmul_weight_grad=True),
-                                                  jnp.asarray(dy))))(jnp.asarray(w))
-    assert _rel(dw_jit, want_dw) < OP_TOL
-
-
 def test_equal_linear_and_pixel_norm(rng):
     x = rng.standard_normal((3, 8)).astype(np.float32)
     w = rng.standard_normal((8, 5)).astype(np.float32)
