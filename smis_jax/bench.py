@@ -582,7 +582,6 @@ def _torch_reference(gcfg: GeneratorConfig, weights: str | None, seed: int):
 def _torch_original_path(ref, gcfg: GeneratorConfig, batch: int, mode: str, protos, keys, topk: int,
                          cos_th: float) -> _Path:
     """psp.py's labelling on rosinality's PyTorch generator, fed the z and noise our paths draw from ``keys``."""
-
     inputs = []
     for key in keys:
         z, noise = _z_and_noise(gcfg, key, batch, None, jnp.float32)
@@ -696,7 +695,7 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
             if p is torch_path:
                 chunked = f", rendered in chunks of {bench_torch.MAX_CHUNK}" if batch > bench_torch.MAX_CHUNK else ""
                 row.update(compile_s=0.0, note="PyTorch %s, rosinality's generator (draggan's copy) + psp.py's "
-                           "labelling, torch threads=%d%s" % (_torch_version(), ref.threads, chunked))
+                           "labelling, torch threads=%d%s" % (ref.torch_version, ref.threads, chunked))
             by_name[p.name] = row
             rows.append(row)
         ours_row, orig_row = by_name["ours"], by_name["original-jax"]
@@ -741,12 +740,6 @@ def _dense_margins(gcfg: GeneratorConfig, params32, protos: labeling.DenseProtot
 
 def _channel_multiplier(gcfg: GeneratorConfig) -> int:
     return max(1, gcfg.channel(FEATURE_RES) // 256) if FEATURE_RES in gcfg.resolutions else 2
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -42,6 +42,12 @@ class TorchReference:
 
         return torch.get_num_threads()
 
+    @property
+    def torch_version(self) -> str:
+        import torch
+
+        return torch.__version__
+
 
 def _import_generator():
     with warnings.catch_warnings():
