@@ -589,7 +589,7 @@ def _torch_original_path(ref, gcfg: GeneratorConfig, batch: int, mode: str, prot
     if mode == "dense":
         tprotos = bench_torch.dense_prototypes(protos.vectors)
     else:
-        tprotos = bench_torch.sparse_vectors(protos.vectors, protos.classes, protos.n_classes)
+        tprotos = bench_torch.sparse_vectors(_vectors_by_class(protos))
     return _Path("original-torch", lambda r: bench_torch.labels(ref, *inputs[r], mode, tprotos, topk, cos_th,
                                                                  LABEL_SIZE),
                  flops_source="as original-jax (the same work)")

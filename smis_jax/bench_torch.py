@@ -99,12 +99,11 @@ def dense_prototypes(vectors: np.ndarray):
     return torch.from_numpy(np.array(vectors, np.float32))
 
 
-def sparse_vectors(vectors: np.ndarray, classes: np.ndarray, n_classes: int):
-    """The original's ``id2prototype`` list: one (N_c, C) tensor per class (class 0's is never used)."""
+def sparse_vectors(per_class: Sequence[Any]):
+    """The original's ``id2prototype`` list from one (N_c, C) array per class (class 0's is never used)."""
     import torch
 
-    vectors, classes = np.asarray(vectors, np.float32), np.asarray(classes)
-    return [torch.from_numpy(vectors[classes == c]) for c in range(n_classes)]
+    return [torch.from_numpy(np.array(v, np.float32)) for v in per_class]
 
 
 # rosinality's native (CPU) upfirdn2d holds several padded copies of each 1024 px activation: a full render at

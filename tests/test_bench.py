@@ -102,9 +102,8 @@ def test_torch_original_labels_match_golden(golden, mode):
         protos = bench_torch.dense_prototypes(g["prototypes"])  # absent classes stay zero, as in the original
         got = bench_torch.label_features(feats, "dense", protos, out_size=cfg["out_size"])
     else:
-        counts = g["proto_counts"]
-        classes = np.repeat(np.arange(len(counts)), counts)
-        protos = bench_torch.sparse_vectors(g["prototypes_concat"], classes, cfg["n_classes"])
+        per_class = np.split(g["prototypes_concat"], np.cumsum(g["proto_counts"])[:-1])
+        protos = bench_torch.sparse_vectors(per_class)
         got = bench_torch.label_features(feats, "sparse", protos, cfg["topk"], cfg["cos_th"], cfg["out_size"])
     np.testing.assert_array_equal(got, g["labels_query"])
 
