@@ -36,7 +36,8 @@ from smis_jax import torchfile
 from smis_jax.conversion.common import ConversionError, StateDict, check_tree, save_converted
 from smis_jax.stylegan2 import GeneratorConfig, param_shapes
 
-__all__ = ["generator_from_state_dict", "read_rosinality", "convert", "noises_from_tree"]
+__all__ = ["generator_from_state_dict", "read_rosinality", "convert", "noises_from_tree", "state_dict_from_params",
+           "write_rosinality", "discriminator_from_state_dict"]
 
 def _count(sd: StateDict, fmt: str, start: int) -> int:
     n = 0
@@ -198,3 +199,121 @@ def convert(in_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         trees["latent_avg"] = latent_avg
     meta = {"kind": "stylegan2", **config.to_json(), "has_latent_avg": latent_avg is not None}
     return save_converted(out, meta, **trees)
+
+
+def state_dict_from_params(config: GeneratorConfig, params: Any, noises) -> dict[str, np.ndarray]:
+    """The inverse of :func:`generator_from_state_dict`: a rosinality ``Generator`` state dict (numpy arrays,
+    PyTorch layouts) from our ``{'params': ...}`` tree and (1, r, r, 1) noise buffers."""
+    check_tree(param_shapes(config), params, "stylegan2 params")
+    tree = params["params"]
+    sd: dict[str, np.ndarray] = {}
+
+    def put(key, value):
+        sd[key] = np.ascontiguousarray(np.asarray(value, np.float32))
+
+    def modconv(name, leaf):
+        put(f"{name}.weight", np.asarray(leaf["weight"]).transpose(3, 2, 0, 1)[None])  # (1, O, I, k, k)
+        put(f"{name}.modulation.weight", np.asarray(leaf["modulation"]["kernel"]).T)
+        put(f"{name}.modulation.bias", leaf["modulation"]["bias"])
+        if "blur_kernel" in leaf:
+            put(f"{name}.blur.kernel", leaf["blur_kernel"])
+
+    def styled_conv(name, leaf):
+        modconv(f"{name}.conv", leaf["conv"])
+        put(f"{name}.noise.weight", leaf["noise_weight"])
+        put(f"{name}.activate.bias", leaf["activate_bias"])
+
+    def to_rgb(name, leaf):
+        put(f"{name}.bias", np.asarray(leaf["bias"]).reshape(1, 3, 1, 1))
+        if "upsample_kernel" in leaf:
+            put(f"{name}.upsample.kernel", leaf["upsample_kernel"])
+        modconv(f"{name}.conv", leaf["conv"])
+
+    for i in range(config.n_mlp):
+        put(f"style.{i + 1}.weight", np.asarray(tree["style"][f"dense_{i}"]["kernel"]).T)
+        put(f"style.{i + 1}.bias", tree["style"][f"dense_{i}"]["bias"])
+    put("input.input", np.asarray(tree["input"]).transpose(0, 3, 1, 2))
+    styled_conv("conv1", tree["conv1"])
+    to_rgb("to_rgb1", tree["to_rgb1"])
+    for k in range(len(config.resolutions) - 1):
+        styled_conv(f"convs.{2 * k}", tree[f"convs_{2 * k}"])
+        styled_conv(f"convs.{2 * k + 1}", tree[f"convs_{2 * k + 1}"])
+        to_rgb(f"to_rgbs.{k}", tree[f"to_rgbs_{k}"])
+    if len(noises) != config.num_layers:
+        raise ValueError(f"expected {config.num_layers} noise buffers, got {len(noises)}")
+    for i, n in enumerate(noises):
+        put(f"noises.noise_{i}", np.asarray(n).transpose(0, 3, 1, 2))
+    return sd
+
+
+def write_rosinality(path: str | os.PathLike, config: GeneratorConfig, params: Any, noises,
+                     latent_avg=None) -> Path:
+    """Save ``{'g_ema': state_dict[, 'latent_avg']}`` as rosinality's ``train.py`` does, for the PyTorch original.
+
+    Writing a file PyTorch loads needs torch (``pip install torch``); reading never does.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError("writing a rosinality .pt needs torch (pip install torch); the converted folder "
+                              "needs nothing") from None
+    from collections import OrderedDict
+
+    sd = state_dict_from_params(config, params, noises)
+    ckpt: dict[str, Any] = {"g_ema": OrderedDict((k, torch.from_numpy(v)) for k, v in sd.items())}
+    if latent_avg is not None:
+        ckpt["latent_avg"] = torch.from_numpy(np.asarray(latent_avg, np.float32))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path
+
+
+def discriminator_from_state_dict(sd: StateDict, prefix: str = "") -> tuple[tuple, dict]:
+    """rosinality ``Discriminator`` keys (``d`` in a training checkpoint) -> ``(channels, {'params': tree})`` of
+    :class:`smis_jax.gan.Discriminator` (to fine-tune from a rosinality run, and the discriminator's parity test).
+
+    | PyTorch key                                | Flax leaf                                  | transform        |
+    |--------------------------------------------|--------------------------------------------|------------------|
+    | ``convs.0.0.weight`` / ``convs.0.1.bias``  | ``convs_0/weight`` / ``bias``              | OIHW -> HWIO     |
+    | ``convs.{i}.conv1.0.weight`` / ``.1.bias`` | ``convs_{i}/conv1/weight`` / ``bias``      | OIHW -> HWIO     |
+    | ``convs.{i}.conv2.1.weight`` / ``.2.bias`` | ``convs_{i}/conv2/weight`` / ``bias``      | OIHW -> HWIO     |
+    | ``convs.{i}.skip.1.weight``                | ``convs_{i}/skip/weight``                  | OIHW -> HWIO     |
+    | ``final_conv.0.weight`` / ``.1.bias``      | ``final_conv/weight`` / ``bias``           | OIHW -> HWIO     |
+    | ``final_linear.0.weight`` (O, C*4*4)       | ``final_linear_0/kernel`` (4*4*C, O)       | CHW rows -> HWC  |
+    | ``final_linear.{0,1}.bias``, ``.1.weight`` | ``final_linear_{0,1}/bias``, ``_1/kernel`` | as is / ``.T``   |
+
+    The blur buffers (``*.0.kernel``) must hold rosinality's fixed ``[1,3,3,1]`` kernel, which ours applies.
+    """
+    from smis_jax.ops import make_kernel
+
+    def take(key, shape=None):
+        return np.asarray(sd.take(prefix + key, shape), np.float32)
+
+    def conv(key):
+        return take(key).transpose(2, 3, 1, 0)
+
+    n = _count(sd, prefix + "convs.{}.conv1.0.weight", 1)
+    if prefix + "convs.0.0.weight" not in sd or n == 0:
+        raise ConversionError(f"{sd.source}: missing key '{prefix}convs.0.0.weight'; not a rosinality discriminator")
+    size = 2 ** (n + 2)
+    channels = {size: sd.shape(prefix + "convs.0.0.weight")[0]}
+    tree: dict[str, Any] = {"convs_0": {"weight": conv("convs.0.0.weight"), "bias": take("convs.0.1.bias")}}
+    for i in range(1, n + 1):
+        for name in ("conv2", "skip"):
+            kernel = take(f"convs.{i}.{name}.0.kernel", (4, 4))
+            if not np.allclose(kernel, make_kernel(), atol=1e-7):
+                raise ConversionError(f"{sd.source}: '{prefix}convs.{i}.{name}.0.kernel' is not the [1,3,3,1] blur")
+        tree[f"convs_{i}"] = {
+            "conv1": {"weight": conv(f"convs.{i}.conv1.0.weight"), "bias": take(f"convs.{i}.conv1.1.bias")},
+            "conv2": {"weight": conv(f"convs.{i}.conv2.1.weight"), "bias": take(f"convs.{i}.conv2.2.bias")},
+            "skip": {"weight": conv(f"convs.{i}.skip.1.weight")},
+        }
+        channels[size >> i] = tree[f"convs_{i}"]["conv2"]["weight"].shape[-1]
+    c4 = channels[4]
+    tree["final_conv"] = {"weight": conv("final_conv.0.weight"), "bias": take("final_conv.1.bias")}
+    w0 = take("final_linear.0.weight", (c4, c4 * 16))  # columns in (C, H, W) order
+    tree["final_linear_0"] = {"kernel": w0.reshape(c4, c4, 4, 4).transpose(2, 3, 1, 0).reshape(16 * c4, c4),
+                              "bias": take("final_linear.0.bias", (c4,))}
+    tree["final_linear_1"] = {"kernel": take("final_linear.1.weight", (1, c4)).T, "bias": take("final_linear.1.bias")}
+    return tuple(sorted(channels.items())), {"params": tree}

@@ -1,0 +1,305 @@
+"""A StyleGAN2 training run: data, the loop, orbax checkpoints, metrics, sample grids, export and quality.
+
+``train(cfg, workdir, ...)`` is what ``python -m train.stylegan2`` calls. A run's folder holds::
+
+    config.json       the GanConfig, the data source, devices, versions and every command that touched the run
+    checkpoints/N/    orbax: G, D, EMA G, both Adam states, step, key (N = steps done)
+    metrics.jsonl     losses, scores, R1, speed and (built-in domain) the oracle's view of EMA samples
+    images/           sample grids of the EMA generator for fixed latents
+
+The real batch of step ``s`` is a pure function of ``s`` (procedural scenes ``s*B .. s*B+B-1`` of the training
+stream, or a seeded permutation of a folder per epoch), so ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from smis_jax import data, shapes, stylegan2, viz
+from smis_jax.gan import GanConfig, GanState, init_state, make_train_step, sample_images
+from smis_jax.training import data_mesh
+
+__all__ = ["RealData", "train", "export_generator", "generator_quality", "GanCheckpointer", "restore_latest",
+           "params_sha256"]
+
+PREVIEW_SEED = 1234
+
+
+class RealData:
+    """Real images by step: the built-in procedural stream (``folder=None``) or every image of a folder."""
+
+    def __init__(self, size: int, folder: str | Path | None = None, seed: int = 0):
+        self.size, self.seed = size, seed
+        self.folder = None if folder is None else Path(folder)
+        self.images = None
+        if self.folder is not None:
+            files = data.list_images(self.folder)
+            if not files:
+                raise data.DataError(f"{self.folder}: no images found")
+            self.images = np.stack([_read_square(f, size) for f in files])
+
+    def describe(self) -> str:
+        if self.folder is None:
+            return f"procedural '{'shapes'}' scenes, stream {shapes.TRAIN_SEED}, {self.size}px"
+        return f"{len(self.images)} images from {self.folder.absolute()} at {self.size}px"
+
+    def batch(self, step: int, batch_size: int) -> np.ndarray:
+        """The reals of ``step``: (B, S, S, 3) float32 in [-1, 1]."""
+        if self.images is None:
+            return shapes.render_batch(shapes.TRAIN_SEED, step * batch_size, batch_size, self.size).image
+        n = len(self.images)
+        idx = []
+        for i in range(step * batch_size, (step + 1) * batch_size):
+            epoch, pos = divmod(i, n)
+            idx.append(np.random.default_rng([self.seed, epoch]).permutation(n)[pos])
+        out = self.images[np.array(idx)]
+        flip = np.random.default_rng([self.seed, step, 7]).random(batch_size) < 0.5  # x-flips, as ADA's --mirror
+        out[flip] = out[flip, :, ::-1]
+        return out
+
+
+def _read_square(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    s = min(w, h)
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size),
+                                                                                             Image.LANCZOS)
+    return np.asarray(img, np.float32) / 127.5 - 1
+
+
+class GanCheckpointer:
+    """orbax ``CheckpointManager`` over ``workdir/checkpoints``: the GanState and a JSON record per step."""
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: GanState, meta: dict[str, Any]) -> None:
+        ocp = self._ocp
+        step = int(jax.device_get(state.step))
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave({**meta, "step": step})), force=True)
+
+    def restore(self, abstract: GanState, step: int | None = None) -> tuple[GanState, dict[str, Any]]:
+        ocp = self._ocp
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                 meta=ocp.args.JsonRestore()))
+        return out.state, dict(out.meta)
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _abstract(cfg: GanConfig, sharding=None) -> GanState:
+    shapes_ = jax.eval_shape(lambda: init_state(cfg))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes_)
+
+
+def restore_latest(workdir: str | Path, step: int | None = None) -> tuple[GanConfig, GanState, dict[str, Any]]:
+    """(config, state, meta) of a run's newest checkpoint (or ``step``)."""
+    workdir = Path(workdir)
+    record = _read_record(workdir)
+    cfg = GanConfig.from_json(record["gan"])
+    ckpt = GanCheckpointer(workdir / "checkpoints")
+    try:
+        state, meta = ckpt.restore(_abstract(cfg), step)
+    finally:
+        ckpt.close()
+    return cfg, state, meta
+
+
+def _read_record(workdir: Path) -> dict[str, Any]:
+    f = workdir / "config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{workdir}: not a GAN run (no config.json)")
+    return json.loads(f.read_text())
+
+
+def _mean(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    host = jax.device_get(metrics)
+    keys = sorted({k for m in host for k in m})
+    return {k: float(np.mean([float(m[k]) for m in host if k in m])) for k in keys}
+
+
+def generator_quality(config: stylegan2.GeneratorConfig, g_params, n: int = 256, seed: int = 0,
+                      batch: int = 64) -> dict[str, Any]:
+    """The oracle's view of ``n`` generated images against ``n`` procedural scenes (built-in domain only).
+
+    ``oracle_confidence``: share of generated pixels within the oracle's colour tolerance (1.0 for real scenes);
+    ``class_freq`` / ``data_class_freq``: pixel share per class of the oracle's segmentation of generated images
+    and of real masks; ``class_freq_tv``: their total-variation distance (0 = same layout statistics).
+    """
+    images = []
+    key = jax.random.key(seed)
+    for i in range(0, n, batch):
+        k_z, k_n = jax.random.split(jax.random.fold_in(key, i))
+        m = min(batch, n - i)
+        images.append(np.asarray(sample_images(config, g_params, jax.random.normal(k_z, (m, config.style_dim)), k_n)))
+    images = np.concatenate(images)
+    seg = shapes.segment(images)
+    real = shapes.render_batch(shapes.TEST_SEED, 0, n, config.size).mask
+    gen_freq, data_freq = shapes.class_frequencies(seg), shapes.class_frequencies(real)
+    return {"oracle_confidence": shapes.oracle_confidence(images), "class_freq": gen_freq.round(4).tolist(),
+            "data_class_freq": data_freq.round(4).tolist(),
+            "class_freq_tv": float(0.5 * np.abs(gen_freq - data_freq).sum()), "n": n}
+
+
+def _preview(cfg: GanConfig, g_ema, path: Path, n: int = 32) -> None:
+    g = cfg.generator
+    key = jax.random.key(PREVIEW_SEED)
+    images = np.asarray(sample_images(g, g_ema, jax.random.normal(key, (n, g.style_dim)), jax.random.fold_in(key, 1)))
+    cols = 8
+    rows = [[viz.to_uint8(im) for im in images[r:r + cols]] for r in range(0, n, cols)]
+    viz.save_png(path, viz.grid(rows, pad=1))
+
+
+def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str | Path | None = None,
+          resume: bool = False, log_every: int = 50, image_every: int = 500, save_every: int = 250,
+          eval_every: int = 1000, keep: int = 2, devices=None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or ``resume``) a GAN until ``max_kimg`` thousand real images have been shown; returns the last metrics."""
+    workdir = Path(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    existing = GanCheckpointer(ckpt_dir).latest_step() if ckpt_dir.is_dir() else None
+    if existing is not None and not resume:
+        raise ValueError(f"{workdir} already holds checkpoints up to step {existing}; pass --resume or choose "
+                         f"another --workdir")
+    invocation = {"argv": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if existing is not None:
+        record = _read_record(workdir)
+        saved = GanConfig.from_json(record["gan"])
+        if saved != cfg:
+            diff = [f"{k}: {v!r} -> {cfg.to_json()[k]!r}" for k, v in saved.to_json().items() if cfg.to_json()[k] != v]
+            raise ValueError(f"cannot resume {workdir}: settings differ from the run's ({'; '.join(diff)})")
+        if str(record.get("folder")) != str(None if folder is None else Path(folder).absolute()):
+            raise ValueError(f"cannot resume {workdir}: it trained on {record.get('folder') or 'the built-in scenes'}")
+        record["invocations"].append(invocation)
+    else:
+        record = {"gan": cfg.to_json(), "folder": None if folder is None else str(Path(folder).absolute()),
+                  "versions": {"python": platform.python_version(), "jax": jax.__version__},
+                  "invocations": [invocation]}
+    reals = RealData(cfg.size, folder, cfg.seed)
+    mesh = data_mesh(devices)
+    record["devices"] = [str(d) for d in mesh.devices.flat]
+    record["data"] = reals.describe()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "images").mkdir(exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(record, indent=1))
+
+    replicated = NamedSharding(mesh, P())
+    ckpt = GanCheckpointer(ckpt_dir, max_to_keep=keep)
+    if existing is not None:
+        state, meta = ckpt.restore(_abstract(cfg, replicated))
+        wall = float(meta.get("wall_s", 0.0))
+        log(f"resuming at step {int(state.step)} ({int(state.step) * cfg.batch_size / 1000:.1f} kimg)")
+    else:
+        state, wall = jax.device_put(init_state(cfg), replicated), 0.0
+    step_fn = make_train_step(cfg, mesh)
+    max_steps = math.ceil(max_kimg * 1000 / cfg.batch_size)
+    start = int(jax.device_get(state.step))
+    metrics_file = open(workdir / "metrics.jsonl", "a", buffering=1)
+    pending, last = [], {}
+    t0 = t_last = time.perf_counter()
+    steps_since = 0
+    try:
+        for step in range(start, max_steps):
+            state, metrics = step_fn(state, reals.batch(step, cfg.batch_size), step % cfg.r1_every == 0)
+            pending.append(metrics)
+            steps_since += 1
+            done = step + 1
+            save_now = done % save_every == 0 or done == max_steps
+            if done % log_every == 0 or save_now:
+                last = _mean(pending)
+                pending = []
+                if not all(math.isfinite(v) for v in last.values()):
+                    raise FloatingPointError(f"non-finite GAN losses at step {done}: {last}; the last checkpoint "
+                                             f"is intact")
+                now = time.perf_counter()
+                last.update(step=done, kimg=done * cfg.batch_size / 1000,
+                            sec_per_kimg=(now - t_last) / (steps_since * cfg.batch_size / 1000))
+                t_last, steps_since = now, 0
+                if folder is None and done % eval_every == 0:
+                    q = generator_quality(cfg.generator, state.g_ema, n=128)
+                    last.update({f"quality/{k}": v for k, v in q.items() if not isinstance(v, list)})
+                metrics_file.write(json.dumps(last) + "\n")
+                log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()))
+            if done % image_every == 0 or done == max_steps:
+                _preview(cfg, state.g_ema, workdir / "images" / f"step_{done:07d}.png")
+            if save_now:
+                ckpt.save(state, {"wall_s": wall + time.perf_counter() - t0,
+                                  "kimg": done * cfg.batch_size / 1000})
+    finally:
+        ckpt.close()
+        metrics_file.close()
+    return last
+
+
+def params_sha256(tree) -> str:
+    """A hash of a parameter tree's leaves (paths, dtypes, shapes, bytes): what a provenance file pins."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def export_generator(workdir: str | Path, out_dir: str | Path, step: int | None = None,
+                     provenance: dict[str, Any] | None = None) -> Path:
+    """Write the run's EMA generator as a converted 'stylegan2' folder (what ``stylegan2.load`` reads): params,
+    stored noise buffers (seeded) and latent_avg (the mean W of 4096 z), plus ``provenance.json``."""
+    from smis_jax.conversion.common import save_converted
+
+    cfg, state, meta = restore_latest(workdir, step)
+    g = cfg.generator
+    params = jax.device_get(state.g_ema)
+    noises = [np.asarray(n) for n in stylegan2.make_noise(g, jax.random.key(cfg.seed + 1), 1)]
+    loaded = stylegan2.LoadedGenerator(g, params, noises)
+    latent_avg = np.asarray(loaded.mean_latent(jax.random.key(cfg.seed + 2), 4096))
+    out = save_converted(out_dir, {"kind": "stylegan2", **g.to_json(), "has_latent_avg": True},
+                         params=params, noises=noises, latent_avg=latent_avg)
+    record = _read_record(Path(workdir))
+    prov = {"generator": g.to_json(), "gan": cfg.to_json(), "step": int(meta["step"]),
+            "kimg": float(meta.get("kimg", int(meta["step"]) * cfg.batch_size / 1000)),
+            "wall_s": float(meta.get("wall_s", 0.0)), "data": record.get("data"), "devices": record.get("devices"),
+            "versions": record.get("versions"), "invocations": record.get("invocations"),
+            "params_sha256": params_sha256(params), **(provenance or {})}
+    (out / "provenance.json").write_text(json.dumps(prov, indent=1))
+    return out
+
+
+def record_quality(generator_dir: str | Path, quality: dict[str, Any]) -> Path:
+    """Add ``quality`` (from :func:`generator_quality`) to a generator folder's ``provenance.json``."""
+    f = Path(generator_dir) / "provenance.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: no provenance file to record the quality in")
+    prov = json.loads(f.read_text())
+    prov["quality"] = quality
+    f.write_text(json.dumps(prov, indent=1))
+    return f

@@ -1,0 +1,148 @@
+"""The StyleGAN2 trainer: conv kernel gradients, the discriminator against rosinality's, the trainer's run,
+exact resume, export to what ``stylegan2.load`` reads and to a rosinality ``.pt``."""
+
+import json
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import FORWARD_TOL, GRAD_TOL, rel_err
+from smis_jax import gan, gan_run, ops, stylegan2
+from smis_jax.conversion.common import StateDict
+from smis_jax.conversion.stylegan2 import (discriminator_from_state_dict, read_rosinality, state_dict_from_params,
+                                           write_rosinality)
+
+TINY = dict(channels={4: 32, 8: 32, 16: 16, 32: 16, 64: 8}, d_channels={4: 32, 8: 32, 16: 16, 32: 16, 64: 8},
+            style_dim=32, n_mlp=2, batch_size=4, r1_every=4)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation", [
+    ((2, 9, 9, 5), (3, 3, 5, 7), 1, ((1, 1), (1, 1)), 1),  # 'same'
+    ((2, 10, 10, 5), (3, 3, 5, 7), 2, ((0, 0), (0, 0)), 1),  # blurred stride-2 conv (discriminator)
+    ((2, 8, 8, 5), (1, 1, 5, 7), 2, ((0, 0), (0, 0)), 1),  # skip 1x1 stride 2
+    ((2, 6, 6, 5), (3, 3, 5, 7), 1, ((2, 2), (2, 2)), 2),  # transposed conv (generator upsampling)
+])
+def test_matmul_kernel_gradient_equals_xla(x_shape, w_shape, stride, padding, dilation):
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    w = jax.random.normal(jax.random.key(1), w_shape)
+
+    def loss(x, w, matmul):
+        return jnp.sum(jnp.sin(ops.conv(x, w, stride, padding, dilation, matmul_weight_grad=matmul)))
+
+    ours, xla = jax.grad(loss, (0, 1))(x, w, True), jax.grad(loss, (0, 1))(x, w, False)
+    assert float(loss(x, w, True)) == float(loss(x, w, False))  # the forward pass is XLA's own either way
+    for a, b in zip(ours, xla):
+        assert rel_err(a, b) < 1e-5  # same sums, another order
+
+
+def test_minibatch_stddev_against_a_loop():
+    x = np.asarray(jax.random.normal(jax.random.key(0), (8, 3, 3, 5)))
+    out = np.asarray(gan.minibatch_stddev(jnp.asarray(x)))
+    assert out.shape == (8, 3, 3, 6) and np.array_equal(out[..., :5], x)
+    for b in range(8):  # rosinality: view(group, -1, ...) -> sample b is in group member b % (B / G)
+        members = x[[b % 2 + 2 * g for g in range(4)]]
+        assert np.allclose(out[b, ..., 5], np.sqrt(members.var(0) + 1e-8).mean(), atol=1e-6)
+
+
+def test_discriminator_matches_rosinality(monkeypatch, tmp_path):
+    """rosinality's PyTorch Discriminator (vendored by draggan) with random weights: logits and the input
+    gradient R1 penalises, after our conversion table."""
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    torch = pytest.importorskip("torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = pytest.importorskip("draggan.deprecated.stylegan2.model")
+    torch.manual_seed(0)
+    ref = model.Discriminator(64, channel_multiplier=1).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.5 if name.endswith("bias") else 1))
+    sd = StateDict({k: v.numpy() for k, v in ref.state_dict().items()}, "rosinality D")  # float32 weights
+    channels, params = discriminator_from_state_dict(sd)
+    sd.finish()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        logits = ref(images)
+    x = jnp.asarray(images.numpy().transpose(0, 2, 3, 1))
+    disc = gan.Discriminator(channels)
+    assert rel_err(disc.apply(params, x), logits.numpy()[:, 0]) < FORWARD_TOL
+    # The input gradient (what R1 penalises) in float64 on both sides: at these random 512-channel weights it is
+    # ill-conditioned in float32 (rosinality's own float32 gradient is 2e-2 from its float64 one, and so is ours),
+    # so float64 is where the maths can be compared tightly.
+    ref64, x64 = ref.double(), images.double().requires_grad_(True)
+    (grad_ref,) = torch.autograd.grad(ref64(x64).sum(), x64)
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        grad = jax.grad(lambda x: jnp.sum(disc.apply(params64, x)))(jnp.asarray(x, jnp.float64))
+        assert grad.dtype == jnp.float64
+        assert rel_err(grad, grad_ref.numpy().transpose(0, 2, 3, 1)) < 1e-9
+
+
+def _final_state(workdir):
+    _, state, meta = gan_run.restore_latest(workdir)
+    return jax.device_get(state), meta
+
+
+def test_trainer_learns_resumes_exactly_and_exports(tmp_path):
+    cfg = gan.GanConfig(**TINY)
+    kw = dict(log_every=2, image_every=4, save_every=4, eval_every=8)
+    full = gan_run.train(cfg, tmp_path / "full", max_kimg=0.032, **kw)  # 8 steps of 4
+    assert full["step"] == 8
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    assert rows[-1]["loss_d"] < rows[0]["loss_d"]  # the discriminator learns to tell scenes from samples
+    assert "quality/oracle_confidence" in rows[-1] and (tmp_path / "full" / "images" / "step_0000008.png").is_file()
+
+    gan_run.train(cfg, tmp_path / "split", max_kimg=0.016, **kw)  # 4 steps, then a resume to 8
+    with pytest.raises(ValueError, match="--resume"):
+        gan_run.train(cfg, tmp_path / "split", max_kimg=0.032, **kw)
+    with pytest.raises(ValueError, match="r1_gamma"):
+        gan_run.train(cfg.replace(r1_gamma=1.0), tmp_path / "split", max_kimg=0.032, resume=True, **kw)
+    gan_run.train(cfg, tmp_path / "split", max_kimg=0.032, resume=True, **kw)
+    (a, meta_a), (b, meta_b) = _final_state(tmp_path / "full"), _final_state(tmp_path / "split")
+    assert meta_a["step"] == meta_b["step"] == 8
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))  # bit for bit
+    record = json.loads((tmp_path / "split" / "config.json").read_text())
+    assert len(record["invocations"]) == 3
+
+    out = gan_run.export_generator(tmp_path / "full", tmp_path / "export")
+    g = stylegan2.load(out)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["params_sha256"] == gan_run.params_sha256(g.params) == gan_run.params_sha256(a.g_ema)
+    assert prov["kimg"] == 0.032 and prov["step"] == 8 and g.latent_avg is not None
+
+    # rosinality .pt: our reader gets back exactly what we wrote
+    pt = write_rosinality(tmp_path / "g.pt", g.config, g.params, g.noises, g.latent_avg)
+    config, params, noises, latent_avg = read_rosinality(pt)
+    assert config == g.config and np.array_equal(latent_avg, np.asarray(g.latent_avg))
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(g.params)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    assert set(state_dict_from_params(g.config, g.params, g.noises)) == set(
+        torch_keys := __import__("torch").load(pt)["g_ema"].keys()) and len(torch_keys) > 0
+
+
+def test_rosinality_code_loads_the_exported_pt(tmp_path, monkeypatch):
+    """The PyTorch original can use what we export: rosinality's Generator loads it strictly and draws our image."""
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    torch = pytest.importorskip("torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = pytest.importorskip("draggan.deprecated.stylegan2.model")
+    config = stylegan2.GeneratorConfig.rosinality(64, channel_multiplier=1, style_dim=64, n_mlp=2)
+    params = stylegan2.init_params(config, jax.random.key(3))
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(4), p.shape), params)  # no zeros
+    noises = stylegan2.make_noise(config, jax.random.key(5), 1)
+    pt = write_rosinality(tmp_path / "g.pt", config, params, noises)
+    ref = model.Generator(64, 64, 2, channel_multiplier=1).eval()
+    ref.load_state_dict(torch.load(pt)["g_ema"], strict=True)
+    w_plus = np.asarray(jax.random.normal(jax.random.key(6), (2, config.n_latent, 64)), np.float32)
+    with torch.no_grad():
+        image, _ = ref([torch.from_numpy(w_plus)], input_is_latent=True, randomize_noise=False)
+    ours, _ = stylegan2.LoadedGenerator(config, params, noises).synthesize(jnp.asarray(w_plus), noise="const")
+    assert rel_err(ours, image.numpy().transpose(0, 2, 3, 1)) < FORWARD_TOL
