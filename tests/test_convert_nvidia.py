@@ -265,6 +265,35 @@ def test_domain_size_is_checked_and_overridable():
     assert TrainConfig.from_dict({"domain": "cat"}).generator_size is None  # runs recorded before the option
 
 
+def test_pipeline_export_keeps_the_nvidia_generator(tmp_path):
+    """A run trained on a .pkl exports its generator (conv_clamp included) for synthesis, as for a .pt."""
+    from smis_jax import psp
+    from smis_jax.experiment import export_pipeline
+    from smis_jax.training import StepConfig, init_train_state
+
+    g = sg.load(GOLDEN / "ada_tiny64.pkl")
+    c = g.config
+    enc = psp.EncoderConfig(input_nc=19, style_num=c.n_latent, widths=(16, 16, 16, 16), units=(1, 1, 1, 1),
+                            style_dim=c.style_dim)
+    state = init_train_state(StepConfig(generator=c, encoder=enc, batch_size=1), 0)
+    out = export_pipeline(tmp_path / "export", enc, state, g, np.zeros((c.n_latent, c.style_dim), np.float32), {})
+    pipe = psp.load_pipeline(out)
+    assert pipe.generator.config == c and pipe.generator.config.conv_clamp == 0.8
+    np.testing.assert_array_equal(pipe.generator.params["params"]["to_rgbs_3"]["bias"],
+                                  g.params["params"]["to_rgbs_3"]["bias"])
+
+
+def test_format_told_by_content(tmp_path):
+    """A legacy (pre-zip) torch.save file is also a pickle stream, but not an NVIDIA one; names do not matter."""
+    torch = pytest.importorskip("torch")
+    legacy = tmp_path / "network.pkl"
+    torch.save({"x": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert not nvidiafile.is_pickle(legacy)
+    renamed = tmp_path / "generator.pt"
+    renamed.write_bytes((GOLDEN / "tf_tiny64.pkl").read_bytes())
+    assert nvidiafile.is_pickle(renamed) and sg.load(renamed).config.style_dim == 40
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Real shapes: a 1024 px ADA snapshot (G_ema, G and a D-sized network, random weights) converts within memory.
 
