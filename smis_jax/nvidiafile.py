@@ -87,15 +87,17 @@ class PersistentObject:
             if isinstance(child, PersistentObject):
                 out.update(child.state_dict(f"{prefix}{name}."))
             elif child is not None:
-                raise NvidiaPickleError(f"module '{prefix}{name}' is a {type(child).__name__}, expected a network object")
+                raise NvidiaPickleError(
+                    f"module '{prefix}{name}' is a {type(child).__name__}, expected a network object")
         return out
 
 
 def _reconstruct_persistent_obj(meta):
     """Replaces ``torch_utils.persistence._reconstruct_persistent_obj``: keeps the state, never runs the source."""
     if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("class_name"), str):
-        raise NvidiaPickleError(f"unsupported persistent object (expected type 'class' with a class_name), got "
-                                f"{ {k: v for k, v in meta.items() if k != 'module_src'} if isinstance(meta, dict) else type(meta).__name__}")
+        got = ({k: v for k, v in meta.items() if k not in ("module_src", "state")} if isinstance(meta, dict)
+               else type(meta).__name__)
+        raise NvidiaPickleError(f"unsupported persistent object (expected type 'class' with a class_name), got {got}")
     state = meta.get("state")
     if not isinstance(state, dict):
         raise NvidiaPickleError(f"persistent object {meta['class_name']} has no state dict")

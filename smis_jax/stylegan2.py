@@ -95,7 +95,8 @@ class GeneratorConfig:
         object.__setattr__(self, "lr_mlp", float(self.lr_mlp))
         if self.conv_clamp is not None:
             if not isinstance(self.conv_clamp, (int, float, np.number)) or not 0 < float(self.conv_clamp) < math.inf:
-                raise ValueError(f"GeneratorConfig: conv_clamp must be None or a positive number, got {self.conv_clamp!r}")
+                raise ValueError(
+                    f"GeneratorConfig: conv_clamp must be None or a positive number, got {self.conv_clamp!r}")
             object.__setattr__(self, "conv_clamp", float(self.conv_clamp))
         object.__setattr__(self, "channels", tuple(sorted(table.items())))
 

@@ -90,8 +90,9 @@ def to_writer(obj, module_src=None):
 
     if isinstance(obj, PersistentObject):
         state = dict(obj.state)
+        params = state.get("_parameters") or {}
         state["_parameters"] = collections.OrderedDict(
-            (k, torch.nn.Parameter(_tensor(v), requires_grad=False)) for k, v in (state.get("_parameters") or {}).items())
+            (k, torch.nn.Parameter(_tensor(v), requires_grad=False)) for k, v in params.items())
         state["_buffers"] = collections.OrderedDict((k, _tensor(v)) for k, v in (state.get("_buffers") or {}).items())
         state["_modules"] = collections.OrderedDict(
             (k, to_writer(v, module_src)) for k, v in (state.get("_modules") or {}).items())

@@ -7,22 +7,24 @@ field), the mapping's learning-rate multiplier (``lr_mlp``) and ``w_avg`` / ``dl
 the truncation centre). Layers that ADA runs in float16 are computed in float32 (ADA's ``force_fp32=True``).
 
 stylegan2-ada-pytorch, ``G_ema`` only (``G``, ``D``, ``augment_pipe`` are ignored); block ``b{r}``, r >= 8, is
-rosinality block k = log2(r) - 3; noise n = 0 for ``b4.conv1``, 2k+1 / 2k+2 for ``b{r}.conv0`` / ``.conv1``:
+rosinality block k = log2(r) - 3; noise n = 0 for ``b4.conv1``, 2k+1 / 2k+2 for ``b{r}.conv0`` / ``.conv1``.
+``<L>`` is a styled conv: ``b4.conv1`` -> ``conv1``, ``b{r}.conv0`` -> ``convs.{2k}``, ``b{r}.conv1`` ->
+``convs.{2k+1}``; ``<T>`` a ToRGB: ``b4.torgb`` -> ``to_rgb1``, ``b{r}.torgb`` -> ``to_rgbs.{k}``:
 
-| ADA key (under ``synthesis.`` unless noted)  | shape        | rosinality key                        | transform        |
-|----------------------------------------------|--------------|---------------------------------------|------------------|
-| ``mapping.fc{i}.weight`` / ``.bias``          | (D, D)/(D,)  | ``style.{i+1}.weight`` / ``.bias``    | as is            |
-| ``mapping.w_avg``                             | (D,)         | ``latent_avg``                        | as is            |
-| ``b4.const``                                  | (C, 4, 4)    | ``input.input`` (1, C, 4, 4)          | [None]           |
-| ``b4.conv1``, ``b{r}.conv0``, ``b{r}.conv1``  |              | ``conv1``, ``convs.{2k}``, ``convs.{2k+1}`` |            |
-| ``  .weight``                                 | (O, I, 3, 3) | ``.conv.weight`` (1, O, I, 3, 3)      | [None]*sqrt(9I)  |
-| ``  .affine.weight`` / ``.affine.bias``       | (I, D)/(I,)  | ``.conv.modulation.weight`` / ``.bias``| as is (+1 stored)|
-| ``  .noise_strength`` / ``.noise_const``      | () / (r, r)  | ``.noise.weight`` / ``noises.noise_{n}``| reshape        |
-| ``  .bias``                                   | (O,)         | ``.activate.bias``                    | as is            |
-| ``b{r}.conv0.resample_filter``                | (4, 4)       | ``convs.{2k}.conv.blur.kernel``       | * 4 (up gain)    |
-| ``b4.torgb``, ``b{r}.torgb`` (weight, affine) | (3, I, 1, 1) | ``to_rgb1``, ``to_rgbs.{k}`` ``.conv.*`` | [None] / as is |
-| ``  .bias``                                   | (3,)         | ``.bias`` (1, 3, 1, 1)                | reshape          |
-| ``b{r}.resample_filter``                      | (4, 4)       | ``to_rgbs.{k}.upsample.kernel``       | * 4              |
+| ADA key (``synthesis.`` omitted)    | shape         | rosinality key                      | transform          |
+|-------------------------------------|---------------|-------------------------------------|--------------------|
+| ``mapping.fc{i}.weight`` / ``bias`` | (D, D) / (D,) | ``style.{i+1}.weight`` / ``bias``   | as is              |
+| ``mapping.w_avg``                   | (D,)          | ``latent_avg``                      | as is              |
+| ``b4.const``                        | (C, 4, 4)     | ``input.input`` (1, C, 4, 4)        | [None]             |
+| ``<L>.weight``                      | (O, I, 3, 3)  | ``.conv.weight`` (1, O, I, 3, 3)    | [None] * sqrt(9I)  |
+| ``<L>.affine.weight`` / ``bias``    | (I, D) / (I,) | ``.conv.modulation.weight``/``bias``| as is (+1 stored)  |
+| ``<L>.noise_strength``              | ()            | ``.noise.weight`` (1,)              | reshape            |
+| ``<L>.noise_const``                 | (r, r)        | ``noises.noise_{n}`` (1, 1, r, r)   | reshape            |
+| ``<L>.bias``                        | (O,)          | ``.activate.bias``                  | as is              |
+| ``b{r}.conv0.resample_filter``      | (4, 4)        | ``convs.{2k}.conv.blur.kernel``     | * 4 (up gain)      |
+| ``<T>.weight``, ``<T>.affine.*``    | (3, I, 1, 1)  | ``.conv.weight``, ``.conv.modulation.*`` | [None] / as is|
+| ``<T>.bias``                        | (3,)          | ``.bias`` (1, 3, 1, 1)              | reshape            |
+| ``b{r}.resample_filter``            | (4, 4)        | ``to_rgbs.{k}.upsample.kernel``     | * 4                |
 
 Ignored: ``b4.resample_filter`` and the ``conv1.resample_filter`` buffers (ADA's forward never uses them). A layer
 built with ``use_noise=False`` gets noise strength 0 and zero buffers.
@@ -33,22 +35,23 @@ scales by ``1/sqrt(9I)`` first, so its eps acts on the scaled weight. Storing ``
 styles). TF weights are not rescaled: TF scales before demodulating, as rosinality does, and rosinality's
 ``convert_weight.py`` copies them unscaled too (a TF pickle converted here equals the published ``.pt`` files).
 
-TensorFlow, ``Gs`` only (``G``, ``D`` ignored):
+TensorFlow, ``Gs`` only (``G``, ``D`` ignored); ``<L>`` is ``synthesis/4x4/Conv`` -> ``conv1``,
+``{r}x{r}/Conv0_up`` -> ``convs.{2k}``, ``{r}x{r}/Conv1`` -> ``convs.{2k+1}``; ``<T>`` is ``{r}x{r}/ToRGB``:
 
-| TF variable                                       | shape          | rosinality key               | transform          |
-|---------------------------------------------------|----------------|------------------------------|--------------------|
-| ``mapping/Dense{i}/weight`` / ``bias``            | (D, D) / (D,)  | ``style.{i+1}.weight``/``bias``| ``.T`` / as is   |
-| ``dlatent_avg``                                   | (D,)           | ``latent_avg``               | as is              |
-| ``synthesis/4x4/Const/const``                     | (1, C, 4, 4)   | ``input.input``              | as is              |
-| ``synthesis/4x4/Conv``, ``{r}x{r}/Conv0_up``, ``{r}x{r}/Conv1`` | | ``conv1``, ``convs.{2k}``, ``convs.{2k+1}`` |         |
-| ``  weight``                                      | (3, 3, I, O)   | ``.conv.weight``             | Conv0_up flipped ``[::-1, ::-1]``; ``transpose(3, 2, 0, 1)[None]`` |
-| ``  mod_weight`` / ``mod_bias``                   | (D, I) / (I,)  | ``.conv.modulation.*``       | ``.T`` / ``+ 1``   |
-| ``  noise_strength`` / ``bias``                   | () / (O,)      | ``.noise.weight``/``.activate.bias`` | reshape / as is |
-| ``{r}x{r}/ToRGB/weight``, ``mod_*``, ``bias``     | (1, 1, I, 3)   | ``to_rgb1``/``to_rgbs.{k}``  | as above; bias reshape |
-| ``synthesis/noise{n}``                            | (1, 1, r, r)   | ``noises.noise_{n}``         | as is              |
+| TF variable                         | shape         | rosinality key                      | transform          |
+|-------------------------------------|---------------|-------------------------------------|--------------------|
+| ``mapping/Dense{i}/weight``/``bias``| (D, D) / (D,) | ``style.{i+1}.weight`` / ``bias``   | ``.T`` / as is     |
+| ``dlatent_avg``                     | (D,)          | ``latent_avg``                      | as is              |
+| ``synthesis/4x4/Const/const``       | (1, C, 4, 4)  | ``input.input``                     | as is              |
+| ``<L>/weight``                      | (3, 3, I, O)  | ``.conv.weight``                    | see below          |
+| ``<L>/mod_weight`` / ``mod_bias``   | (D, I) / (I,) | ``.conv.modulation.weight``/``bias``| ``.T`` / ``+ 1``   |
+| ``<L>/noise_strength`` / ``bias``   | () / (O,)     | ``.noise.weight`` / ``.activate.bias`` | reshape / as is |
+| ``<T>/weight``, ``mod_*``, ``bias`` | (1, 1, I, 3)  | ``to_rgb1`` / ``to_rgbs.{k}``       | as for ``<L>``     |
+| ``synthesis/noise{n}``              | (1, 1, r, r)  | ``noises.noise_{n}``                | as is              |
 
-Ignored: ``synthesis/lod`` (progressive-growing state). The FIR buffers come from ``resample_kernel`` (default
-[1, 3, 3, 1]), as TF builds them.
+Weights: ``transpose(3, 2, 0, 1)[None]``, ``Conv0_up`` flipped ``[::-1, ::-1]`` first (TF's ``upsample_conv_2d``
+flips before its transposed conv). Ignored: ``synthesis/lod`` (progressive-growing state). The FIR buffers come
+from ``resample_kernel`` (default [1, 3, 3, 1]), as TF builds them.
 """
 
 from __future__ import annotations

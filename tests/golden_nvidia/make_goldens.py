@@ -17,8 +17,8 @@ randomised (noise strengths, biases, w_avg, ...) so that no term can cancel unno
   ``num_fp16_res`` 2 (the oracle runs ``force_fp32=True``). ``G`` holds other weights than ``G_ema``.
 - ``tf_tiny64``: an original TensorFlow StyleGAN2 pickle ``(G, D, Gs)`` of ``dnnlib.tflib.network.Network``
   objects (written through a stub class at that path, holding TF-layout variables), 64 px, 2 mapping layers,
-  z_dim = w_dim = 40, channels {4: 32, 8: 32, 16: 32, 32: 16, 64: 8}; the oracle is ADA's ``legacy.py`` (its unpickler and
-  ``convert_tf_generator`` on ``Gs``).
+  z_dim = w_dim = 40, channels {4: 32, 8: 32, 16: 32, 32: 16, 64: 8}; the oracle is ADA's ``legacy.py`` (its
+  unpickler and ``convert_tf_generator`` on ``Gs``). Its ``build_module_src`` raises SystemExit if ever run.
 
 Arrays in ``<case>.npz`` (B = 2): ``z`` (B, D); ``w`` = mapping(z) (B, D); ``w_trunc`` = mapping(z,
 truncation_psi=0.7) (B, D); ``w_plus`` (B, L, D) random per-layer codes; ``img_const`` / ``img_none``:
@@ -138,7 +138,8 @@ class _TFNetwork:
 
     def __init__(self, name, build_func_name, static_kwargs, variables, components=None):
         self.state = {"version": 4, "name": name, "static_kwargs": dict(static_kwargs),
-                      "components": dict(components or {}), "build_module_src": "raise SystemExit('ran pickled code')\n",
+                      "components": dict(components or {}),
+                      "build_module_src": "raise SystemExit('ran pickled code')\n",
                       "build_func_name": build_func_name, "variables": list(variables)}
 
     def __getstate__(self):
@@ -166,7 +167,8 @@ def make_tf(out: Path, rng) -> dict:
     def gs_variables():
         mapping = []
         for i in range(n_map):
-            mapping += [(f"Dense{i}/weight", randn(z_dim, z_dim, scale=100)), (f"Dense{i}/bias", randn(z_dim, scale=10))]
+            mapping += [(f"Dense{i}/weight", randn(z_dim, z_dim, scale=100)),
+                        (f"Dense{i}/bias", randn(z_dim, scale=10))]
         synth, noises = [], []
 
         def layer(prefix, cin, cout, k, noise=True):
