@@ -268,15 +268,19 @@ def test_domain_size_is_checked_and_overridable():
 
 def test_pipeline_export_keeps_the_nvidia_generator(tmp_path):
     """A run trained on a .pkl exports its generator (conv_clamp included) for synthesis, as for a .pt."""
+    from types import SimpleNamespace
+
+    import jax
+
     from smis_jax import psp
     from smis_jax.experiment import export_pipeline
-    from smis_jax.training import StepConfig, init_train_state
 
     g = sg.load(GOLDEN / "ada_tiny64.pkl")
     c = g.config
     enc = psp.EncoderConfig(input_nc=19, style_num=c.n_latent, widths=(16, 16, 16, 16), units=(1, 1, 1, 1),
                             style_dim=c.style_dim)
-    state = init_train_state(StepConfig(generator=c, encoder=enc, batch_size=1), 0)
+    zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), psp.abstract_variables(enc))
+    state = SimpleNamespace(**zeros)  # what export_pipeline reads of a TrainState; the encoder is not under test
     out = export_pipeline(tmp_path / "export", enc, state, g, np.zeros((c.n_latent, c.style_dim), np.float32), {})
     pipe = psp.load_pipeline(out)
     assert pipe.generator.config == c and pipe.generator.config.conv_clamp == 0.8
