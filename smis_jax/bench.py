@@ -571,7 +571,9 @@ def _torch_reference(gcfg: GeneratorConfig, weights: str | None, seed: int):
     rosinality ``.pt`` (its ``g_ema``) can be handed to it; a converted directory or an NVIDIA ``.pkl`` runs without it."""
     state_dict = None
     if weights is not None:
-        if not str(weights).endswith(".pt"):
+        from smis_jax import nvidiafile
+
+        if Path(weights).is_dir() or nvidiafile.is_pickle(weights):  # by content, not by name
             return None
         from smis_jax import torchfile
 

@@ -324,3 +324,15 @@ def test_1024_ada_pickle_converts_within_memory(tmp_path):
     c = loaded.config
     assert (c.size, c.n_mlp, c.conv_clamp, c.feature_channels, c.n_latent) == (1024, 8, 256.0, 512, 18)
     np.testing.assert_array_equal(loaded.latent_avg, g_ema.modules["mapping"].state["_buffers"]["w_avg"])
+
+
+def test_bench_labeling_takes_a_pkl(tmp_path, capsys):
+    from smis_jax import bench
+
+    out = tmp_path / "results.jsonl"
+    pkl = GOLDEN / "tf_tiny64.pkl"
+    assert bench.main(["labeling", "--quick", "--mode", "dense", "--repeats", "1", "--weights", str(pkl),
+                       "--json-out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["original-jax", "ours"]  # no PyTorch row: that takes a rosinality .pt only
+    assert all(r["weights"] == str(pkl) for r in rows) and rows[1]["labels_per_s"] > 0
