@@ -266,6 +266,20 @@ def test_domain_size_is_checked_and_overridable():
     assert TrainConfig.from_dict({"domain": "cat"}).generator_size is None  # runs recorded before the option
 
 
+def test_train_cli_takes_a_pkl(tmp_path, capsys):
+    """train.run loads the .pkl, checks it against the preset and accepts --generator-size (it then stops at the
+    missing data folder, which is read after the generator)."""
+    from train import run as train_cli
+
+    args = ["--domain", "tiny", "--data", str(tmp_path / "nodata"), "--stylegan", str(GOLDEN / "ada_tiny64.pkl"),
+            "--workdir", str(tmp_path / "work")]
+    assert train_cli.main(args) == 2
+    assert "is 64px; pass --generator-size 64" in capsys.readouterr().err
+    assert train_cli.main([*args, "--generator-size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nodata: data folder not found" in err, err
+
+
 def test_pipeline_export_keeps_the_nvidia_generator(tmp_path):
     """A run trained on a .pkl exports its generator (conv_clamp included) for synthesis, as for a .pt."""
     from types import SimpleNamespace
