@@ -203,10 +203,6 @@ def _tf_lod(data):
     synth.state["variables"] = [(n.replace("64x64/ToRGB", "ToRGB_lod0"), v) for n, v in synth.state["variables"]]
 
 
-def _tf_config_a(data):
-    data[2].components["synthesis"].state["build_func_name"] = "G_synthesis"
-
-
 REFUSALS = {
     "ada_conditional": ("ada", _set("", c_dim=10), r"conditional generator \(c_dim=10\)"),
     "ada_embed": ("ada", _ada_change(_embed), r"conditional generator \(mapping\.embed\)"),
@@ -220,8 +216,8 @@ REFUSALS = {
     "ada_no_g_ema": ("ada", lambda data: data.pop("G_ema"), r"no 'G_ema' entry \(top-level keys: "),
     "tf_conditional": ("tf", _tf_kwargs(label_size=10), r"conditional generator \(label_size=10\)"),
     "tf_orig_kwarg": ("tf", _tf_kwargs(architecture="orig"), r"architecture 'orig'; only 'skip' .*config-a\.\.d"),
-    "tf_lod_variables": ("tf", _tf_lod, r"variable 'synthesis/ToRGB_lod0/.*progressive 'orig' architecture"),
-    "tf_stylegan1": ("tf", _tf_config_a, r"synthesis network 'G_synthesis' \(StyleGAN1"),
+    "tf_lod_variables": ("tf", _tf_lod, r"variable 'synthesis/ToRGB_lod0/.*progressive 'orig' architecture, or "
+                                        r"StyleGAN1\); only 'skip'"),
     "tf_unknown_kwarg": ("tf", _tf_kwargs(fmap_decay=1.0), r"unknown TensorFlow kwarg 'fmap_decay' = 1\.0"),
 }
 

@@ -233,16 +233,14 @@ def tf_to_rosinality(gs: TFNetwork, src: str) -> tuple[dict[str, np.ndarray], Ex
     variables = gs.variables()
     lod = sorted(v for v in variables if "ToRGB_lod" in v)
     if arch != "skip" or lod:
-        what = f"architecture '{arch}'" if arch != "skip" else f"variable '{lod[0]}' (progressive 'orig' architecture)"
+        what = (f"architecture '{arch}'" if arch != "skip" else
+                f"variable '{lod[0]}' (progressive 'orig' architecture, or StyleGAN1)")
         raise ConversionError(f"{src}: {what}; only 'skip' generators (StyleGAN2 config-e/f) are supported, not "
                               f"config-a..d")
     synth = gs.components.get("synthesis")
     if not isinstance(synth, TFNetwork) or not isinstance(gs.components.get("mapping"), TFNetwork):
         raise ConversionError(f"{src}: no 'mapping' and 'synthesis' components "
                               f"({', '.join(gs.components) or 'none'})")
-    if synth.build_func_name not in (None, "G_synthesis_stylegan2"):
-        raise ConversionError(f"{src}: synthesis network '{synth.build_func_name}' (StyleGAN1 / config-a?); only "
-                              f"G_synthesis_stylegan2 is supported")
     for key in ("nonlinearity", "mapping_nonlinearity"):
         if kw.get(key) not in (None, "lrelu"):
             raise ConversionError(f"{src}: {key} = {kw[key]!r}; only 'lrelu' is supported")
