@@ -245,6 +245,20 @@ def test_rewrite_roundtrip_loads(tmp_path):
                                       ref.params["params"]["convs_3"]["conv"]["weight"])
 
 
+def test_layer_without_noise(tmp_path):
+    """ADA's use_noise=False: the layer has no noise_const/noise_strength; it gets strength 0 and zero buffers."""
+    pytest.importorskip("torch")
+
+    def drop_noise(data):
+        layer = nvp.module(data["G_ema"], "synthesis.b16.conv1")
+        layer.state["use_noise"] = False
+        del layer.state["_parameters"]["noise_strength"], layer.state["_buffers"]["noise_const"]
+
+    g = sg.load(nvp.rewrite(GOLDEN / "ada_tiny64.pkl", tmp_path / "no_noise.pkl", drop_noise))
+    assert g.params["params"]["convs_3"]["noise_weight"].tolist() == [0.0]  # b16.conv1: block k=1, convs_{2k+1}
+    assert not np.asarray(g.noises[4]).any() and np.asarray(g.noises[3]).any()  # noise 2k+2
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The training entry points: a preset's generator size is a default, checked and overridable.
 
