@@ -1,6 +1,7 @@
 """Convert PyTorch checkpoints into smis-jax directories (config.json + orbax trees).
 
     python -m convert stylegan2 stylegan2-ffhq-config-f.pt ckpt/ffhq
+    python -m convert stylegan2 afhqcat.pkl ckpt/afhqcat          # NVIDIA stylegan2-ada-pytorch or TF .pkl
     python -m convert psp iteration_100000.pt ckpt/celeba_encoder
     python -m convert lpips alexnet-owt-7be5be79.pth alex.pth ckpt/lpips_alex
 
@@ -13,9 +14,26 @@ import argparse
 import sys
 
 STYLEGAN2_HELP = """\
-Convert a rosinality stylegan2-pytorch checkpoint (the generator `g_ema`, never `g`, plus `latent_avg`
-when present). The architecture (size, n_mlp, channel table) is inferred from the keys and shapes, and
-every key and shape is checked.
+Convert a StyleGAN2 generator. INPUT may be (told apart by content, not by name):
+  - a rosinality stylegan2-pytorch .pt (the generator `g_ema`, never `g`, plus `latent_avg` when present);
+  - a stylegan2-ada-pytorch (or stylegan3-repo StyleGAN2) network pickle: `G_ema` with `mapping.w_avg` as
+    latent_avg, its conv_clamp and noise strengths; `G`, `D`, `augment_pipe` are ignored; fp16 layers are
+    computed in float32;
+  - an original TensorFlow StyleGAN2 pickle (G, D, Gs): `Gs` with `dlatent_avg`.
+The pickles are read without running any pickled or embedded code. The architecture (size, n_mlp, channel
+table) is inferred from the keys and shapes, and every key and shape is checked. Refused with a one-line
+reason: conditional pickles (c_dim > 0, e.g. cifar10.pkl), non-'skip' generators (TF config-a..d, ADA
+'orig'/'resnet' G), StyleGAN3 (alias-free) generators, and sizes below 64.
+
+NVIDIA's public files that work (domain presets: their default size, or --generator-size in train.run):
+  stylegan2-ffhq-config-f.pkl (TF, 1024), ffhq.pkl (ADA, 1024)   faces, faces-landmarks
+  metfaces.pkl (ADA, 1024)                                        faces / faces-landmarks masks, art portraits
+  stylegan2-car-config-f.pkl (TF, 512)                            car
+  stylegan2-cat-config-f.pkl (TF, 256)                            cat
+  afhqcat.pkl (ADA, 512)                                          cat, with --generator-size 512 (cat faces)
+  stylegan2-church-config-f.pkl (TF, 256)                         church
+  stylegan2-horse-config-f.pkl (TF, 256), afhqdog.pkl, afhqwild.pkl, brecahad.pkl (ADA, 512): load and
+    convert, but no domain preset has masks for them
 
 Where to get real checkpoints (download them yourself; smis-jax never downloads):
   - FFHQ 1024 / LSUN church, car, cat config-f: the links in the README of
@@ -46,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="what", required=True)
     raw = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("stylegan2", help="rosinality StyleGAN2 generator", description=STYLEGAN2_HELP, formatter_class=raw)
-    p.add_argument("input", help="rosinality .pt file")
+    p = sub.add_parser("stylegan2", help="StyleGAN2 generator (rosinality .pt, NVIDIA .pkl)", description=STYLEGAN2_HELP, formatter_class=raw)
+    p.add_argument("input", help="rosinality .pt, stylegan2-ada-pytorch .pkl or TensorFlow StyleGAN2 .pkl")
     p.add_argument("output", help="new directory to write")
     p = sub.add_parser("psp", help="pSp / Fewshot-SMIS encoder + generator", description=PSP_HELP, formatter_class=raw)
     p.add_argument("input", help="pSp .pt file")
@@ -62,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from smis_jax.conversion import ConversionError
+    from smis_jax.nvidiafile import NvidiaPickleError
     from smis_jax.torchfile import TorchFileError
 
     try:
@@ -83,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             from smis_jax.conversion.lpips import convert
 
             out = convert(args.alexnet, args.lin, args.output)
-    except (ConversionError, TorchFileError, FileExistsError, FileNotFoundError) as e:
+    except (ConversionError, TorchFileError, NvidiaPickleError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

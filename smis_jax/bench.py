@@ -568,10 +568,12 @@ def generator_dtype_report(gcfg: GeneratorConfig, dtype) -> dict[str, Any]:
 
 def _torch_reference(gcfg: GeneratorConfig, weights: str | None, seed: int):
     """The PyTorch original's generator (see :mod:`smis_jax.bench_torch`) or None: with ``weights``, only a
-    rosinality ``.pt`` (its ``g_ema``) can be handed to it; a converted directory runs without it."""
+    rosinality ``.pt`` (its ``g_ema``) can be handed to it; a converted directory or an NVIDIA ``.pkl`` runs without it."""
     state_dict = None
     if weights is not None:
-        if not str(weights).endswith(".pt"):
+        from smis_jax import nvidiafile
+
+        if Path(weights).is_dir() or nvidiafile.is_pickle(weights):  # by content, not by name
             return None
         from smis_jax import torchfile
 
@@ -1061,8 +1063,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="skip a batch whose XLA buffers exceed this (default: 12 on CPU, no limit elsewhere)")
     ap.add_argument("--no-torch", action="store_true", help="labeling: leave out the original-torch path (the "
                     "original's PyTorch generator and labelling; needs torch and draggan)")
-    ap.add_argument("--weights", help="labeling: a StyleGAN2 checkpoint (rosinality .pt or converted directory) to use "
-                    "instead of random weights (its shapes replace the config's)")
+    ap.add_argument("--weights", help="labeling: a StyleGAN2 checkpoint (rosinality .pt, NVIDIA .pkl or converted "
+                    "directory) to use instead of random weights (its shapes replace the config's; the original-torch "
+                    "path only takes a .pt)")
     ap.add_argument("--quick", action="store_true", help="tiny config, first default batch, 2 repeats")
     ap.add_argument("--json-out", type=Path, help="append JSON lines here (the table goes to stdout)")
     ap.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ class Domain:
     folder: str  # the folder name in the original release's data/ (and in shared/samples)
     n_classes: int
     mode: Literal["dense", "sparse"]
-    generator_size: int
+    generator_size: int  # the default; a run may override it (TrainConfig.generator_size), checked against the G
     channel_multiplier: int
     stylegan: str  # the checkpoint the original README pairs with this domain (for messages)
     description: str
@@ -114,10 +114,16 @@ class TrainConfig:
     eval_every: int = 2500
     keep_checkpoints: int = 3
     seed: int = 0
+    # The generator's output size; None = the domain preset's. Another size (e.g. AFHQ cat at 512 for 'cat') works
+    # the same way: the encoder's W+ depth follows the generator, features are still tapped at 64x64.
+    generator_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
 
     def __post_init__(self):
         get_domain(self.domain)
+        g = self.generator_size
+        if g is not None and (not isinstance(g, int) or g < 64 or g & (g - 1)):
+            raise ConfigError(f"generator_size must be None (the domain's) or a power of two >= 64, got {g!r}")
         if self.encoder not in ENCODER_SIZES:
             raise ConfigError(f"unknown encoder size {self.encoder!r}; choose one of: {', '.join(ENCODER_SIZES)}")
         if isinstance(self.shots, int):

@@ -103,12 +103,17 @@ def encoder_config(cfg: TrainConfig, generator: stylegan2.LoadedGenerator) -> En
                          widths=widths, units=units, style_dim=generator.config.style_dim)
 
 
-def load_generator(path: str | Path, domain: Domain) -> stylegan2.LoadedGenerator:
+def load_generator(path: str | Path, domain: Domain, size: int | None = None) -> stylegan2.LoadedGenerator:
+    """``stylegan2.load`` (a .pt, an NVIDIA .pkl or a converted folder), checked against the expected output size:
+    ``size`` if given (a run's ``generator_size``), else the domain preset's default."""
     g = stylegan2.load(path)
-    if g.config.size != domain.generator_size:
+    if size is not None and size != g.config.size:
+        raise ConfigError(f"--generator-size {size} given, but {path} is a {g.config.size}px generator")
+    if size is None and g.config.size != domain.generator_size:
         raise ConfigError(
             f"domain '{domain.name}' expects a {domain.generator_size}px generator ({domain.stylegan}), but {path} is "
-            f"{g.config.size}px; pick the matching --domain or checkpoint")
+            f"{g.config.size}px; pass --generator-size {g.config.size} to use it anyway, or pick the matching "
+            f"--domain or checkpoint")
     return g
 
 
@@ -167,7 +172,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path, stylegan: str | P
         raise ConfigError(f"{workdir} already holds checkpoints up to step {existing}; pass --resume to continue "
                           f"that run or choose another --workdir")
 
-    generator = load_generator(stylegan, domain)
+    generator = load_generator(stylegan, domain, cfg.generator_size)
     shots = load_shots(data_dir, domain, cfg.shots)
     if eval_masks is None:
         test_dir = data_dir / "test" / "labels"
@@ -314,7 +319,7 @@ def evaluate_run(workdir: str | Path, masks: Sequence[str | Path] | None = None,
     record = json.loads(record_file.read_text())
     cfg = TrainConfig.from_dict(record["train"])
     domain = cfg.domain_preset
-    generator = load_generator(record["stylegan"], domain)
+    generator = load_generator(record["stylegan"], domain, cfg.generator_size)
     enc_config = EncoderConfig.from_json(record["encoder"])
     step_cfg = StepConfig(generator=generator.config, encoder=enc_config, batch_size=cfg.batch_size)
     checkpointer = Checkpointer(workdir / "checkpoints")

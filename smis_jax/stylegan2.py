@@ -1,6 +1,6 @@
 """StyleGAN2 generator (rosinality ``stylegan2-pytorch`` semantics) as thin Flax Linen modules over ``ops``.
 
-    g = load("stylegan2-ffhq-config-f.pt")            # or a directory written by `python -m convert stylegan2`
+    g = load("stylegan2-ffhq-config-f.pt")            # or NVIDIA's .pkl, or a `python -m convert stylegan2` directory
     w = g.mapping(z)                                   # (B, D)
     w_plus = jnp.repeat(w[:, None], g.config.n_latent, axis=1)   # (B, L, D)
     image, features = g.synthesize(w_plus, key=key)    # (B, size, size, 3), (B, 64, 64, C)
@@ -53,6 +53,10 @@ class GeneratorConfig:
     ``channels``: per-resolution channel counts for every resolution 4, 8, ..., size, given as a mapping
     (JSON string keys are accepted) or as (res, ch) pairs; stored as a sorted tuple of (res, ch) pairs.
     ``None`` means rosinality's defaults with channel multiplier 2.
+
+    ``conv_clamp``: None (rosinality, TF) or NVIDIA stylegan2-ada's clamp: every styled conv's output (after bias,
+    leaky ReLU and gain) and every ToRGB output (after bias, before the skip is added) is clipped to
+    ``[-conv_clamp, conv_clamp]``, as ADA's ``bias_act(..., clamp=conv_clamp)`` does.
     """
 
     size: int
@@ -60,6 +64,7 @@ class GeneratorConfig:
     n_mlp: int = 8
     channels: Any = None
     lr_mlp: float = 0.01
+    conv_clamp: float | None = None
 
     def __post_init__(self):
         if not _is_pow2(self.size) or self.size < FEATURE_RES:
@@ -88,6 +93,11 @@ class GeneratorConfig:
         object.__setattr__(self, "style_dim", int(self.style_dim))
         object.__setattr__(self, "n_mlp", int(self.n_mlp))
         object.__setattr__(self, "lr_mlp", float(self.lr_mlp))
+        if self.conv_clamp is not None:
+            if not isinstance(self.conv_clamp, (int, float, np.number)) or not 0 < float(self.conv_clamp) < math.inf:
+                raise ValueError(
+                    f"GeneratorConfig: conv_clamp must be None or a positive number, got {self.conv_clamp!r}")
+            object.__setattr__(self, "conv_clamp", float(self.conv_clamp))
         object.__setattr__(self, "channels", tuple(sorted(table.items())))
 
     @classmethod
@@ -138,9 +148,12 @@ class GeneratorConfig:
         return int(until_res)
 
     def to_json(self) -> dict:
-        """JSON-ready dict (channels keyed by resolution strings)."""
-        return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
-                "channels": {str(r): c for r, c in self.channels}, "lr_mlp": self.lr_mlp}
+        """JSON-ready dict (channels keyed by resolution strings; ``conv_clamp`` only when set)."""
+        out = {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
+               "channels": {str(r): c for r, c in self.channels}, "lr_mlp": self.lr_mlp}
+        if self.conv_clamp is not None:
+            out["conv_clamp"] = self.conv_clamp
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | str) -> "GeneratorConfig":
@@ -150,7 +163,7 @@ class GeneratorConfig:
         missing = [k for k in ("size", "channels") if k not in data]
         if missing:
             raise ValueError(f"GeneratorConfig.from_json: missing '{missing[0]}'")
-        kw = {k: data[k] for k in ("size", "style_dim", "n_mlp", "channels", "lr_mlp") if k in data}
+        kw = {k: data[k] for k in ("size", "style_dim", "n_mlp", "channels", "lr_mlp", "conv_clamp") if k in data}
         return cls(**kw)
 
 
@@ -224,12 +237,18 @@ class ModulatedConv(nn.Module):
                                     blur_kernel=blur_kernel)
 
 
+def _clamp(x, conv_clamp: float | None):
+    return x if conv_clamp is None else jnp.clip(x, -conv_clamp, conv_clamp)
+
+
 class StyledConv(nn.Module):
-    """ModulatedConv -> ``+ noise_weight * noise`` -> fused lrelu with ``activate_bias`` (O,)."""
+    """ModulatedConv -> ``+ noise_weight * noise`` -> fused lrelu with ``activate_bias`` (O,) -> clip to
+    ``conv_clamp`` when set."""
 
     features: int
     upsample: bool = False
     grouped: bool = False
+    conv_clamp: float | None = None
 
     @nn.compact
     def __call__(self, x, w, noise):  # x (B, H, W, I), w (B, D), noise (B|1, H', W', 1)
@@ -237,20 +256,21 @@ class StyledConv(nn.Module):
         strength = self.param("noise_weight", nn.initializers.zeros, (1,), jnp.float32)
         x = x + strength * noise
         bias = self.param("activate_bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        return ops.fused_leaky_relu(x, bias)
+        return _clamp(ops.fused_leaky_relu(x, bias), self.conv_clamp)
 
 
 class ToRGB(nn.Module):
-    """1x1 ModulatedConv without demodulation, ``+ bias`` (3,), ``+ upsample(skip)`` with ``upsample_kernel``
-    (4, 4) (only when there is a skip input, i.e. not in ``to_rgb1``)."""
+    """1x1 ModulatedConv without demodulation, ``+ bias`` (3,), clip to ``conv_clamp`` when set, ``+
+    upsample(skip)`` with ``upsample_kernel`` (4, 4) (only when there is a skip input, i.e. not in ``to_rgb1``)."""
 
     upsample: bool = True
     grouped: bool = False
+    conv_clamp: float | None = None
 
     @nn.compact
     def __call__(self, x, w, skip=None):  # x (B, H, W, C), skip (B, H/2, W/2, 3) -> (B, H, W, 3)
         out = ModulatedConv(3, 1, demodulate=False, grouped=self.grouped, name="conv")(x, w)
-        out = out + self.param("bias", nn.initializers.zeros, (3,), jnp.float32)
+        out = _clamp(out + self.param("bias", nn.initializers.zeros, (3,), jnp.float32), self.conv_clamp)
         if self.upsample:  # every ToRGB but the first adds the upsampled RGB of the previous block
             out = out + ops.upsample(skip, self.param("upsample_kernel", _fir_init, (4, 4), jnp.float32))
         return out
@@ -271,13 +291,14 @@ class Generator(nn.Module):
         c = self.config
         self.style = MappingNetwork(c.style_dim, c.n_mlp, c.lr_mlp)
         self.input = self.param("input", _normal(), (1, 4, 4, c.channel(4)), jnp.float32)
-        self.conv1 = StyledConv(c.channel(4), grouped=self.grouped)
-        self.to_rgb1 = ToRGB(upsample=False, grouped=self.grouped)
+        clamp = c.conv_clamp
+        self.conv1 = StyledConv(c.channel(4), grouped=self.grouped, conv_clamp=clamp)
+        self.to_rgb1 = ToRGB(upsample=False, grouped=self.grouped, conv_clamp=clamp)
         convs, to_rgbs = [], []
         for res in c.resolutions[1:]:
-            convs.append(StyledConv(c.channel(res), upsample=True, grouped=self.grouped))
-            convs.append(StyledConv(c.channel(res), grouped=self.grouped))
-            to_rgbs.append(ToRGB(grouped=self.grouped))
+            convs.append(StyledConv(c.channel(res), upsample=True, grouped=self.grouped, conv_clamp=clamp))
+            convs.append(StyledConv(c.channel(res), grouped=self.grouped, conv_clamp=clamp))
+            to_rgbs.append(ToRGB(grouped=self.grouped, conv_clamp=clamp))
         self.convs = convs
         self.to_rgbs = to_rgbs
 
@@ -495,8 +516,9 @@ class LoadedGenerator:
 
     def __repr__(self):
         c = self.config
+        clamp = "" if c.conv_clamp is None else f", conv_clamp={c.conv_clamp:g}"
         return (f"LoadedGenerator(size={c.size}, style_dim={c.style_dim}, n_mlp={c.n_mlp}, "
-                f"channels={dict(c.channels)}, latent_avg={'yes' if self.latent_avg is not None else 'no'})")
+                f"channels={dict(c.channels)}{clamp}, latent_avg={'yes' if self.latent_avg is not None else 'no'})")
 
     @property
     def module(self) -> Generator:
@@ -548,9 +570,10 @@ class LoadedGenerator:
 
 
 def load(path: str | Path) -> LoadedGenerator:
-    """Load a directory written by ``python -m convert stylegan2`` or a rosinality ``.pt`` (converted in memory).
+    """Load a directory written by ``python -m convert stylegan2``, or convert in memory a rosinality ``.pt``, a
+    stylegan2-ada-pytorch network pickle or an original TensorFlow StyleGAN2 pickle (told apart by content).
 
-    Raises ConversionError / TorchFileError (ValueError subclasses) with a one-line reason.
+    Raises ConversionError / TorchFileError / NvidiaPickleError (ValueError subclasses) with a one-line reason.
     """
     from smis_jax.conversion import stylegan2 as conv
     from smis_jax.conversion.common import ConversionError, is_converted, load_converted
@@ -568,5 +591,5 @@ def load(path: str | Path) -> LoadedGenerator:
             raise ConversionError(f"{path}/config.json: {e}") from None
         noises = conv.noises_from_tree(trees["noises"])
         return LoadedGenerator(config, trees["params"], noises, trees.get("latent_avg"))
-    config, params, noises, latent_avg = conv.read_rosinality(path)
+    config, params, noises, latent_avg = conv.read_checkpoint(path)
     return LoadedGenerator(config, params, noises, latent_avg)

@@ -5,9 +5,10 @@ torch 1.6 and with ``_use_new_zipfile_serialization=False``, the legacy stream (
 system info, the object pickle, the storage keys, then each storage as an int64 element count followed by
 its bytes). Both pickles only *reference* tensors; this module rebuilds them as numpy arrays.
 
-The unpickler resolves a fixed allow-list of globals (ordered dicts, tensor and parameter rebuilders,
-storage types, ``argparse.Namespace``); anything else raises :class:`TorchFileError` naming the global,
-so a malicious or exotic file is refused instead of executed.
+The unpickler (``safepickle.RestrictedUnpickler``) resolves a fixed allow-list of globals (ordered dicts, tensor
+and parameter rebuilders, storage types, ``argparse.Namespace``); anything else raises :class:`TorchFileError`
+naming the global, so a malicious or exotic file is refused instead of executed. :data:`TENSOR_GLOBALS` and
+:func:`load_bytes` also serve pickles that embed tensors (NVIDIA's network pickles, ``smis_jax.nvidiafile``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-__all__ = ["TorchFileError", "Namespace", "load"]
+from smis_jax.safepickle import RestrictedUnpickler
+
+__all__ = ["TorchFileError", "Namespace", "load", "load_bytes", "TENSOR_GLOBALS"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -81,46 +84,41 @@ def _rebuild_parameter(data, *_unused):
 
 _TENSOR_REBUILDERS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")}
 
-_ALLOWED = {
+# What a pickled torch tensor or nn.Parameter calls (the storage comes from a persistent id or, in a plain
+# pickle, from torch.storage._load_from_bytes).
+TENSOR_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("argparse", "Namespace"): Namespace,
 }
 
+_ALLOWED = {
+    **TENSOR_GLOBALS,
+    ("argparse", "Namespace"): Namespace,
+    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
+}
+_DEFERRED = {**_ALLOWED, **{key: (lambda *args: _Deferred(args)) for key in _TENSOR_REBUILDERS}}
+_REFUSAL = "only tensors, dicts and argparse.Namespace are allowed"
 
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, load_storage, defer_tensors=False):
-        super().__init__(file)
-        self._load_storage = load_storage
-        self._defer_tensors = defer_tensors
 
-    def find_class(self, module, name):
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        if self._defer_tensors and (module, name) in _TENSOR_REBUILDERS:
-            return lambda *args: _Deferred(args)
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise TorchFileError(
-                f"refusing to unpickle {module}.{name}: only tensors, dicts and argparse.Namespace are allowed"
-            ) from None
-
-    def persistent_load(self, pid):
+def _unpickler(file, load_storage, defer_tensors=False) -> RestrictedUnpickler:
+    def persistent_load(pid):
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
             raise TorchFileError(f"unsupported persistent id {pid!r}")
         storage_type, key, _location, numel = pid[1:5]
         if not isinstance(storage_type, _StorageType):
             raise TorchFileError(f"unsupported storage type {storage_type!r}")
         view_metadata = pid[5] if len(pid) > 5 else None
-        flat = self._load_storage(str(key), storage_type.dtype, int(numel))
+        flat = load_storage(str(key), storage_type.dtype, int(numel))
         if view_metadata is not None:  # legacy storage views: (view_key, offset, size)
             _, off, size = view_metadata
             flat = flat[off : off + size]
         return flat
+
+    return RestrictedUnpickler(file, _DEFERRED if defer_tensors else _ALLOWED, error=TorchFileError,
+                               refusal=_REFUSAL, persistent_load=persistent_load)
 
 
 def _load_zip(path: str) -> Any:
@@ -138,43 +136,60 @@ def _load_zip(path: str) -> Any:
                 cache[key] = np.frombuffer(raw, dtype=dtype, count=numel).copy()
             return cache[key]
 
-        return _Unpickler(io.BytesIO(archive.read(pkl[0])), load_storage).load()
+        return _unpickler(io.BytesIO(archive.read(pkl[0])), load_storage).load()
 
 
 def _load_legacy(path: str) -> Any:
     with open(path, "rb") as f:
-        def header():  # the header pickles hold only ints, dicts and lists; one unpickler each, as torch does
-            return _HeaderUnpickler(f).load()
+        return _load_legacy_stream(f, path)
 
-        if header() != _LEGACY_MAGIC:
-            raise TorchFileError(f"{path}: not a PyTorch checkpoint (bad magic number)")
-        if header() != 1001:
-            raise TorchFileError(f"{path}: unsupported legacy protocol")
-        sys_info = header()
-        if not sys_info.get("little_endian", True):
-            raise TorchFileError(f"{path}: big-endian checkpoints are not supported")
 
-        pending: dict[str, tuple[np.dtype, int, np.ndarray | None]] = {}
+def _load_legacy_stream(f, path: str) -> Any:
+    def header():  # the header pickles hold only ints, dicts and lists; one unpickler each, as torch does
+        return RestrictedUnpickler(f, {}, error=TorchFileError, refusal="a checkpoint header holds only numbers").load()
 
-        def load_storage(key, dtype, numel):
-            # The bytes come after the object pickle, so hand out a buffer now and fill it below.
-            if key not in pending:
-                pending[key] = (dtype, numel, np.empty(numel, dtype=dtype))
-            return pending[key][2]
+    if header() != _LEGACY_MAGIC:
+        raise TorchFileError(f"{path}: not a PyTorch checkpoint (bad magic number)")
+    if header() != 1001:
+        raise TorchFileError(f"{path}: unsupported legacy protocol")
+    sys_info = header()
+    if not sys_info.get("little_endian", True):
+        raise TorchFileError(f"{path}: big-endian checkpoints are not supported")
 
-        # Tensors are rebuilt lazily: record them, then materialise after the storages are read.
-        result = _Unpickler(f, load_storage, defer_tensors=True).load()
-        keys = header()
-        for key in keys:
-            (count,) = struct.unpack("<q", f.read(8))
-            dtype, numel, buf = pending[str(key)]
-            if count != numel:
-                raise TorchFileError(f"{path}: storage {key} holds {count} elements, expected {numel}")
-            data = f.read(count * dtype.itemsize)
-            if len(data) != count * dtype.itemsize:
-                raise TorchFileError(f"{path}: truncated storage {key}")
-            buf[...] = np.frombuffer(data, dtype=dtype)
-        return _materialise(result)
+    pending: dict[str, tuple[np.dtype, int, np.ndarray | None]] = {}
+
+    def load_storage(key, dtype, numel):
+        # The bytes come after the object pickle, so hand out a buffer now and fill it below.
+        if key not in pending:
+            pending[key] = (dtype, numel, np.empty(numel, dtype=dtype))
+        return pending[key][2]
+
+    # Tensors are rebuilt lazily: record them, then materialise after the storages are read.
+    result = _unpickler(f, load_storage, defer_tensors=True).load()
+    keys = header()
+    for key in keys:
+        (count,) = struct.unpack("<q", f.read(8))
+        dtype, numel, buf = pending[str(key)]
+        if count != numel:
+            raise TorchFileError(f"{path}: storage {key} holds {count} elements, expected {numel}")
+        data = f.read(count * dtype.itemsize)
+        if len(data) != count * dtype.itemsize:
+            raise TorchFileError(f"{path}: truncated storage {key}")
+        buf[...] = np.frombuffer(data, dtype=dtype)
+    return _materialise(result)
+
+
+def load_bytes(data: bytes, source: str = "embedded storage") -> Any:
+    """What ``torch.storage._load_from_bytes`` returns, as numpy: a ``torch.save`` stream held in a pickle
+    (plain pickles of tensors embed each storage so, in the legacy format). A storage comes back as its flat
+    1-D array."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise TorchFileError(f"{source}: expected the bytes of a torch.save stream, got {type(data).__name__}")
+    stream = io.BytesIO(data)
+    if zipfile.is_zipfile(stream):
+        raise TorchFileError(f"{source}: a zip-format torch.save stream inside a pickle is not supported")
+    stream.seek(0)
+    return _load_legacy_stream(stream, source)
 
 
 class _Deferred:
@@ -194,11 +209,6 @@ def _materialise(obj):
     if isinstance(obj, tuple):
         return tuple(_materialise(v) for v in obj)
     return obj
-
-
-class _HeaderUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        raise TorchFileError(f"refusing to unpickle {module}.{name} in a checkpoint header")
 
 
 def load(path: str | os.PathLike) -> Any:

@@ -28,9 +28,14 @@ def _domains_table() -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.run", description=__doc__.format(domains=_domains_table()),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--domain", required=True, choices=list(DOMAINS), help="dataset preset (class count, mask kind, G size)")
+    p.add_argument("--domain", required=True, choices=list(DOMAINS),
+                   help="dataset preset (class count, mask kind, default G size)")
     p.add_argument("--data", required=True, help="folder with train/images, train/labels [, test/labels]")
-    p.add_argument("--stylegan", required=True, help="rosinality .pt or a `python -m convert stylegan2` folder")
+    p.add_argument("--stylegan", required=True, help="rosinality .pt, NVIDIA stylegan2-ada-pytorch or TF StyleGAN2 "
+                                                     ".pkl, or a `python -m convert stylegan2` folder")
+    p.add_argument("--generator-size", type=int, default=None,
+                   help="the generator's output size when it differs from the domain's default (e.g. 512 for AFHQ "
+                        "cat with --domain cat); checked against the checkpoint")
     p.add_argument("--workdir", required=True, help="run folder (config, checkpoints, metrics, images, export)")
     p.add_argument("--shots", default="5", help="number of training pairs (first K by name) or comma-separated names")
     p.add_argument("--encoder", default="ir_se50", choices=list(ENCODER_SIZES),
@@ -73,7 +78,8 @@ def main(argv=None) -> int:
                           max_steps=args.max_steps, learning_rate=args.lr, w_norm_lambda=args.w_norm_lambda,
                           train_wplus=args.train_wplus, topk=args.topk, cos_th=args.cos_th,
                           inversion_steps=args.inversion_steps, save_every=args.save_every, log_every=args.log_every,
-                          image_every=args.image_every, eval_every=args.eval_every, seed=args.seed)
+                          image_every=args.image_every, eval_every=args.eval_every, seed=args.seed,
+                          generator_size=args.generator_size)
         experiment.train_and_evaluate(cfg, args.data, args.stylegan, args.workdir, resume=args.resume,
                                       overwrite_inversion=args.overwrite_inversion, lpips_weights=args.lpips)
     except (ValueError, FileNotFoundError, TrainingError) as e:

@@ -22,22 +22,27 @@ The table (PyTorch key -> Flax leaf under ``params``, transform); O out, I in, D
 checkpoint may hold anything (the golden test file randomises them) and recomputing would change its output.
 The architecture (size, style_dim, n_mlp, channel table) is inferred from the key set and shapes, then every
 key is taken with its expected shape.
+
+NVIDIA's pickles (stylegan2-ada-pytorch snapshots, TensorFlow StyleGAN2 ``(G, D, Gs)``) are first mapped onto
+this table's keys by ``conversion/nvidia.py``; :func:`read_checkpoint` tells the formats apart by content.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from smis_jax import torchfile
+from smis_jax import nvidiafile, torchfile
+from smis_jax.conversion import nvidia
 from smis_jax.conversion.common import ConversionError, StateDict, check_tree, save_converted
 from smis_jax.stylegan2 import GeneratorConfig, param_shapes
 
-__all__ = ["generator_from_state_dict", "read_rosinality", "convert", "noises_from_tree", "state_dict_from_params",
-           "write_rosinality", "discriminator_from_state_dict"]
+__all__ = ["generator_from_state_dict", "read_rosinality", "read_nvidia", "read_checkpoint", "convert",
+           "noises_from_tree", "state_dict_from_params", "write_rosinality", "discriminator_from_state_dict"]
 
 def _count(sd: StateDict, fmt: str, start: int) -> int:
     n = 0
@@ -53,9 +58,11 @@ def _dim(sd: StateDict, key: str, ndim: int, axis: int) -> int:
     return shape[axis]
 
 
-def infer_config(sd: StateDict, prefix: str = "") -> GeneratorConfig:
+def infer_config(sd: StateDict, prefix: str = "", conv_clamp: float | None = None,
+                 lr_mlp: float = 0.01) -> GeneratorConfig:
     """Architecture from the key set and shapes (n_mlp from ``style.*``, size from ``to_rgbs.*``, channels
-    from ``input.input`` and the up-convs' output widths, style_dim from the mapping)."""
+    from ``input.input`` and the up-convs' output widths, style_dim from the mapping); ``conv_clamp`` and
+    ``lr_mlp`` are not in a state dict and come from the caller."""
     n_mlp = _count(sd, prefix + "style.{}.weight", 1)
     if n_mlp == 0:
         raise ConversionError(
@@ -73,18 +80,20 @@ def infer_config(sd: StateDict, prefix: str = "") -> GeneratorConfig:
     for k in range(n_blocks):
         channels[2 ** (k + 3)] = _dim(sd, f"{prefix}convs.{2 * k}.conv.weight", 5, 1)
     try:
-        return GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
+        return GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels, lr_mlp=lr_mlp,
+                               conv_clamp=conv_clamp)
     except ValueError as e:
         raise ConversionError(f"{sd.source}: {e}") from None
 
 
-def generator_from_state_dict(sd: StateDict, prefix: str = "") -> tuple[GeneratorConfig, dict, list[np.ndarray]]:
+def generator_from_state_dict(sd: StateDict, prefix: str = "", conv_clamp: float | None = None,
+                              lr_mlp: float = 0.01) -> tuple[GeneratorConfig, dict, list[np.ndarray]]:
     """Consume a rosinality generator's keys under ``prefix`` (e.g. ``"decoder."`` in pSp files).
 
     Returns ``(config, {'params': tree}, noises)`` with noises a list of (1, r, r, 1) float32 arrays.
     Does not call ``sd.finish()``: the caller decides whether other keys may remain.
     """
-    config = infer_config(sd, prefix)
+    config = infer_config(sd, prefix, conv_clamp, lr_mlp)
     d = config.style_dim
 
     def take(key, shape):
@@ -180,6 +189,24 @@ def read_rosinality(path: str | os.PathLike) -> tuple[GeneratorConfig, dict, lis
     return config, params, noises, latent_avg
 
 
+def read_nvidia(path: str | os.PathLike) -> tuple[GeneratorConfig, dict, list[np.ndarray], np.ndarray | None]:
+    """Read a stylegan2-ada-pytorch network pickle (``G_ema``, ``mapping.w_avg`` as latent_avg) or a TensorFlow
+    StyleGAN2 pickle (``Gs``, ``dlatent_avg``) without running pickled code. Returns like :func:`read_rosinality`."""
+    state_dict, extras = nvidia.read_pickle(path)
+    sd = StateDict(state_dict, source=f"{os.fspath(path)} [as rosinality keys]")
+    config, params, noises = generator_from_state_dict(sd, conv_clamp=extras.conv_clamp, lr_mlp=extras.lr_mlp)
+    sd.finish()
+    return config, params, noises, extras.latent_avg
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[GeneratorConfig, dict, list[np.ndarray], np.ndarray | None]:
+    """A rosinality ``.pt`` or an NVIDIA ``.pkl``, told apart by content (a ``torch.save`` zip or legacy stream,
+    or a plain pickle), not by the file name."""
+    if os.path.isfile(path) and not zipfile.is_zipfile(path) and nvidiafile.is_pickle(path):
+        return read_nvidia(path)
+    return read_rosinality(path)
+
+
 def noises_from_tree(tree: Any) -> list[np.ndarray]:
     """The stored noise list as restored by orbax (a list, or a dict keyed '0', '1', ...)."""
     if isinstance(tree, dict):
@@ -188,12 +215,13 @@ def noises_from_tree(tree: Any) -> list[np.ndarray]:
 
 
 def convert(in_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """``python -m convert stylegan2 IN OUT``: write config.json (kind 'stylegan2') + params / noises /
-    latent_avg trees. Fails (ConversionError, TorchFileError, FileExistsError) before writing anything."""
+    """``python -m convert stylegan2 IN OUT`` (IN: rosinality ``.pt`` or NVIDIA ``.pkl``): write config.json (kind
+    'stylegan2') + params / noises / latent_avg trees. Fails (ConversionError, TorchFileError, NvidiaPickleError,
+    FileExistsError) before writing anything."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out.absolute()} exists and is not empty; choose a new output directory")
-    config, params, noises, latent_avg = read_rosinality(in_path)
+    config, params, noises, latent_avg = read_checkpoint(in_path)
     trees = {"params": params, "noises": noises}
     if latent_avg is not None:
         trees["latent_avg"] = latent_avg
@@ -204,6 +232,8 @@ def convert(in_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 def state_dict_from_params(config: GeneratorConfig, params: Any, noises) -> dict[str, np.ndarray]:
     """The inverse of :func:`generator_from_state_dict`: a rosinality ``Generator`` state dict (numpy arrays,
     PyTorch layouts) from our ``{'params': ...}`` tree and (1, r, r, 1) noise buffers."""
+    if getattr(config, "conv_clamp", None) is not None:
+        raise ConversionError(f"rosinality's generator has no conv_clamp; this one clamps at {config.conv_clamp}")
     check_tree(param_shapes(config), params, "stylegan2 params")
     tree = params["params"]
     sd: dict[str, np.ndarray] = {}
