@@ -292,6 +292,20 @@ def test_cli_serves(tiny_dir, server):  # noqa: F811  (after `server`: the progr
         assert proc.wait(timeout=60) == 0
 
 
+def test_bench_app_line(tiny_dir, editor, tmp_path, capsys):  # noqa: F811  (after `editor`: nothing to compile)
+    from smis_jax import bench
+
+    out = tmp_path / "bench.jsonl"
+    assert bench.main(["app", "--checkpoint", str(tiny_dir), "--variants", str(VARIANTS), "--repeats", "2",
+                       "--json-out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert (row["bench"], row["variants"], row["repeats"], row["mask_size"]) == ("app", VARIANTS, 2, 256)
+    assert 0 < row["update_ms_min"] <= row["update_ms_median"] <= row["update_ms_max"]
+    assert capsys.readouterr().out.startswith(f"app: {row['update_ms_median']:.0f} ms per update (median of 2; ")
+    assert bench.main(["app", "--checkpoint", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none'}: no such file or directory"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A real browser: headless Chromium from the system's packages, driven by Playwright.
 
@@ -386,11 +400,36 @@ def test_browser_paint_see_and_refuse(server, editor, tmp_path):
             np.testing.assert_array_equal(image, png(editor.update(mask).image))  # and it is this mask's image
             assert len(page.locator("#variants img").all()) == VARIANTS
 
+            with page.expect_download() as got:
+                page.click("#download-mask")
+            assert got.value.suggested_filename == "mask.png"
+            np.testing.assert_array_equal(data.read_label(got.value.path(), 19), mask)  # synthesize --masks reads it
+            with page.expect_download() as got:
+                page.click("#download-image")
+            assert got.value.suggested_filename == "image_seed0.png"
+            np.testing.assert_array_equal(png(Path(got.value.path()).read_bytes()), image)
+
             page.click("#undo")  # the bar goes, the L stays
             shown = page.evaluate("window.smisEditor.updates")
             wait_idle(page, shown)
             assert set(np.unique(painted_state(page)[0])) == {0, 1}
             page.click("#redo")
+            np.testing.assert_array_equal(painted_state(page)[0], mask)
+
+            page.click('.swatch[data-cls="5"]')  # flood fill: the whole (connected) background becomes class 5
+            page.click('button[data-tool="fill"]')
+            box = page.locator("#canvas").bounding_box()
+            page.mouse.click(box["x"] + 3, box["y"] + box["height"] - 3)
+            np.testing.assert_array_equal(painted_state(page)[0], np.where(mask == 0, 5, mask))
+            page.click('button[data-tool="eraser"]')  # the eraser paints class 0
+            page.mouse.move(box["x"] + 3, box["y"] + 3)
+            page.mouse.down()
+            page.mouse.move(box["x"] + 60, box["y"] + 3, steps=5)
+            page.mouse.up()
+            assert (painted_state(page)[0][:4, :20] == 0).all()
+            page.click("#undo")
+            page.click("#undo")
+            np.testing.assert_array_equal(painted_state(page)[0], mask)
 
             page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "image/png",
                                                     "buffer": b"these are not pixels"}])
@@ -402,6 +441,7 @@ def test_browser_paint_see_and_refuse(server, editor, tmp_path):
             page.select_option("#examples", "28000")  # a real parsing map, for the screenshot
             wait_idle(page, shown)
             assert page.is_hidden("#error")  # the success cleared the older error
+            page.evaluate("document.getElementById('palette').scrollTop = 0")
             # SMIS_EDITOR_SCREENSHOT=docs/editor.png python -m pytest tests/test_app.py -k browser: the README's picture
             save_screenshot(page, Path(os.environ.get("SMIS_EDITOR_SCREENSHOT") or tmp_path / "editor.png"))
             assert not errors, errors

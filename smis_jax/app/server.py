@@ -55,12 +55,10 @@ class _Handler(BaseHTTPRequestHandler):
     def editor(self) -> ed.Editor:
         return self.server.editor  # type: ignore[attr-defined]
 
-    def log_message(self, fmt, *args):  # one line per refusal or failure, nothing per success
-        if getattr(self, "_status", 200) >= 400:
-            sys.stderr.write(f"{self.address_string()} {self.command} {self.path}: {fmt % args}\n")
+    def log_request(self, code="-", size="-"):  # nothing per request; _error logs each refusal in one line
+        pass
 
     def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
-        self._status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -75,8 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), "application/json")
 
     def _error(self, status: int, message: str) -> None:
-        self._status = status
-        self.log_message("%d %s", status, message)
+        self.log_message("%s %s: %d %s", self.command, self.path[:100], status, message)
         self._json(status, {"error": message})
 
     def _body(self, cap: int) -> bytes:

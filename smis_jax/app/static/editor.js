@@ -67,7 +67,7 @@
   }
 
   function stamp(x, y, value) {  // a disc of diameter st.brush centred on pixel (x, y)
-    const n = st.size, r = (st.brush - 1) / 2, reach = Math.ceil(r), r2 = r * r + r * 0.5;
+    const n = st.size, r = st.brush / 2, reach = Math.floor(r), r2 = r * r;
     for (let dy = -reach; dy <= reach; dy++) {
       const yy = y + dy;
       if (yy < 0 || yy >= n) continue;
