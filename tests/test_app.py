@@ -6,6 +6,7 @@ loads the same programs from the session's persistent XLA cache.
 """
 
 import base64
+import contextlib
 import http.client
 import importlib.util
 import io
@@ -17,14 +18,16 @@ import socket
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 from test_synthesize import tiny_dir  # noqa: F401  (the converted tiny golden export, module-scoped)
 
-from smis_jax import data, psp
+from smis_jax import data, experiment, psp, stylegan2
 from smis_jax import synthesize as syn
 from smis_jax.app import editor as ed
 from smis_jax.app.server import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, make_server
@@ -44,9 +47,9 @@ def editor(tiny_dir, examples):  # noqa: F811
     return ed.Editor(tiny_dir, variants=VARIANTS, examples=examples)
 
 
-@pytest.fixture(scope="module")
-def server(editor):
-    """(host, port) of a server in a thread of this process; stopped after the module."""
+@contextlib.contextmanager
+def serving(editor):
+    """(host, port) of a server in a thread of this process, on an ephemeral 127.0.0.1 port; stopped on exit."""
     srv = make_server(editor, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -56,6 +59,29 @@ def server(editor):
         srv.shutdown()
         srv.server_close()
         thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(editor):
+    with serving(editor) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def sparse_export(golden, tmp_path_factory):
+    """A 'tiny-sparse' export (71 classes, 0 = not annotated) as training writes it: the golden generator and an
+    untrained tiny encoder with random weights (no tiny sparse encoder is in the goldens)."""
+    gen = stylegan2.load(golden / "stylegan2_tiny128.pt")
+    enc_cfg = psp.EncoderConfig.tiny(input_nc=71, style_num=gen.config.n_latent)
+    shapes = psp.abstract_variables(enc_cfg)  # filled in numpy: compiling the encoder's init costs half a minute
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.normal(0.0, 0.05, a.shape).astype(np.float32), shapes["params"])
+    stats = jax.tree_util.tree_map_with_path(  # running mean 0, running variance 1
+        lambda path, a: np.full(a.shape, float("var" in str(path[-1])), np.float32), shapes["batch_stats"])
+    latent_avg = np.broadcast_to(np.asarray(gen.truncation_latent()), (enc_cfg.style_num, enc_cfg.style_dim))
+    state = types.SimpleNamespace(params=params, batch_stats=stats)
+    return experiment.export_pipeline(tmp_path_factory.mktemp("sparse") / "export", enc_cfg, state, gen, latent_avg,
+                                      {"dataset_type": "tiny-sparse", "label_nc": 71})
 
 
 def request(server, method, path, body=None, headers=None):
@@ -259,7 +285,8 @@ def test_domain_of_export_configs():
 # The command line: errors in one line; a real run serves the page.
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout, whatever cwd the command runs in
+    # This checkout whatever the cwd; conftest's matmul precision, so the programs come from the XLA cache.
+    return {**os.environ, "PYTHONPATH": str(REPO), "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
 
 
 def test_cli_errors(tmp_path):
@@ -335,6 +362,25 @@ def save_screenshot(page, path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def editor_page(address):
+    """A headless Chromium page on the editor at ``address``, ready (info loaded, first image shown)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = chromium.new_page(viewport={"width": 1100, "height": 860})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://{address[0]}:{address[1]}/")
+            page.wait_for_function("window.smisEditor && window.smisEditor.ready", timeout=60_000)
+            yield page
+            assert not errors, errors
+        finally:
+            chromium.close()
+
+
 def painted_state(page) -> tuple[np.ndarray, np.ndarray]:
     """The page's mask (256, 256) class ids and the displayed image (256, 256, 3) uint8, as numpy arrays.
 
@@ -373,77 +419,89 @@ def paint(page, cls: int, points, brush: int = 12) -> None:
 
 @browser
 def test_browser_paint_see_and_refuse(server, editor, tmp_path):
-    from playwright.sync_api import sync_playwright
+    with editor_page(server) as page:
+        blank_mask, blank = painted_state(page)
+        assert not blank_mask.any()
+        shown = page.evaluate("window.smisEditor.updates")
 
-    url = f"http://{server[0]}:{server[1]}/"
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = chromium.new_page(viewport={"width": 1100, "height": 860})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            page.wait_for_function("window.smisEditor && window.smisEditor.ready", timeout=60_000)
-            blank_mask, blank = painted_state(page)
-            assert not blank_mask.any()
-            shown = page.evaluate("window.smisEditor.updates")
+        paint(page, 1, [(30, 60), (225, 60), (225, 200)])  # an L of class 1
+        paint(page, 13, [(128, 100), (128, 235)], brush=20)  # a thick vertical bar of class 13
+        wait_idle(page, shown)
+        mask, image = painted_state(page)
+        assert (mask[60, 30:226] == 1).all() and (mask[60:201, 225] == 1).all()
+        assert (mask[100:236, 128] == 13).all() and (mask[100:236, 120:137] == 13).all()
+        assert set(np.unique(mask)) == {0, 1, 13}
+        assert not np.array_equal(image, blank)  # the image changed (a little: the tiny golden model's weights
+        # are random; on a trained model this is where an oracle segmenter checks the painted classes)
+        np.testing.assert_array_equal(image, png(editor.update(mask).image))  # and it is this mask's image
+        assert len(page.locator("#variants img").all()) == VARIANTS
 
-            paint(page, 1, [(30, 60), (225, 60), (225, 200)])  # an L of class 1
-            paint(page, 13, [(128, 100), (128, 235)], brush=20)  # a thick vertical bar of class 13
-            wait_idle(page, shown)
-            mask, image = painted_state(page)
-            assert (mask[60, 30:226] == 1).all() and (mask[60:201, 225] == 1).all()
-            assert (mask[100:236, 128] == 13).all() and (mask[100:236, 120:137] == 13).all()
-            assert set(np.unique(mask)) == {0, 1, 13}
-            assert not np.array_equal(image, blank)  # the image changed (a little: the tiny golden model's weights
-            # are random; on a trained model this is where an oracle segmenter checks the painted classes)
-            np.testing.assert_array_equal(image, png(editor.update(mask).image))  # and it is this mask's image
-            assert len(page.locator("#variants img").all()) == VARIANTS
+        with page.expect_download() as got:
+            page.click("#download-mask")
+        assert got.value.suggested_filename == "mask.png"
+        np.testing.assert_array_equal(data.read_label(got.value.path(), 19), mask)  # synthesize --masks reads it
+        with page.expect_download() as got:
+            page.click("#download-image")
+        assert got.value.suggested_filename == "image_seed0.png"
+        np.testing.assert_array_equal(png(Path(got.value.path()).read_bytes()), image)
 
-            with page.expect_download() as got:
-                page.click("#download-mask")
-            assert got.value.suggested_filename == "mask.png"
-            np.testing.assert_array_equal(data.read_label(got.value.path(), 19), mask)  # synthesize --masks reads it
-            with page.expect_download() as got:
-                page.click("#download-image")
-            assert got.value.suggested_filename == "image_seed0.png"
-            np.testing.assert_array_equal(png(Path(got.value.path()).read_bytes()), image)
+        page.click("#undo")  # the bar goes, the L stays
+        shown = page.evaluate("window.smisEditor.updates")
+        wait_idle(page, shown)
+        assert set(np.unique(painted_state(page)[0])) == {0, 1}
+        page.click("#redo")
+        np.testing.assert_array_equal(painted_state(page)[0], mask)
 
-            page.click("#undo")  # the bar goes, the L stays
-            shown = page.evaluate("window.smisEditor.updates")
-            wait_idle(page, shown)
-            assert set(np.unique(painted_state(page)[0])) == {0, 1}
-            page.click("#redo")
-            np.testing.assert_array_equal(painted_state(page)[0], mask)
+        page.click('.swatch[data-cls="5"]')  # flood fill: the whole (connected) background becomes class 5
+        page.click('button[data-tool="fill"]')
+        box = page.locator("#canvas").bounding_box()
+        page.mouse.click(box["x"] + 3, box["y"] + box["height"] - 3)
+        np.testing.assert_array_equal(painted_state(page)[0], np.where(mask == 0, 5, mask))
+        page.click('button[data-tool="eraser"]')  # the eraser paints class 0
+        page.mouse.move(box["x"] + 3, box["y"] + 3)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 60, box["y"] + 3, steps=5)
+        page.mouse.up()
+        assert (painted_state(page)[0][:4, :20] == 0).all()
+        page.click("#undo")
+        page.click("#undo")
+        np.testing.assert_array_equal(painted_state(page)[0], mask)
 
-            page.click('.swatch[data-cls="5"]')  # flood fill: the whole (connected) background becomes class 5
-            page.click('button[data-tool="fill"]')
-            box = page.locator("#canvas").bounding_box()
-            page.mouse.click(box["x"] + 3, box["y"] + box["height"] - 3)
-            np.testing.assert_array_equal(painted_state(page)[0], np.where(mask == 0, 5, mask))
-            page.click('button[data-tool="eraser"]')  # the eraser paints class 0
-            page.mouse.move(box["x"] + 3, box["y"] + 3)
-            page.mouse.down()
-            page.mouse.move(box["x"] + 60, box["y"] + 3, steps=5)
-            page.mouse.up()
-            assert (painted_state(page)[0][:4, :20] == 0).all()
-            page.click("#undo")
-            page.click("#undo")
-            np.testing.assert_array_equal(painted_state(page)[0], mask)
+        page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "image/png",
+                                                "buffer": b"these are not pixels"}])
+        page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+        assert "notes.txt: not a PNG file" in page.inner_text("#error")
+        assert set(np.unique(painted_state(page)[0])) == {0, 1, 13}  # the mask was kept
 
-            page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "image/png",
-                                                    "buffer": b"these are not pixels"}])
-            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
-            assert "notes.txt: not a PNG file" in page.inner_text("#error")
-            assert set(np.unique(painted_state(page)[0])) == {0, 1, 13}  # the mask was kept
+        shown = page.evaluate("window.smisEditor.updates")
+        page.select_option("#examples", "28000")  # a real parsing map, for the screenshot
+        wait_idle(page, shown)
+        assert page.is_hidden("#error")  # the success cleared the older error
+        page.evaluate("document.getElementById('palette').scrollTop = 0")
+        # SMIS_EDITOR_SCREENSHOT=docs/editor.png python -m pytest tests/test_app.py -k browser: the README's picture
+        save_screenshot(page, Path(os.environ.get("SMIS_EDITOR_SCREENSHOT") or tmp_path / "editor.png"))
 
-            shown = page.evaluate("window.smisEditor.updates")
-            page.select_option("#examples", "28000")  # a real parsing map, for the screenshot
-            wait_idle(page, shown)
-            assert page.is_hidden("#error")  # the success cleared the older error
-            page.evaluate("document.getElementById('palette').scrollTop = 0")
-            # SMIS_EDITOR_SCREENSHOT=docs/editor.png python -m pytest tests/test_app.py -k browser: the README's picture
-            save_screenshot(page, Path(os.environ.get("SMIS_EDITOR_SCREENSHOT") or tmp_path / "editor.png"))
-            assert not errors, errors
-        finally:
-            chromium.close()
+
+@browser
+def test_browser_sparse_scribbles(sparse_export):
+    """A sparse domain: a blank (not annotated) page, thin default brush, scribbles of two classes; no variants."""
+    sparse = ed.Editor(sparse_export, variants=0)
+    assert sparse.domain.mode == "sparse" and sparse.domain.n_classes == 71
+    with serving(sparse) as address, editor_page(address) as page:
+        assert page.inner_text('.swatch[data-cls="0"]') == "0 not annotated"
+        assert page.input_value("#brush-size") == "3"
+        blank_pixel = page.evaluate("Array.from(document.getElementById('canvas').getContext('2d')"
+                                    ".getImageData(10, 10, 1, 1).data)")
+        assert blank_pixel == [250, 250, 250, 255]  # class 0 shows as a blank page, not as black
+        mask, blank = painted_state(page)
+        assert not mask.any()
+        shown = page.evaluate("window.smisEditor.updates")
+        paint(page, 3, [(40, 40), (200, 60)], brush=3)
+        paint(page, 70, [(128, 100), (140, 220)], brush=3)
+        wait_idle(page, shown)
+        mask, image = painted_state(page)
+        assert set(np.unique(mask)) == {0, 3, 70} and (mask == 0).mean() > 0.97  # scribbles, not regions
+        assert mask[40, 40] == 3 and mask[220, 140] == 70
+        np.testing.assert_array_equal(image, png(sparse.update(mask).image))
+        assert not np.array_equal(image, blank)
+        assert len(page.locator("#variants img").all()) == 0
