@@ -11,9 +11,9 @@ is average-pooled to 256x256 (pSp's ``face_pool``, ``ops.adaptive_avg_pool``) an
 Without ``--styles`` the generator uses the checkpoint's stored noise buffers, as the original inference does.
 With ``--styles N`` each mask gets N variants ``OUT/<name>_s{k}.png``: a random z -> mapping -> w replaces the
 W+ layers in ``--latent-mask`` (default 8..style_num-1, the README's recipe; ``--alpha`` blends instead of
-replacing; ``--truncation`` psi pulls that w towards the mean w), with fresh noise. Every random draw comes from ``--seed`` and the mask's position in the sorted
-input list, so results do not depend on ``--batch-size``. ``--grid`` also writes ``OUT/grid/<name>.png`` =
-[colourised mask | outputs].
+replacing; ``--truncation`` psi pulls that w towards the mean w), with fresh noise. Every random draw comes from
+``--seed`` and the mask's position in the sorted input list, so results do not depend on ``--batch-size``.
+``--grid`` also writes ``OUT/grid/<name>.png`` = [colourised mask | outputs].
 """
 
 from __future__ import annotations
@@ -224,8 +224,8 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
             write(*pending)
     info = {"checkpoint": str(checkpoint), "masks": len(files), "styles": styles,
             "latent_mask": [int(i) for i in np.flatnonzero(latent_mask_array(latent_mask, cfg.style_num, warn=False))]
-            if styles else None, "alpha": alpha, "truncation": truncation, "noise": noise, "seed": seed, "batch_size": batch,
-            "seconds": round(time.perf_counter() - t0, 3), "device": jax.devices()[0].device_kind}
+            if styles else None, "alpha": alpha, "truncation": truncation, "noise": noise, "seed": seed,
+            "batch_size": batch, "seconds": round(time.perf_counter() - t0, 3), "device": jax.devices()[0].device_kind}
     (out / "synthesize.json").write_text(json.dumps(info, indent=1))
     return written
 
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=None,
                         help="blend alpha*sample + (1-alpha)*encoder on those layers (default: replace them)")
     parser.add_argument("--truncation", type=float, default=1.0,
-                        help="with --styles: pull the random w towards the mean w by this psi in [0, 1] (default 1: none)")
+                        help="with --styles: pull the random w towards the mean w by psi in [0, 1] (default 1: none)")
     parser.add_argument("--noise", choices=("const", "random"), default=None,
                         help="generator noise (default: const = stored buffers without --styles, random with)")
     parser.add_argument("--seed", type=int, default=0)

@@ -29,7 +29,8 @@ from smis_jax import data, psp, viz
 from smis_jax import synthesize as syn
 
 __all__ = ["InputError", "EditorDomain", "Update", "Editor", "domain_of", "png_bytes", "mask_png_bytes",
-           "parse_update", "parse_mask_json", "parse_mask_request", "mask_from_png", "ids_json", "MAX_UPLOAD_PIXELS", "PNG_SIGNATURE"]
+           "parse_update", "parse_mask_json", "parse_mask_request", "mask_from_png", "ids_json", "MAX_UPLOAD_PIXELS",
+           "PNG_SIGNATURE"]
 
 MASK_SIZE = psp.INPUT_SIZE  # the encoder's input: masks are (256, 256) class ids
 MAX_UPLOAD_PIXELS = 4096 * 4096  # a larger PNG is refused before it is decoded (decompression bombs)
