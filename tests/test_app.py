@@ -156,6 +156,12 @@ def test_update_is_synthesize_cli(server, editor, examples, tiny_dir, tmp_path):
     assert np.abs(variants[0].astype(int) - variants[1]).max() > 10  # two different styles
 
 
+def test_synthesize_cli_checks_truncation(tiny_dir, examples, tmp_path, capsys):  # noqa: F811
+    args = ["--checkpoint", tiny_dir, "--masks", examples, "--out", tmp_path, "--styles", "2", "--truncation", "1.5"]
+    assert syn.main([str(a) for a in args]) == 2
+    assert capsys.readouterr().err.strip() == "error: truncation must be in [0, 1], got 1.5"
+
+
 def test_seed_and_truncation_change_the_variants_not_the_image(server):
     labels = blob(60, 40, 200, 220, 1)
     a = update(server, labels, seed=1, truncation=1.0)
