@@ -5,6 +5,7 @@
     python -m smis_jax.bench train-step --config ffhq --mode dense            # batch 2, IR-SE-50
     python -m smis_jax.bench inversion --config church --batch 5 --steps 4    # K = 5 images
     python -m smis_jax.bench labeling --quick                                  # tiny shapes: a smoke test
+    python -m smis_jax.bench app --checkpoint EXPORT                           # the editor's update latency
 
 Every comparison runs all its paths in one process on identical inputs: each path is compiled and warmed up
 once, then the paths take turns repeat by repeat (a shared, noisy machine slows both alike) and the median
@@ -1048,7 +1049,7 @@ def _parse_batches(text: str) -> list[int]:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m smis_jax.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("bench", choices=["labeling", "train-step", "inversion"])
+    ap.add_argument("bench", choices=["labeling", "train-step", "inversion", "app"])
     ap.add_argument("--config", choices=sorted(PRESETS), help="generator shapes and class counts (default ffhq; "
                     "tiny with --quick)")
     ap.add_argument("--mode", choices=["dense", "sparse"], default="dense")
@@ -1069,11 +1070,52 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="tiny config, first default batch, 2 repeats")
     ap.add_argument("--json-out", type=Path, help="append JSON lines here (the table goes to stdout)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", help="app: the synthesis export the editor serves (default: the editor's)")
+    ap.add_argument("--variants", type=int, default=4, help="app: variants per update (default 4, as the editor)")
     return ap
+
+
+def bench_app(checkpoint: str | None, variants: int = 4, repeats: int = 20, seed: int = 0) -> dict[str, Any]:
+    """The editor's update (issue 14): a new mask -> encoder -> generator (image + N variants) -> PNGs, as
+    ``python -m smis_jax.app`` serves it, timed by :meth:`smis_jax.app.editor.Editor.update` after its warm-up."""
+    from smis_jax.app import _default_checkpoint
+    from smis_jax.app.editor import Editor
+
+    editor = Editor(checkpoint or _default_checkpoint(), variants=variants)
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((editor.size, editor.size), np.uint8)
+    times = []
+    for i in range(repeats):  # each update paints one more rectangle, as a person adds strokes between updates
+        x, y = rng.integers(0, editor.size - 32, 2)
+        labels[y:y + 32, x:x + 32] = rng.integers(0, editor.domain.n_classes)
+        times.append(editor.update(labels, seed=i, truncation=0.7).ms)
+    return {"bench": "app", "checkpoint": str(editor.checkpoint), "domain": editor.domain.name,
+            "n_classes": editor.domain.n_classes, "mask_size": editor.size, "variants": variants,
+            "generator_size": editor.pipeline.generator.config.size, "repeats": repeats,
+            "update_ms_median": round(_median(times), 1), "update_ms_min": round(min(times), 1),
+            "update_ms_max": round(max(times), 1), "compile_s": round(editor.compile_s, 1), **device_info(),
+            **_host_context()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.bench == "app":  # one line of its own: the comparison table below is for original-vs-ours paths
+        try:
+            row = bench_app(args.checkpoint, args.variants, args.repeats or 20, args.seed)
+        except (ValueError, TorchFileError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if args.json_out is not None:
+            args.json_out.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.json_out, "a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+        else:
+            print(json.dumps(row, sort_keys=True))
+        print(f"app: {row['update_ms_median']:.0f} ms per update (median of {row['repeats']}; image + "
+              f"{row['variants']} variants at {row['mask_size']}px, {row['generator_size']}px generator, domain "
+              f"{row['domain']}; {row['device']} x{row['cpu_count']} cores; compile {row['compile_s']} s)",
+              file=sys.stderr if args.json_out is None else sys.stdout)
+        return 0
     try:
         preset = PRESETS[args.config or ("tiny" if args.quick else "ffhq")]
         batches = _parse_batches(args.batch or (_QUICK_BATCH if args.quick else _DEFAULT_BATCH)[args.bench])

@@ -34,6 +34,7 @@ __all__ = [
     "LabelError",
     "IMAGE_EXTENSIONS",
     "read_label",
+    "label_from_image",
     "read_image",
     "onehot",
     "list_images",
@@ -103,10 +104,15 @@ def read_label(path: str | os.PathLike, n_classes: int, size: int = 256) -> np.n
     Raises :class:`LabelError` naming the file, the first offending value and ``n_classes`` if any pixel of the
     file (checked at full resolution, before resizing) is ``>= n_classes``; :class:`DataError` if it is unreadable.
     """
+    path = Path(path)
+    return label_from_image(_open(path), n_classes, size, str(path))
+
+
+def label_from_image(img: Image.Image, n_classes: int, size: int = 256, name: str = "label") -> np.ndarray:
+    """:func:`read_label` for an image already opened (an upload, a file in memory); ``name`` goes in messages."""
     if not 1 <= n_classes <= 256:
         raise ValueError(f"n_classes must be in 1..256 (uint8 labels), got {n_classes}")
-    path = Path(path)
-    img = _open(path)
+    path = name  # named in every message
     values = _label_values(img, path)  # (H, W)
     bad = values >= n_classes
     if bad.any() or values.min(initial=0) < 0:

@@ -11,9 +11,9 @@ is average-pooled to 256x256 (pSp's ``face_pool``, ``ops.adaptive_avg_pool``) an
 Without ``--styles`` the generator uses the checkpoint's stored noise buffers, as the original inference does.
 With ``--styles N`` each mask gets N variants ``OUT/<name>_s{k}.png``: a random z -> mapping -> w replaces the
 W+ layers in ``--latent-mask`` (default 8..style_num-1, the README's recipe; ``--alpha`` blends instead of
-replacing), with fresh noise. Every random draw comes from ``--seed`` and the mask's position in the sorted
-input list, so results do not depend on ``--batch-size``. ``--grid`` also writes ``OUT/grid/<name>.png`` =
-[colourised mask | outputs].
+replacing; ``--truncation`` psi pulls that w towards the mean w), with fresh noise. Every random draw comes from
+``--seed`` and the mask's position in the sorted input list, so results do not depend on ``--batch-size``.
+``--grid`` also writes ``OUT/grid/<name>.png`` = [colourised mask | outputs].
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 from smis_jax import data, ops, viz
 from smis_jax.progress import progress
 
-__all__ = ["OUTPUT_SIZE", "default_latent_mask", "latent_mask_array", "mix_latents", "synthesize",
+__all__ = ["OUTPUT_SIZE", "default_latent_mask", "latent_mask_array", "mix_latents", "synthesize", "encode", "decode",
            "collect_masks", "run", "main"]
 
 OUTPUT_SIZE = 256  # pSp's face_pool target
@@ -79,7 +79,7 @@ def _decode_fn(gen_cfg, styles: int, random_noise: bool):
 
     generator = stylegan2.Generator(gen_cfg)
 
-    def fn(codes, latent_avg, gen_params, stored_noise, key, first_index, mask, alpha):
+    def fn(codes, latent_avg, gen_params, stored_noise, key, first_index, mask, alpha, psi):
         codes = codes + latent_avg  # (B, S, D)
         b = codes.shape[0]
         sample_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(first_index + jnp.arange(b))  # (B,)
@@ -88,6 +88,8 @@ def _decode_fn(gen_cfg, styles: int, random_noise: bool):
             pair = jax.vmap(jax.random.split)(style_keys)  # (B*N, 2): z key, noise key
             z = jax.vmap(lambda k: jax.random.normal(k, (gen_cfg.style_dim,)))(pair[:, 0])  # (B*N, D)
             w = generator.apply(gen_params, z, method=stylegan2.Generator.mapping)  # (B*N, D)
+            # Truncation towards the mean w (latent_avg's rows are that mean, repeated); psi = 1 leaves w bit-exact.
+            w = jnp.where(psi == 1.0, w, stylegan2.truncate(w, jnp.mean(latent_avg, axis=0), psi))
             codes = mix_latents(jnp.repeat(codes, styles, axis=0), w, mask, alpha)  # (B*N, S, D)
             noise = stylegan2.make_sample_noise(gen_cfg, pair[:, 1])
         elif random_noise:
@@ -102,31 +104,47 @@ def _decode_fn(gen_cfg, styles: int, random_noise: bool):
 
 
 def synthesize(pipeline, onehot: jax.Array, key: jax.Array, styles: int = 0, latent_mask: Sequence[int] | None = None,
-               alpha: float | None = None, noise: str = "const", first_index: int = 0) -> jax.Array:
-    """Masks -> images in [-1, 1].
+               alpha: float | None = None, noise: str = "const", first_index: int = 0,
+               truncation: float = 1.0) -> jax.Array:
+    """Masks -> images in [-1, 1]: :func:`encode` then :func:`decode`.
 
     pipeline: :func:`smis_jax.psp.load_pipeline`'s result. onehot: (B, 256, 256, input_nc) float.
     styles = 0: (B, 256, 256, 3) from the encoder's W+; ``noise`` 'const' (stored buffers, the original's
     inference) or 'random' (from ``key``). styles = N > 0: (B, N, 256, 256, 3); layers in ``latent_mask``
-    (default 8..S-1) come from a random sample's w (``alpha``-blended with the encoder's if given), with
-    random noise. Sample b's randomness is ``fold_in(key, first_index + b)``, so a batch split changes nothing.
+    (default 8..S-1) come from a random sample's w (``alpha``-blended with the encoder's if given, truncated
+    towards the mean w by ``truncation`` psi), with random noise. Sample b's randomness is
+    ``fold_in(key, first_index + b)``, so a batch split changes nothing.
     """
-    enc, gen = pipeline.encoder, pipeline.generator
-    cfg = enc.config
+    return decode(pipeline, encode(pipeline, onehot), key, styles=styles, latent_mask=latent_mask, alpha=alpha,
+                  noise=noise, first_index=first_index, truncation=truncation)
+
+
+def encode(pipeline, onehot: jax.Array) -> jax.Array:
+    """onehot (B, 256, 256, input_nc) float -> the eval-mode encoder's codes (B, S, D), before latent_avg."""
+    cfg = pipeline.encoder.config
+    onehot = jnp.asarray(onehot, jnp.float32)
+    if onehot.ndim != 4 or onehot.shape[1:] != (256, 256, cfg.input_nc):
+        raise ValueError(f"onehot must be (B, 256, 256, {cfg.input_nc}), got {tuple(onehot.shape)}")
+    return pipeline.encoder.encode(onehot)
+
+
+def decode(pipeline, codes: jax.Array, key: jax.Array, styles: int = 0, latent_mask: Sequence[int] | None = None,
+           alpha: float | None = None, noise: str = "const", first_index: int = 0,
+           truncation: float = 1.0) -> jax.Array:
+    """:func:`encode`'s codes (B, S, D) -> images, as :func:`synthesize` (one encoding can feed several decodes)."""
+    gen = pipeline.generator
     if styles < 0:
         raise ValueError(f"styles must be >= 0, got {styles}")
     if noise not in ("const", "random"):
         raise ValueError(f"noise must be 'const' or 'random', got {noise!r}")
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    onehot = jnp.asarray(onehot, jnp.float32)
-    if onehot.ndim != 4 or onehot.shape[1:] != (256, 256, cfg.input_nc):
-        raise ValueError(f"onehot must be (B, 256, 256, {cfg.input_nc}), got {tuple(onehot.shape)}")
-    mask = latent_mask_array(latent_mask, cfg.style_num)
-    codes = enc.encode(onehot)  # (B, S, D), eval mode
+    if not 0.0 <= truncation <= 1.0:
+        raise ValueError(f"truncation must be in [0, 1], got {truncation}")
+    mask = latent_mask_array(latent_mask, pipeline.encoder.config.style_num)
     fn = _decode_fn(gen.config, int(styles), styles == 0 and noise == "random")
     return fn(codes, pipeline.latent_avg, gen.params, gen.noises, key, jnp.int32(first_index), jnp.asarray(mask),
-              jnp.float32(1.0 if alpha is None else alpha))
+              jnp.float32(1.0 if alpha is None else alpha), jnp.float32(truncation))
 
 
 def collect_masks(inputs: Sequence[str | Path]) -> list[Path]:
@@ -152,7 +170,8 @@ def collect_masks(inputs: Sequence[str | Path]) -> list[Path]:
 
 def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, styles: int = 0,
         latent_mask: Sequence[int] | None = None, alpha: float | None = None, seed: int = 0, batch_size: int = 8,
-        write_grid: bool = False, noise: str | None = None, show_progress: bool = True) -> list[Path]:
+        write_grid: bool = False, noise: str | None = None, show_progress: bool = True,
+        truncation: float = 1.0) -> list[Path]:
     """The CLI's work: read masks, synthesise in fixed-shape batches, write PNGs (+ grids); returns written files."""
     from smis_jax import psp
 
@@ -160,6 +179,8 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if styles < 0:
         raise ValueError(f"styles must be >= 0, got {styles}")
+    if not 0.0 <= truncation <= 1.0:
+        raise ValueError(f"truncation must be in [0, 1], got {truncation}")
     files = collect_masks(masks)
     pipeline = psp.load_pipeline(checkpoint)
     cfg = pipeline.encoder.config
@@ -194,7 +215,8 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
             if len(chunk) < batch:
                 labels = np.concatenate([labels, np.repeat(labels[-1:], batch - len(chunk), axis=0)])
             images = synthesize(pipeline, data.onehot(jnp.asarray(labels), cfg.input_nc), key, styles=styles,
-                                latent_mask=latent_mask, alpha=alpha, noise=noise, first_index=start)
+                                latent_mask=latent_mask, alpha=alpha, noise=noise, first_index=start,
+                                truncation=truncation)
             if pending is not None:  # write the previous batch while this one computes
                 write(*pending)
             pending = (start, labels, images)
@@ -202,8 +224,8 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
             write(*pending)
     info = {"checkpoint": str(checkpoint), "masks": len(files), "styles": styles,
             "latent_mask": [int(i) for i in np.flatnonzero(latent_mask_array(latent_mask, cfg.style_num, warn=False))]
-            if styles else None, "alpha": alpha, "noise": noise, "seed": seed, "batch_size": batch,
-            "seconds": round(time.perf_counter() - t0, 3), "device": jax.devices()[0].device_kind}
+            if styles else None, "alpha": alpha, "truncation": truncation, "noise": noise, "seed": seed,
+            "batch_size": batch, "seconds": round(time.perf_counter() - t0, 3), "device": jax.devices()[0].device_kind}
     (out / "synthesize.json").write_text(json.dumps(info, indent=1))
     return written
 
@@ -226,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="W+ layers taken from the random sample with --styles (default 8..style_num-1)")
     parser.add_argument("--alpha", type=float, default=None,
                         help="blend alpha*sample + (1-alpha)*encoder on those layers (default: replace them)")
+    parser.add_argument("--truncation", type=float, default=1.0,
+                        help="with --styles: pull the random w towards the mean w by psi in [0, 1] (default 1: none)")
     parser.add_argument("--noise", choices=("const", "random"), default=None,
                         help="generator noise (default: const = stored buffers without --styles, random with)")
     parser.add_argument("--seed", type=int, default=0)
@@ -241,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
             written = run(args.checkpoint, args.masks, args.out, styles=args.styles, latent_mask=args.latent_mask,
                           alpha=args.alpha, seed=args.seed, batch_size=args.batch_size, write_grid=args.grid,
-                          noise=args.noise)
+                          noise=args.noise, truncation=args.truncation)
     except (ValueError, TorchFileError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

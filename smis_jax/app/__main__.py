@@ -1,0 +1,5 @@
+import sys
+
+from smis_jax.app import main
+
+sys.exit(main())
