@@ -29,8 +29,15 @@ class Domain:
     channel_multiplier: int
     stylegan: str  # the checkpoint the original README pairs with this domain (for messages)
     description: str
+    class_names: tuple[str, ...] = ()  # one per class id, when known (the editor's palette, evaluation tables)
+    builtin: bool = False  # procedural shots and test masks, and a shipped generator: no --data, no --stylegan
+    # TrainConfig fields this domain runs with unless a flag says otherwise (e.g. a schedule that fits a CPU)
+    train_defaults: tuple[tuple[str, Any], ...] = ()
+    latent_start: int = 8  # multi-modal synthesis replaces W+ layers latent_start.. (the original's 8 at 1024)
 
     def __post_init__(self):
+        if self.class_names and len(self.class_names) != self.n_classes:
+            raise ConfigError(f"domain {self.name}: {len(self.class_names)} class names for {self.n_classes} classes")
         if self.mode not in ("dense", "sparse"):
             raise ConfigError(f"domain {self.name}: mode must be 'dense' or 'sparse', got {self.mode!r}")
         if self.generator_size < 64 or self.generator_size & (self.generator_size - 1):
@@ -45,9 +52,15 @@ class Domain:
 
     @property
     def latent_mask(self) -> tuple[int, ...]:
-        """Layers replaced for multi-modal synthesis: 8.. (the original README's 8,...,17 at 1024)."""
-        return tuple(range(8, self.style_num))
+        """Layers replaced for multi-modal synthesis: latent_start.. (the original README's 8,...,17 at 1024)."""
+        return tuple(range(self.latent_start, self.style_num))
 
+
+SHAPES_CLASSES = ("sky", "mountain", "sun", "grass", "water", "tree", "house")  # smis_jax.shapes.CLASS_NAMES
+# The built-in domains' schedule: a small encoder and a short run that finish on 2 CPU cores in minutes.
+BUILTIN_SCHEDULE = (("encoder", "small"), ("batch_size", 8), ("learning_rate", 1e-3), ("max_steps", 1500),
+                    ("inversion_steps", 300), ("save_every", 500), ("image_every", 500), ("eval_every", 500),
+                    ("log_every", 50))
 
 DOMAINS: dict[str, Domain] = {
     d.name: d
@@ -65,6 +78,14 @@ DOMAINS: dict[str, Domain] = {
         Domain("anime", "anime", 2, "sparse", 512, 2,
                "2020-01-11-skylion-stylegan2-animeportraits-networksnapshot-024664.pt",
                "anime face cross, 0 = not annotated"),
+        # The built-in procedural domain (smis_jax.shapes): exact masks, an oracle, a generator trained by smis-jax.
+        Domain("shapes", "shapes (built-in)", 7, "dense", 64, 1, "the shipped smis_jax/assets/shapes-gan",
+               "procedural landscapes, exact masks (built-in)", class_names=SHAPES_CLASSES, builtin=True,
+               train_defaults=BUILTIN_SCHEDULE, latent_start=6),
+        Domain("shapes-scribbles", "shapes (built-in)", 8, "sparse", 64, 1, "the shipped smis_jax/assets/shapes-gan",
+               "procedural landscapes, scribbles (built-in), 0 = not annotated",
+               class_names=("not annotated",) + SHAPES_CLASSES, builtin=True, train_defaults=BUILTIN_SCHEDULE,
+               latent_start=6),
         # For tests and quick looks: the real CelebA masks with the golden 128px generator.
         Domain("tiny", "CelebAMask-HQ", 19, "dense", 128, 2, "stylegan2_tiny128.pt (golden)",
                "CelebAMask-HQ masks with a 128px generator (tests)"),
@@ -141,6 +162,14 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not -1.0 <= self.cos_th <= 1.0:
             raise ConfigError(f"cos_th must lie in [-1, 1], got {self.cos_th}")
+
+    @classmethod
+    def for_domain(cls, domain: str, **explicit) -> "TrainConfig":
+        """The configuration of a run on ``domain``: ``explicit`` values (flags given), then the domain's
+        ``train_defaults``, then this class's defaults. ``None`` in ``explicit`` means "not given"."""
+        values = dict(get_domain(domain).train_defaults)
+        values.update({k: v for k, v in explicit.items() if v is not None})
+        return cls(domain=domain, **values)
 
     @property
     def domain_preset(self) -> Domain:

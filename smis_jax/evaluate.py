@@ -6,6 +6,10 @@ mean. Dense domains score every class that occurs in the masks or the prediction
 ("not annotated").
 
     python -m smis_jax.evaluate --workdir runs/faces [--masks DIR] [--step N]
+
+On a built-in domain (``--domain shapes``) it also runs the paper's evaluation on ground truth
+(``smis_jax.groundtruth``): pseudo-label quality, synthesis quality, inversion quality and bfloat16 agreement,
+written to the run's ``groundtruth.json``, ``metrics.jsonl``, ``groundtruth.png`` and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -83,12 +87,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", help="write the result as JSON here too")
+    parser.add_argument("--samples", type=int, default=256,
+                        help="built-in domains: generated samples for the pseudo-label and bfloat16 measures")
     args = parser.parse_args(argv)
 
     from smis_jax import experiment
 
     try:
         result = experiment.evaluate_run(args.workdir, masks=args.masks, step=args.step, batch_size=args.batch_size)
+        record = json.loads((Path(args.workdir) / "config.json").read_text())
+        if record.get("data") == "built-in" and not args.masks and args.step is None:
+            from smis_jax import groundtruth
+
+            truth = groundtruth.evaluate(args.workdir, n_samples=args.samples, log=lambda m: print(m, file=sys.stderr))
+            result["groundtruth"] = truth
+            print(groundtruth.format_table(truth), file=sys.stderr)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import data, labeling, lpips, stylegan2, viz
+from smis_jax import builtin, data, labeling, lpips, stylegan2, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.inversion import invert_cached
 from smis_jax.progress import Progress, progress
@@ -54,7 +54,7 @@ RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every", "image_every", "eva
 @dataclass(frozen=True)
 class Shots:
     names: tuple[str, ...]
-    images: np.ndarray  # (K, 256, 256, 3) float32 in [-1, 1]
+    images: np.ndarray  # (K, 256, 256, 3) float32 in [-1, 1] (built-in domains: (K, 64, 64, 3))
     labels: np.ndarray  # (K, 256, 256) uint8 class ids
 
 
@@ -158,14 +158,21 @@ def _mean_metrics(metrics: list[dict[str, Any]], first_step: int) -> dict[str, f
     return {k: float(np.mean([float(m[k]) for m in host])) for k in host[0]}
 
 
-def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path, stylegan: str | Path, workdir: str | Path, *,
+def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: str | Path | None,
+                       workdir: str | Path, *,
                        resume: bool = False, overwrite_inversion: bool = False, lpips_weights: str | Path | None = None,
                        eval_masks: Sequence[str | Path] | None = None, devices=None,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) a few-shot training run; returns a summary (final step, last metrics, evaluation)."""
+    """Run (or resume) a few-shot training run; returns a summary (final step, last metrics, evaluation).
+
+    Built-in domains take ``data_dir=None`` (procedural shots and test masks) and ``stylegan=None`` (the shipped
+    generator)."""
     domain = cfg.domain_preset
     workdir = Path(workdir)
-    data_dir = Path(data_dir)
+    if (data_dir is None or stylegan is None) and not domain.builtin:
+        raise ConfigError(f"domain '{domain.name}' needs a data folder and a StyleGAN2 checkpoint")
+    stylegan = builtin.generator_path() if stylegan is None else stylegan
+    data_dir = None if data_dir is None else Path(data_dir)
     ckpt_dir = workdir / "checkpoints"
     existing = Checkpointer(ckpt_dir).latest_step() if ckpt_dir.is_dir() else None
     if existing is not None and not resume:
@@ -173,11 +180,17 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path, stylegan: str | P
                           f"that run or choose another --workdir")
 
     generator = load_generator(stylegan, domain, cfg.generator_size)
-    shots = load_shots(data_dir, domain, cfg.shots)
-    if eval_masks is None:
-        test_dir = data_dir / "test" / "labels"
-        eval_masks = [test_dir] if test_dir.is_dir() else []
-    eval_names, eval_labels = load_test_masks(eval_masks, domain.n_classes)
+    if data_dir is None:
+        shots = Shots(*builtin.shots(domain, cfg.shots))
+    else:
+        shots = load_shots(data_dir, domain, cfg.shots)
+    if eval_masks is None and data_dir is None:
+        eval_names, eval_labels, _ = builtin.test_masks(domain)
+    else:
+        if eval_masks is None:
+            test_dir = data_dir / "test" / "labels"
+            eval_masks = [test_dir] if test_dir.is_dir() else []
+        eval_names, eval_labels = load_test_masks(eval_masks, domain.n_classes)
 
     enc_config = encoder_config(cfg, generator)
     mesh = data_mesh(devices)
@@ -187,7 +200,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path, stylegan: str | P
     workdir.mkdir(parents=True, exist_ok=True)
     run_record = {
         "train": cfg.to_dict(),
-        "data": str(data_dir.absolute()),
+        "data": "built-in" if data_dir is None else str(data_dir.absolute()),
         "stylegan": str(Path(stylegan).absolute()),
         "shots": list(shots.names),
         "generator": generator.config.to_json(),
@@ -327,12 +340,15 @@ def evaluate_run(workdir: str | Path, masks: Sequence[str | Path] | None = None,
         state, protos, _ = checkpointer.restore(abstract_like(init_train_state(step_cfg, cfg.seed)), step)
     finally:
         checkpointer.close()
-    if masks is None:
-        test_dir = Path(record["data"]) / "test" / "labels"
-        if not test_dir.is_dir():
-            raise FileNotFoundError(f"{test_dir}: no test masks; pass --masks")
-        masks = [test_dir]
-    names, labels = load_test_masks(masks, domain.n_classes)
+    if masks is None and record["data"] == "built-in":
+        names, labels, _ = builtin.test_masks(domain)
+    else:
+        if masks is None:
+            test_dir = Path(record["data"]) / "test" / "labels"
+            if not test_dir.is_dir():
+                raise FileNotFoundError(f"{test_dir}: no test masks; pass --masks")
+            masks = [test_dir]
+        names, labels = load_test_masks(masks, domain.n_classes)
     if not names:
         raise FileNotFoundError("no masks to evaluate")
     latent_avg = jnp.broadcast_to(generator.truncation_latent(), (generator.config.n_latent, generator.config.style_dim))

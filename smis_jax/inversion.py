@@ -137,6 +137,7 @@ class CachedInversion:
     w_plus: np.ndarray  # (K, S, D)
     loss: np.ndarray  # (K,)
     reused: bool
+    history: np.ndarray | None = None  # (steps, K) loss per step, when the cache holds it
 
 
 def generator_fingerprint(generator: LoadedGenerator) -> str:
@@ -165,11 +166,13 @@ def invert_cached(cache_dir: str | Path, names: Sequence[str], generator: Loaded
         entries = [np.load(f) for f in files]
         if all(str(e["fingerprint"]) == fingerprint and int(e["steps"]) == steps for e in entries):
             log(f"reusing cached inversions in {cache} (--overwrite-inversion recomputes them)")
+            history = (np.stack([e["history"] for e in entries], 1) if all("history" in e for e in entries)
+                       else None)
             return CachedInversion(np.stack([e["w_plus"] for e in entries]),
-                                   np.array([float(e["loss"]) for e in entries], np.float32), True)
+                                   np.array([float(e["loss"]) for e in entries], np.float32), True, history)
         log(f"cached inversions in {cache} were made with another generator or step count; recomputing")
     result = invert(generator, lpips_params, targets_NHWC, key, **invert_kwargs)
     cache.mkdir(parents=True, exist_ok=True)
-    for f, w, loss in zip(files, result.w_plus, result.loss):
-        np.savez(f, w_plus=w, loss=loss, steps=steps, fingerprint=fingerprint)
-    return CachedInversion(result.w_plus, result.loss, False)
+    for k, (f, w, loss) in enumerate(zip(files, result.w_plus, result.loss)):
+        np.savez(f, w_plus=w, loss=loss, steps=steps, fingerprint=fingerprint, history=result.history[:, k])
+    return CachedInversion(result.w_plus, result.loss, False, result.history)

@@ -45,6 +45,18 @@ def default_latent_mask(style_num: int) -> list[int]:
     return list(range(min(8, style_num), style_num))
 
 
+def domain_latent_mask(pipeline) -> list[int]:
+    """The layers multi-modal synthesis replaces by default: the export's domain's (``Domain.latent_mask``; 6..9
+    for the built-in 64 px domains), else :func:`default_latent_mask`."""
+    from smis_jax.config import DOMAINS
+
+    style_num = pipeline.encoder.config.style_num
+    domain = DOMAINS.get(str((pipeline.config or {}).get("opts", {}).get("dataset_type")))
+    if domain is not None and domain.style_num == style_num:
+        return list(domain.latent_mask)
+    return default_latent_mask(style_num)
+
+
 def latent_mask_array(latent_mask: Sequence[int] | None, style_num: int, warn: bool = True) -> np.ndarray:
     """Layer indices -> bool (style_num,). Indices >= style_num are dropped with a warning (as the original)."""
     if latent_mask is None:
@@ -141,6 +153,8 @@ def decode(pipeline, codes: jax.Array, key: jax.Array, styles: int = 0, latent_m
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if not 0.0 <= truncation <= 1.0:
         raise ValueError(f"truncation must be in [0, 1], got {truncation}")
+    if latent_mask is None:
+        latent_mask = domain_latent_mask(pipeline)
     mask = latent_mask_array(latent_mask, pipeline.encoder.config.style_num)
     fn = _decode_fn(gen.config, int(styles), styles == 0 and noise == "random")
     return fn(codes, pipeline.latent_avg, gen.params, gen.noises, key, jnp.int32(first_index), jnp.asarray(mask),

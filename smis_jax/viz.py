@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["CELEBAMASK_COLORS", "palette", "colorize", "to_uint8", "grid", "save_png"]
+__all__ = ["CELEBAMASK_COLORS", "palette", "colorize", "to_uint8", "grid", "save_png", "plot"]
 
 CELEBAMASK_COLORS = np.array([
     [0, 0, 0], [204, 0, 0], [76, 153, 0], [204, 204, 0], [51, 51, 255], [204, 0, 204], [0, 255, 255],
@@ -95,3 +95,29 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path, format="PNG")
     return path
+
+
+def plot(points, title: str = "", size: tuple[int, int] = (320, 200)) -> np.ndarray:
+    """A line chart of ``points`` [(x, y), ...] as a uint8 (H, W, 3) image, with the title and the y range
+    written in; enough to see a curve's shape without a plotting library."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    img = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    pts = [(float(x), float(y)) for x, y in points if np.isfinite(float(y))]
+    left, top, right, bottom = 8, 22, w - 8, h - 18
+    draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
+    draw.text((left, 4), title, fill=(0, 0, 0))
+    if pts:
+        xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        x0, x1 = xs.min(), max(xs.max(), xs.min() + 1e-9)
+        y0, y1 = ys.min(), max(ys.max(), ys.min() + 1e-9)
+        line = [(left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top))
+                for x, y in pts]
+        draw.line(line if len(line) > 1 else line * 2, fill=(200, 40, 40), width=2)
+        draw.text((left + 2, top + 2), f"{y1:.4g}", fill=(90, 90, 90))
+        draw.text((left + 2, bottom - 12), f"{y0:.4g}", fill=(90, 90, 90))
+        draw.text((left, bottom + 3), f"{x0:.4g}", fill=(90, 90, 90))
+        draw.text((right - 40, bottom + 3), f"{x1:.4g}", fill=(90, 90, 90))
+    return np.asarray(img)

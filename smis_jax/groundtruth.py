@@ -1,0 +1,229 @@
+"""The paper's evaluation on ground truth, for the built-in domains (exact masks and an oracle segmenter).
+
+``evaluate(workdir)`` reads a finished ``train.run`` folder of a built-in domain and measures:
+
+* **pseudo-label quality**: the pseudo-labels of N generated samples against the oracle's segmentation of the
+  same samples (mIoU, pixel accuracy), with prototypes from 1 and 5 shots, dense (the masks) and sparse (scribbles
+  of the same shots; sparse labels cover few pixels, so their accuracy is measured where they label and their
+  coverage is reported beside it);
+* **synthesis quality** (the paper's protocol): held-out masks -> encoder -> generator -> oracle, mIoU and accuracy
+  against the dense truth of those masks, with the stored noise and with 4 style seeds (multi-modal mixing);
+* **inversion quality**: MSE, PSNR and LPIPS of the shots re-rendered from their inverted codes, and the loss curve;
+* **bfloat16**: how often labels from a bfloat16 generator agree with float32 ones (dense 5-shot and sparse).
+
+It writes ``groundtruth.json``, appends the numbers to ``metrics.jsonl``, and draws ``groundtruth.png`` (test mask |
+synthesis | its oracle segmentation; sample | oracle | pseudo-label) and ``curves.png`` (training loss and
+self-consistency mIoU over steps, the inversion losses).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smis_jax import builtin, data, labeling, lpips, psp, shapes, stylegan2, synthesize, viz
+from smis_jax.config import DOMAINS, ConfigError
+from smis_jax.evaluate import confusion, iou_from_confusion
+from smis_jax.inversion import invert_cached
+
+__all__ = ["evaluate", "scores", "format_table"]
+
+N_CLASSES = len(shapes.CLASS_NAMES)
+
+
+def scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> dict[str, Any]:
+    """mIoU (classes present in truth or prediction), pixel accuracy and per-class IoU of class-id maps."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if valid is not None:
+        pred, truth = pred[valid], truth[valid]
+    conf = confusion(pred, truth, N_CLASSES)
+    out = iou_from_confusion(conf, ignore_background=False)
+    out["per_class"] = {shapes.CLASS_NAMES[c]: round(v, 4) for c, v in out["per_class"].items()}
+    out["accuracy"] = float(np.trace(conf) / max(conf.sum(), 1))
+    return out
+
+
+@partial(jax.jit, static_argnames=("config", "n", "dtype"))
+def _samples(config, params, key, n: int, dtype):
+    """n generated samples (image (n, S, S, 3) float32, features (n, 64, 64, C) float32), computed in ``dtype``."""
+    cast = lambda t: jax.tree.map(lambda a: a.astype(dtype), t)  # noqa: E731
+    k_z, k_n = jax.random.split(key)
+    gen = stylegan2.Generator(config)
+    w = gen.apply(cast(params), jax.random.normal(k_z, (n, config.style_dim)).astype(dtype),
+                  method=stylegan2.Generator.mapping)
+    w_plus = jnp.broadcast_to(w[:, None], (n, config.n_latent, config.style_dim))
+    image, features = gen.apply(cast(params), w_plus, cast(stylegan2.make_noise(config, k_n, n)))
+    return image.astype(jnp.float32), features.astype(jnp.float32)
+
+
+def _sparse_pred(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse pseudo-labels (0 = none, c + 1 = class c) -> (class ids, labelled mask)."""
+    return np.maximum(labels.astype(np.int64) - 1, 0), labels > 0
+
+
+def _pseudo_label_quality(generator, features_shots, masks64, scribbles64, sample_features, oracle, topk, cos_th):
+    out = {}
+    dense_onehot = data.onehot(masks64, N_CLASSES)
+    sparse_onehot = data.onehot(scribbles64, N_CLASSES + 1)
+    for k in (1, 5):
+        protos = labeling.prototypes(features_shots[:k], dense_onehot[:k], mode="dense")
+        pred = np.asarray(labeling.pseudo_label(sample_features, protos, out_size=shapes.SIZE))
+        out[f"dense_{k}shot"] = scores(pred, oracle)
+        protos = labeling.prototypes(features_shots[:k], sparse_onehot[:k], mode="sparse")
+        labels = np.asarray(labeling.pseudo_label(sample_features, protos, topk=topk, cos_th=cos_th,
+                                                  out_size=shapes.SIZE))
+        pred, labelled = _sparse_pred(labels)
+        s = scores(pred, oracle, labelled)
+        s["coverage"] = float(labelled.mean())
+        out[f"sparse_{k}shot"] = s
+    return out
+
+
+def _bf16_agreement(generator, protos_dense, protos_sparse, key, n, topk, cos_th) -> dict[str, float]:
+    _, f32 = _samples(generator.config, generator.params, key, n, jnp.float32)
+    _, bf16 = _samples(generator.config, generator.params, key, n, jnp.bfloat16)
+    out = {}
+    for name, protos, kw in (("dense", protos_dense, {}), ("sparse", protos_sparse, {"topk": topk, "cos_th": cos_th})):
+        a = np.asarray(labeling.pseudo_label(f32, protos, out_size=shapes.SIZE, **kw))
+        b = np.asarray(labeling.pseudo_label(bf16, protos, out_size=shapes.SIZE, **kw))
+        out[name] = float((a == b).mean())
+    return out
+
+
+def _synthesis_quality(pipeline, labels256, truth64, styles: int, seed: int, batch: int = 8):
+    """Held-out masks -> images -> oracle, against the dense truth; returns (scores, scores with styles, images)."""
+    n_classes = pipeline.encoder.config.input_nc
+    preds, preds_styles, images = [], [], []
+    key = jax.random.key(seed)
+    for start in range(0, len(labels256), batch):
+        chunk = labels256[start:start + batch]
+        pad = batch - len(chunk)
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]) if pad else chunk
+        codes = synthesize.encode(pipeline, labeling.labels_to_onehot(jnp.asarray(chunk), n_classes))
+        image = np.asarray(synthesize.decode(pipeline, codes, key, first_index=start))[: batch - pad]
+        multi = np.asarray(synthesize.decode(pipeline, codes, key, styles=styles, first_index=start))[: batch - pad]
+        images.append(image)
+        step = image.shape[1] // shapes.SIZE  # the 256 output is the 64 px image repeated 4x4
+        preds.append(shapes.segment(image[:, ::step, ::step]))
+        preds_styles.append(shapes.segment(multi[:, :, ::step, ::step]))
+    preds, preds_styles = np.concatenate(preds), np.concatenate(preds_styles)
+    multi_truth = np.repeat(truth64[:, None], styles, 1)
+    return scores(preds, truth64), scores(preds_styles, multi_truth), np.concatenate(images)
+
+
+def evaluate(workdir: str | Path, n_samples: int = 256, styles: int = 4, seed: int = 0,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Ground-truth evaluation of a built-in-domain run folder (see the module docstring)."""
+    workdir = Path(workdir)
+    record_file = workdir / "config.json"
+    if not record_file.is_file():
+        raise FileNotFoundError(f"{workdir}: not a training run (no config.json)")
+    record = json.loads(record_file.read_text())
+    train = record["train"]
+    domain = DOMAINS.get(train["domain"])
+    if domain is None or not domain.builtin:
+        raise ConfigError(f"{workdir}: ground-truth evaluation needs a built-in domain, not '{train['domain']}'")
+    export = workdir / "export"
+    if not (export / "config.json").is_file():
+        raise FileNotFoundError(f"{export}: no export; finish the run first (python -m train.run ... --resume)")
+    pipeline = psp.load_pipeline(export)
+    generator = pipeline.generator
+    topk, cos_th = int(train["topk"]), float(train["cos_th"])
+
+    # Inversion of the five shots (reusing the run's cache where it holds them).
+    names, images, masks256 = builtin.shots(DOMAINS["shapes"], 5)
+    masks64 = shapes.downsample_mask(masks256, shapes.SIZE)
+    scribbles64 = np.stack([shapes.scribbles(m, i) for i, m in enumerate(masks64)])
+    lpips_params = lpips.load().params
+    key = jax.random.key(int(train["seed"]))
+    key_inv, key_proto = jax.random.split(jax.random.fold_in(key, 1))
+    inv = invert_cached(workdir / "inversion", names, generator, lpips_params, images, key_inv, log=log,
+                        steps=int(train["inversion_steps"]), lr=float(train["inversion_lr"]),
+                        l2_lambda=float(train["inversion_l2_lambda"]),
+                        lpips_lambda=float(train["inversion_lpips_lambda"]))
+    recon, features_shots = generator.synthesize(jnp.asarray(inv.w_plus), noise="const")
+    recon = np.asarray(recon)
+    mse = np.mean((recon - images) ** 2, axis=(1, 2, 3))
+    lp = np.asarray(lpips.lpips_distance(lpips_params, jnp.asarray(recon), jnp.asarray(images)))
+    inversion = {"mse": float(mse.mean()), "psnr_db": float(np.mean(10 * np.log10(4.0 / mse))),
+                 "lpips": float(lp.mean()), "per_shot_psnr_db": [round(float(10 * np.log10(4.0 / m)), 2) for m in mse]}
+    # Prototypes as the run builds them (features of the inverted codes under one seeded noise draw).
+    _, features_shots = generator.synthesize(jnp.asarray(inv.w_plus), key=key_proto, until_res=64)
+
+    key_samples = jax.random.fold_in(key, 77)
+    sample_images, sample_features = _samples(generator.config, generator.params, key_samples, n_samples,
+                                              jnp.float32)
+    sample_images = np.asarray(sample_images)
+    oracle = shapes.segment(sample_images)
+    pseudo = _pseudo_label_quality(generator, features_shots, masks64, scribbles64, sample_features, oracle,
+                                   topk, cos_th)
+
+    protos_dense = labeling.prototypes(features_shots, data.onehot(masks64, N_CLASSES), mode="dense")
+    protos_sparse = labeling.prototypes(features_shots, data.onehot(scribbles64, N_CLASSES + 1), mode="sparse")
+    bf16 = _bf16_agreement(generator, protos_dense, protos_sparse, key_samples, min(n_samples, 128), topk, cos_th)
+
+    test_names, test_labels, truth64 = builtin.test_masks(domain)
+    synth, synth_styles, synth_images = _synthesis_quality(pipeline, test_labels, truth64, styles, seed)
+
+    result = {
+        "domain": domain.name, "step": int(pipeline.config.get("opts", {}).get("steps", -1)),
+        "shots": list(record["shots"]), "n_samples": n_samples, "n_test_masks": len(test_names),
+        "generator_oracle_confidence": shapes.oracle_confidence(sample_images),
+        "pseudo_labels": pseudo, "synthesis": synth, f"synthesis_{styles}styles": synth_styles,
+        "inversion": inversion, "bf16_agreement": bf16,
+    }
+    (workdir / "groundtruth.json").write_text(json.dumps(result, indent=1))
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": result["step"], "groundtruth": result}) + "\n")
+
+    pseudo_dense = np.asarray(labeling.pseudo_label(sample_features[:8], protos_dense, out_size=shapes.SIZE))
+    rows = [[viz.colorize(t), viz.to_uint8(im[::4, ::4]), viz.colorize(shapes.segment(im[::4, ::4]))]
+            for t, im in zip(truth64[:8], synth_images[:8])]
+    rows += [[viz.to_uint8(im), viz.colorize(o), viz.colorize(p)]
+             for im, o, p in zip(sample_images[:8], oracle[:8], pseudo_dense)]
+    figure = viz.grid([sum((r for r in rows[i::8]), []) for i in range(8)], pad=2)
+    viz.save_png(workdir / "groundtruth.png", np.kron(figure, np.ones((2, 2, 1), np.uint8)))
+    _plot_curves(workdir, inv)
+    return result
+
+
+def _plot_curves(workdir: Path, inv) -> None:
+    series = {}
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    miou = [(r["step"], r["eval/miou"]) for r in rows if "eval/miou" in r]
+    if loss:
+        series["encoder W+ loss"] = loss
+    if miou:
+        series["self-consistency mIoU"] = miou
+    panels = [viz.plot(series[k], title=k) for k in series]
+    history = getattr(inv, "history", None)
+    if history is not None and len(history):
+        panels.append(viz.plot([(i + 1, float(v)) for i, v in enumerate(np.asarray(history).mean(1))],
+                               title="inversion loss (mean of shots)"))
+    if panels:
+        viz.save_png(workdir / "curves.png", viz.grid([panels], pad=4))
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"ground truth, {result['domain']} (step {result['step']}; {result['n_samples']} samples, "
+             f"{result['n_test_masks']} held-out masks)", "", "| measure | mIoU | accuracy | note |", "|---|---|---|---|"]
+    for name, s in result["pseudo_labels"].items():
+        note = f"coverage {s['coverage']:.3f}" if "coverage" in s else ""
+        lines.append(f"| pseudo-labels {name.replace('_', ' ')} | {s['miou']:.3f} | {s['accuracy']:.3f} | {note} |")
+    for key in [k for k in result if k.startswith("synthesis")]:
+        s = result[key]
+        lines.append(f"| {key.replace('_', ' ')} | {s['miou']:.3f} | {s['accuracy']:.3f} | |")
+    inv = result["inversion"]
+    lines.append(f"| inversion of the shots | | | PSNR {inv['psnr_db']:.1f} dB, LPIPS {inv['lpips']:.3f}, "
+                 f"MSE {inv['mse']:.4f} |")
+    b = result["bf16_agreement"]
+    lines.append(f"| bfloat16 label agreement | | | dense {b['dense']:.4f}, sparse {b['sparse']:.4f} |")
+    lines.append(f"| generator: oracle confidence | | | {result['generator_oracle_confidence']:.3f} |")
+    return "\n".join(lines)

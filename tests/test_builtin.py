@@ -1,0 +1,99 @@
+"""The built-in domains: procedural shots and test masks, the shipped generator, and the main job end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smis_jax import builtin, gan_run, shapes, stylegan2
+from smis_jax.config import DOMAINS, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("domain", ["shapes", "shapes-scribbles"])
+def test_shots_and_test_masks(domain):
+    d = DOMAINS[domain]
+    names, images, labels = builtin.shots(d, 5)
+    assert names == tuple(f"scene{i:02d}" for i in range(5))
+    assert images.shape == (5, 64, 64, 3) and labels.shape == (5, 256, 256) and labels.dtype == np.uint8
+    again = builtin.shots(d, ("scene03",))
+    assert np.array_equal(again[1][0], images[3]) and np.array_equal(again[2][0], labels[3])
+    truth = shapes.downsample_mask(labels, 64)
+    scenes = shapes.render_batch(shapes.SHOT_SEED, 0, 5)
+    if d.mode == "dense":
+        assert np.array_equal(truth, scenes.mask) and labels.max() < d.n_classes
+    else:  # scribbles: 0 = not annotated, c + 1 on strokes of class c
+        on = truth > 0
+        assert 0 < on.mean() < 0.1 and np.array_equal(truth[on] - 1, scenes.mask[on])
+    test_names, test_labels, test_truth = builtin.test_masks(d, 4)
+    assert len(test_names) == 4 and test_labels.shape == (4, 256, 256) and test_truth.shape == (4, 64, 64)
+    assert not np.array_equal(test_truth, scenes.mask[:4])  # held out: another stream
+    with pytest.raises(ValueError, match="scene00"):
+        builtin.shots(d, ("cat",))
+
+
+def test_domain_schedule_is_a_default_that_flags_override():
+    cfg = TrainConfig.for_domain("shapes")
+    assert cfg.encoder == "small" and cfg.max_steps == dict(DOMAINS["shapes"].train_defaults)["max_steps"]
+    assert TrainConfig.for_domain("shapes", max_steps=7, encoder=None).max_steps == 7
+    assert TrainConfig.for_domain("faces").encoder == "ir_se50"  # other domains keep the original's settings
+
+
+def test_shipped_generator_matches_its_provenance():
+    path = builtin.generator_path()
+    g = stylegan2.load(path)
+    prov = json.loads((path / "provenance.json").read_text())
+    assert prov["params_sha256"] == gan_run.params_sha256(g.params)  # the weights are the ones described
+    assert g.config.size == 64 and g.config.to_json() == prov["generator"]
+    for key in ("invocations", "kimg", "wall_s", "devices", "quality", "gan"):
+        assert key in prov, key
+    assert any("train.stylegan2" in " ".join(i["argv"]) for i in prov["invocations"])
+    assert 0 <= prov["quality"]["oracle_confidence"] <= 1
+    assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 25 * 2**20
+
+
+def _run(args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
+
+
+def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
+    """The README's main job with nothing but the package: train.run --domain shapes (no --data, no --stylegan),
+    then evaluate (ground truth) and synthesize on its export."""
+    work = tmp_path / "shapes"
+    proc = _run(["-m", "train.run", "--domain", "shapes", "--workdir", str(work), "--max-steps", "4",
+                 "--inversion-steps", "4", "--batch-size", "2", "--encoder", "tiny", "--save-every", "2",
+                 "--log-every", "2", "--image-every", "4", "--eval-every", "4"], timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((work / "config.json").read_text())
+    assert record["data"] == "built-in" and record["shots"] == [f"scene{i:02d}" for i in range(5)]
+    assert (work / "export" / "config.json").is_file() and (work / "images" / "step_0000004.png").is_file()
+
+    proc = _run(["-m", "smis_jax.evaluate", "--workdir", str(work), "--samples", "16"], timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    truth = json.loads((work / "groundtruth.json").read_text())
+    for key in ("dense_1shot", "dense_5shot", "sparse_1shot", "sparse_5shot"):
+        assert 0 <= truth["pseudo_labels"][key]["miou"] <= 1
+    assert 0 <= truth["synthesis"]["miou"] <= 1 and 0 <= truth["synthesis_4styles"]["accuracy"] <= 1
+    assert truth["inversion"]["psnr_db"] > 0 and set(truth["bf16_agreement"]) == {"dense", "sparse"}
+    assert "pseudo-labels dense 5shot" in proc.stderr  # the table
+    assert (work / "groundtruth.png").is_file() and (work / "curves.png").is_file()
+
+    mask = tmp_path / "mask.png"
+    from PIL import Image
+
+    Image.fromarray(builtin.test_masks(DOMAINS["shapes"], 1)[1][0]).save(mask)
+    proc = _run(["-m", "smis_jax.synthesize", "--checkpoint", str(work / "export"), "--masks", str(mask),
+                 "--out", str(tmp_path / "out")], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((tmp_path / "out").glob("*.png"))
+
+
+def test_non_builtin_domains_still_need_data_and_a_generator():
+    proc = _run(["-m", "train.run", "--domain", "faces", "--workdir", "/tmp/never"], timeout=120)
+    assert proc.returncode == 2 and "--data and --stylegan" in proc.stderr
