@@ -133,7 +133,10 @@ def evaluate(workdir: str | Path, n_samples: int = 256, styles: int = 4, seed: i
     if not (export / "config.json").is_file():
         raise FileNotFoundError(f"{export}: no export; finish the run first (python -m train.run ... --resume)")
     pipeline = psp.load_pipeline(export)
-    generator = pipeline.generator
+    # The run's generator as it was loaded for training (its truncation latent is the export's latent_avg row),
+    # so the inversion cache made by the run is recognised and reused.
+    g = pipeline.generator
+    generator = stylegan2.LoadedGenerator(g.config, g.params, g.noises, np.asarray(pipeline.latent_avg)[0])
     topk, cos_th = int(train["topk"]), float(train["cos_th"])
 
     # Inversion of the five shots (reusing the run's cache where it holds them).
