@@ -35,6 +35,7 @@ __all__ = ["RealData", "train", "export_generator", "generator_quality", "GanChe
            "params_sha256"]
 
 PREVIEW_SEED = 1234
+RETUNABLE = frozenset({"lr", "r1_gamma", "r1_every", "mixing", "ema_kimg", "ema_rampup"})
 
 
 class RealData:
@@ -181,8 +182,12 @@ def _preview(cfg: GanConfig, g_ema, path: Path, n: int = 32) -> None:
 
 def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str | Path | None = None,
           resume: bool = False, log_every: int = 50, image_every: int = 500, save_every: int = 250,
-          eval_every: int = 1000, keep: int = 2, devices=None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or ``resume``) a GAN until ``max_kimg`` thousand real images have been shown; returns the last metrics."""
+          eval_every: int = 1000, keep: int = 2, devices=None, retune: bool = False,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or ``resume``) a GAN until ``max_kimg`` thousand real images have been shown; returns the last metrics.
+
+    ``retune``: a resumed run may change the optimisation settings in ``RETUNABLE`` (recorded in config.json under
+    ``retuned`` with the step); the networks, data and batch never change within a run."""
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
     existing = GanCheckpointer(ckpt_dir).latest_step() if ckpt_dir.is_dir() else None
@@ -193,9 +198,18 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
     if existing is not None:
         record = _read_record(workdir)
         saved = GanConfig.from_json(record["gan"])
-        if saved != cfg:
-            diff = [f"{k}: {v!r} -> {cfg.to_json()[k]!r}" for k, v in saved.to_json().items() if cfg.to_json()[k] != v]
-            raise ValueError(f"cannot resume {workdir}: settings differ from the run's ({'; '.join(diff)})")
+        changed = {k: (v, cfg.to_json()[k]) for k, v in saved.to_json().items() if cfg.to_json()[k] != v}
+        diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        if changed and not (retune and set(changed) <= RETUNABLE):
+            fixed = sorted(set(changed) - RETUNABLE)
+            hint = (f" (--retune changes only {', '.join(sorted(RETUNABLE))}; not {', '.join(fixed)})" if fixed
+                    else " (pass --retune to change them from here on)")
+            raise ValueError(f"cannot resume {workdir}: settings differ from the run's ({diff}){hint}")
+        if changed:
+            record["gan"] = cfg.to_json()
+            record.setdefault("retuned", []).append({"step": existing, "changes": {k: list(v) for k, v in
+                                                                                  changed.items()}})
+            log(f"retuned at step {existing}: {diff}")
         if str(record.get("folder")) != str(None if folder is None else Path(folder).absolute()):
             raise ValueError(f"cannot resume {workdir}: it trained on {record.get('folder') or 'the built-in scenes'}")
         record["invocations"].append(invocation)

@@ -511,3 +511,37 @@ def test_browser_sparse_scribbles(sparse_export):
         np.testing.assert_array_equal(image, png(sparse.update(mask).image))
         assert not np.array_equal(image, blank)
         assert len(page.locator("#variants img").all()) == 0
+
+
+SHAPES_EXPORT = Path(os.environ.get("SMIS_SHAPES_EXPORT") or Path(__file__).resolve().parents[1] / "runs/shapes/export")
+
+
+@browser
+@pytest.mark.skipif(not (SHAPES_EXPORT / "config.json").is_file(),
+                    reason=f"no built-in model at {SHAPES_EXPORT}: run `python -m train.run --domain shapes "
+                           f"--workdir runs/shapes` first (or set SMIS_SHAPES_EXPORT)")
+def test_browser_builtin_oracle_finds_the_painted_classes():
+    """On the built-in domain: paint sky over the top, grass below, a lake in the grass; the oracle segmenter,
+    run on the image the page shows, finds each painted class where it was painted (its majority label there)."""
+    from smis_jax import shapes
+
+    built = ed.Editor(SHAPES_EXPORT, variants=0)
+    assert built.domain.name == "shapes"
+    with serving(built) as address, editor_page(address) as page:
+        assert page.inner_text('.swatch[data-cls="3"]').endswith("grass")
+        shown = page.evaluate("window.smisEditor.updates")
+        page.click('.swatch[data-cls="3"]')  # grass everywhere (flood fill of the blank canvas)
+        page.click('button[data-tool="fill"]')
+        box = page.locator("#canvas").bounding_box()
+        page.mouse.click(box["x"] + 3, box["y"] + box["height"] - 3)
+        for y in range(8, 120, 24):  # sky: the top half, in broad strokes
+            paint(page, 0, [(0, y), (255, y)], brush=32)
+        paint(page, 4, [(70, 190), (180, 190)], brush=32)  # a lake
+        wait_idle(page, shown)
+        mask, image = painted_state(page)
+        seg = shapes.segment(image.astype(np.float32) / 127.5 - 1)
+        for cls in (0, 3, 4):
+            region = mask == cls
+            assert region.sum() > 2000
+            found = np.bincount(seg[region], minlength=7)
+            assert found.argmax() == cls, (shapes.CLASS_NAMES[cls], found)

@@ -110,6 +110,14 @@ def test_trainer_learns_resumes_exactly_and_exports(tmp_path):
     record = json.loads((tmp_path / "split" / "config.json").read_text())
     assert len(record["invocations"]) == 2  # the refused resumes wrote nothing
 
+    # --retune: optimisation settings may change from a step on (recorded); the networks may not
+    with pytest.raises(ValueError, match="not batch_size"):
+        gan_run.train(cfg.replace(batch_size=8), tmp_path / "split", max_kimg=0.04, resume=True, retune=True, **kw)
+    gan_run.train(cfg.replace(r1_gamma=1.0), tmp_path / "split", max_kimg=0.04, resume=True, retune=True, **kw)
+    record = json.loads((tmp_path / "split" / "config.json").read_text())
+    assert record["retuned"] == [{"step": 8, "changes": {"r1_gamma": [cfg.r1_gamma, 1.0]}}]
+    assert record["gan"]["r1_gamma"] == 1.0 and _final_state(tmp_path / "split")[1]["step"] == 10
+
     out = gan_run.export_generator(tmp_path / "full", tmp_path / "export")
     g = stylegan2.load(out)
     prov = json.loads((out / "provenance.json").read_text())

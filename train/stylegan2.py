@@ -2,6 +2,7 @@
 
     python -m train.stylegan2 train --workdir runs/gan-shapes --max-kimg 200          # built-in domain, 64 px
     python -m train.stylegan2 train --workdir runs/gan-shapes --max-kimg 400 --resume # continue exactly
+    python -m train.stylegan2 train ... --resume --retune --r1-gamma 1                # new optimisation settings
     python -m train.stylegan2 train --workdir runs/gan-x --data photos/ --size 128    # a folder of images
     python -m train.stylegan2 export --workdir runs/gan-shapes --out ckpt/shapes-gan   # what stylegan2.load reads
     python -m train.stylegan2 quality --generator ckpt/shapes-gan                      # the oracle's view
@@ -55,6 +56,8 @@ def parse_args(argv=None):
     t.add_argument("--data", help="folder of images (default: the built-in procedural scenes)")
     t.add_argument("--max-kimg", type=float, required=True, help="stop after this many thousand real images")
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--retune", action="store_true",
+                   help="with --resume: change optimisation settings (lr, r1-gamma, r1-every, mixing, ema-*) from here on")
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--image-every", type=int, default=500)
     t.add_argument("--save-every", type=int, default=250)
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
             fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(GanConfig)}
             gan_run.train(GanConfig(**fields), args.workdir, max_kimg=args.max_kimg, folder=args.data,
                           resume=args.resume, log_every=args.log_every, image_every=args.image_every,
-                          save_every=args.save_every, eval_every=args.eval_every)
+                          save_every=args.save_every, eval_every=args.eval_every, retune=args.retune)
         elif args.command == "export":
             out = gan_run.export_generator(args.workdir, args.out, args.step)
             print(f"wrote {out}")
