@@ -135,6 +135,14 @@ def restore_latest(workdir: str | Path, step: int | None = None) -> tuple[GanCon
     return cfg, state, meta
 
 
+def _as_typed(argv) -> list[str]:
+    """``sys.argv`` of ``python -m train.stylegan2 ...`` as the command was typed (argv[0] is the module's file)."""
+    argv = list(argv)
+    if argv and Path(argv[0]).parts[-2:] == ("train", "stylegan2.py"):
+        return ["python", "-m", "train.stylegan2", *argv[1:]]
+    return argv
+
+
 def _read_record(workdir: Path) -> dict[str, Any]:
     f = workdir / "config.json"
     if not f.is_file():
@@ -168,7 +176,15 @@ def generator_quality(config: stylegan2.GeneratorConfig, g_params, n: int = 256,
     gen_freq, data_freq = shapes.class_frequencies(seg), shapes.class_frequencies(real)
     return {"oracle_confidence": shapes.oracle_confidence(images), "class_freq": gen_freq.round(4).tolist(),
             "data_class_freq": data_freq.round(4).tolist(),
-            "class_freq_tv": float(0.5 * np.abs(gen_freq - data_freq).sum()), "n": n}
+            "class_freq_tv": float(0.5 * np.abs(gen_freq - data_freq).sum()),
+            "layout_agreement": _pairwise_agreement(seg), "data_layout_agreement": _pairwise_agreement(real), "n": n}
+
+
+def _pairwise_agreement(masks: np.ndarray, pairs: int = 64) -> float:
+    """Mean share of equal pixels between the oracle masks of consecutive samples: near 1 when every sample has the
+    same layout (mode collapse), as low as the data's own value when layouts vary as in the data."""
+    m = np.asarray(masks)[: pairs + 1]
+    return float(np.mean(m[1:] == m[:-1]))
 
 
 def _preview(cfg: GanConfig, g_ema, path: Path, n: int = 32) -> None:
@@ -194,7 +210,7 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
     if existing is not None and not resume:
         raise ValueError(f"{workdir} already holds checkpoints up to step {existing}; pass --resume or choose "
                          f"another --workdir")
-    invocation = {"argv": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    invocation = {"argv": _as_typed(sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if existing is not None:
         record = _read_record(workdir)
         saved = GanConfig.from_json(record["gan"])
@@ -302,7 +318,9 @@ def export_generator(workdir: str | Path, out_dir: str | Path, step: int | None 
     prov = {"generator": g.to_json(), "gan": cfg.to_json(), "step": int(meta["step"]),
             "kimg": float(meta.get("kimg", int(meta["step"]) * cfg.batch_size / 1000)),
             "wall_s": float(meta.get("wall_s", 0.0)), "data": record.get("data"), "devices": record.get("devices"),
-            "versions": record.get("versions"), "invocations": record.get("invocations"),
+            "versions": record.get("versions"),
+            "invocations": [{**i, "argv": _as_typed(i["argv"])} for i in record.get("invocations", [])],
+            "retuned": record.get("retuned", []),
             "params_sha256": params_sha256(params), **(provenance or {})}
     (out / "provenance.json").write_text(json.dumps(prov, indent=1))
     return out
