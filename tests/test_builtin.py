@@ -39,7 +39,7 @@ def test_shots_and_test_masks(domain):
 
 def test_domain_schedule_is_a_default_that_flags_override():
     cfg = TrainConfig.for_domain("shapes")
-    assert cfg.encoder == "small" and cfg.max_steps == dict(DOMAINS["shapes"].train_defaults)["max_steps"]
+    assert cfg.encoder == "tiny" and cfg.max_steps == dict(DOMAINS["shapes"].train_defaults)["max_steps"]
     assert TrainConfig.for_domain("shapes", max_steps=7, encoder=None).max_steps == 7
     assert TrainConfig.for_domain("faces").encoder == "ir_se50"  # other domains keep the original's settings
 

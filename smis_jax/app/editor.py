@@ -75,7 +75,7 @@ def domain_of(export_config: dict) -> EditorDomain:
                          f"{domain.n_classes}")
     mode = domain.mode if domain is not None else "dense"
     names = getattr(domain, "class_names", None)
-    if names is None:
+    if not names:  # a domain without names (every preset but the built-in ones)
         names = ["not annotated" if mode == "sparse" and i == 0 else f"class {i}" for i in range(n)]
     if len(names) != n:
         raise ValueError(f"domain '{dataset_type}' names {len(names)} classes, its model takes {n}")
