@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -29,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from smis_jax import builtin, data, labeling, lpips, stylegan2, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
+from smis_jax.files import FolderError, check_writable
 from smis_jax.inversion import invert_cached
 from smis_jax.progress import Progress, progress
 from smis_jax.psp import EncoderConfig
@@ -129,13 +131,41 @@ def export_pipeline(out_dir: str | Path, enc_config: EncoderConfig, state: Train
                           generator_noises=generator.noises, latent_avg=np.asarray(latent_avg_SD))
 
 
-def _check_resume(saved: dict[str, Any], cfg: TrainConfig) -> None:
+def _check_resume(saved: dict[str, Any], cfg: TrainConfig, source: Path | str) -> None:
+    """One ConfigError naming every setting that differs from the run being resumed (both values), if any."""
     new = cfg.to_dict()
-    for key, value in saved.items():
-        if key in RESUMABLE_CHANGES or key == "extra":
-            continue
-        if new.get(key) != value:
-            raise ConfigError(f"cannot resume: '{key}' was {value!r} in the checkpointed run, now {new.get(key)!r}")
+    changed = [f"{key} {value!r} -> {new.get(key)!r}" for key, value in saved.items()
+               if key not in RESUMABLE_CHANGES and key != "extra" and new.get(key) != value]
+    changed += [f"{key} (not set) -> {new[key]!r}" for key in new
+                if key not in saved and key not in RESUMABLE_CHANGES and key != "extra"]
+    if changed:
+        raise ConfigError(f"cannot resume {source}: changed setting(s) {'; '.join(changed)} (only "
+                          f"{', '.join(sorted(RESUMABLE_CHANGES))} may change; use another --workdir for a new run)")
+
+
+def _check_run_folder(workdir: Path, resume: bool) -> dict[str, Any] | None:
+    """Before any work: with ``resume``, that there is a run to resume and that its settings are the same (returns
+    its config.json record); always, that the run folder and its existing subfolders can be written."""
+    record = None
+    record_file = workdir / "config.json"
+    if resume:
+        if not workdir.is_dir() or not any(workdir.iterdir()):
+            state = "empty" if workdir.is_dir() else "missing"
+            raise ConfigError(f"--resume: {workdir} holds no run to resume ({state} folder); start the run without "
+                              f"--resume")
+        if record_file.is_file():
+            try:
+                record = json.loads(record_file.read_text())
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"--resume: {record_file} cannot be read ({e})") from None
+    check_writable(workdir, "run folder")
+    for sub in ("checkpoints", "inversion", "images", "export"):
+        if (workdir / sub).exists():
+            check_writable(workdir / sub, "run subfolder")
+    for name in ("config.json", "metrics.jsonl"):
+        if (workdir / name).exists() and not os.access(workdir / name, os.W_OK):
+            raise FolderError(f"{workdir / name}: cannot be written")
+    return record
 
 
 class _JsonlWriter:
@@ -174,10 +204,15 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     stylegan = builtin.generator_path() if stylegan is None else stylegan
     data_dir = None if data_dir is None else Path(data_dir)
     ckpt_dir = workdir / "checkpoints"
+    record = _check_run_folder(workdir, resume)
+    if record is not None:
+        _check_resume(record.get("train", {}), cfg, workdir / "config.json")
     existing = Checkpointer(ckpt_dir).latest_step() if ckpt_dir.is_dir() else None
     if existing is not None and not resume:
         raise ConfigError(f"{workdir} already holds checkpoints up to step {existing}; pass --resume to continue "
                           f"that run or choose another --workdir")
+    if resume and existing is None:
+        log(f"--resume: no checkpoint in {ckpt_dir} yet; starting at step 0 (finished inversions are reused)")
 
     generator = load_generator(stylegan, domain, cfg.generator_size)
     if data_dir is None:
@@ -215,8 +250,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=cfg.keep_checkpoints)
     state = init_train_state(step_cfg, cfg.seed)
     if existing is not None:
-        state, protos, meta = checkpointer.restore(abstract_like(state))
-        _check_resume(meta["train"], cfg)
+        state, protos, meta = checkpointer.restore_intact(abstract_like(state), log)
+        _check_resume(meta["train"], cfg, ckpt_dir)
         log(f"resuming from step {int(state.step)} ({ckpt_dir})")
     else:
         protos = _build_prototypes(cfg, domain, generator, shots, workdir, overwrite_inversion, lpips_weights, log)
@@ -233,7 +268,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     last: dict[str, Any] = {}
     evaluation: dict[str, Any] | None = None
     t_last, steps_since = time.perf_counter(), 0
-    bar = progress(range(start, cfg.max_steps), desc="train" if start == 0 else f"train (resumed at {start})")
+    bar = progress(range(start, cfg.max_steps), desc="train" if start == 0 else f"train (resumed at {start})",
+                   unit="step")
     try:
         for step in bar:
             state, metrics = step_fn(state, gen_params, protos, latent_avg)
@@ -284,8 +320,9 @@ def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots,
     lpips_params = lpips.load(lpips_weights).params if cfg.inversion_lpips_lambda else None
     bar = Progress(total=cfg.inversion_steps, desc=f"invert {len(shots.names)} shots", unit="step")
 
-    def on_chunk(done, losses):
-        bar.postfix = "loss " + " ".join(f"{v:.3f}" for v in losses)
+    def on_chunk(done, losses, best):
+        bar.postfix = ("loss best " + " ".join(f"{v:.3f}" for v in best) + " | now "
+                       + " ".join(f"{v:.3f}" for v in losses))
         bar.update(done - bar.n)
 
     inv = invert_cached(workdir / "inversion", shots.names, generator, lpips_params, shots.images, key_inv,

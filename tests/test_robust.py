@@ -1,0 +1,107 @@
+"""Runs that fail early and in one line (issue 13), the cheap cases: nothing here compiles a network.
+
+Tests run as root, which ignores file permissions; an unwritable folder is simulated by a path that cannot be
+created (a folder under a regular file, or a regular file where a run expects a folder).
+"""
+
+import io
+
+import jax
+import numpy as np
+import pytest
+
+from smis_jax import stylegan2
+from smis_jax import synthesize as syn
+from smis_jax.inversion import invert_cached
+from smis_jax.progress import Progress
+from train import run as train_cli
+
+
+def _args(workdir, samples, golden, *extra):
+    return ["--domain", "tiny", "--data", str(samples / "CelebAMask-HQ"),
+            "--stylegan", str(golden / "stylegan2_tiny128.pt"), "--workdir", str(workdir), "--encoder", "tiny",
+            "--max-steps", "4", "--inversion-steps", "2", *extra]
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_resume_without_a_run_is_refused(state, tmp_path, samples, golden, capsys):
+    workdir = tmp_path / "run"
+    if state == "empty":
+        workdir.mkdir()
+    assert train_cli.main(_args(workdir, samples, golden, "--resume")) == 2
+    assert f"--resume: {workdir} holds no run to resume ({state} folder)" in _one_error_line(capsys)
+    assert workdir.exists() == (state == "empty") and not (workdir.exists() and any(workdir.iterdir()))
+
+
+@pytest.mark.parametrize("where", ["workdir", "checkpoints"])
+def test_unwritable_run_folder_is_one_line_before_any_work(where, tmp_path, samples, golden, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a regular file")
+    if where == "workdir":
+        workdir, bad = blocker / "run", blocker / "run"  # cannot be created: its parent is a file
+    else:
+        workdir = tmp_path / "run"
+        workdir.mkdir()
+        bad = workdir / "checkpoints"
+        bad.write_text("not a folder")  # as unusable as a read-only folder, even for root
+    assert train_cli.main(_args(workdir, samples, golden)) == 2
+    err = _one_error_line(capsys)
+    assert f"{bad}: run " in err and "cannot be written" in err, err
+    assert where == "workdir" or sorted(p.name for p in workdir.iterdir()) == ["checkpoints"]  # nothing written
+
+
+def test_synthesize_unwritable_out_is_one_line(tmp_path, samples, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a regular file")
+    out = blocker / "out"
+    # The checkpoint is never opened: the output folder is checked first.
+    assert syn.main(["--checkpoint", str(tmp_path / "never-read"), "--masks",
+                     str(samples / "CelebAMask-HQ" / "test" / "labels"), "--out", str(out)]) == 2
+    assert f"{out}: output folder cannot be written" in _one_error_line(capsys)
+
+
+def test_damaged_inversion_cache_is_named_and_recomputed(tmp_path, golden):
+    generator = stylegan2.load(golden / "stylegan2_tiny128.pt")
+    targets = np.zeros((2, 256, 256, 3), np.float32)
+    cache = tmp_path / "inversion"
+    kwargs = dict(steps=0, lpips_lambda=0.0)  # steps=0: the starting codes, nothing compiled
+    first = invert_cached(cache, ["a", "b"], generator, None, targets, jax.random.key(0), log=print, **kwargs)
+    assert not first.reused and sorted(p.name for p in cache.iterdir()) == ["a.npz", "b.npz"]
+    good = (cache / "a.npz").read_bytes()
+    (cache / "b.npz").write_bytes((cache / "b.npz").read_bytes()[:100])  # truncated, as by a full disk or a kill
+
+    lines = []
+    again = invert_cached(cache, ["a", "b"], generator, None, targets, jax.random.key(0), log=lines.append, **kwargs)
+    assert not again.reused and len(lines) == 1, lines
+    assert lines[0].startswith(f"cached inversions in {cache} are damaged: b.npz (") and "recomputing" in lines[0]
+    np.testing.assert_array_equal(again.w_plus, first.w_plus)
+    assert (cache / "a.npz").read_bytes() == good
+    assert sorted(p.name for p in cache.iterdir()) == ["a.npz", "b.npz"]  # rewritten whole, no temporary left
+
+    lines = []
+    third = invert_cached(cache, ["a", "b"], generator, None, targets, jax.random.key(0), log=lines.append, **kwargs)
+    assert third.reused and lines[0].startswith("reusing cached inversions")
+
+
+def test_progress_off_a_terminal_prints_plain_lines_at_an_interval():
+    out = io.StringIO()  # not a terminal, like a log file
+    bar = Progress(total=4, desc="train", file=out, unit="step", log_interval=0.0)
+    for i in range(4):
+        bar.postfix = f"loss {1.0 / (i + 1):.3f}"
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5 and lines[1].startswith("train:  50% 2/4 [") and "step/s, loss 0.500]" in lines[1], lines
+    assert "|" not in "".join(lines[:4]) and "\r" not in out.getvalue()
+    assert lines[4].startswith("train: 4/4 step in ")  # the final summary, as before
+
+    quiet = io.StringIO()
+    bar = Progress(total=4, desc="train", file=quiet, log_interval=3600.0)
+    bar.update(2)
+    assert quiet.getvalue() == ""  # nothing between intervals
