@@ -182,6 +182,7 @@ def invert_cached(cache_dir: str | Path, names: Sequence[str], generator: Loaded
                                    np.array([float(e["loss"]) for e in entries], np.float32), True, history)
         else:
             log(f"cached inversions in {cache} were made with another generator or step count; recomputing")
+    log(f"inverting {len(names)} image(s) for {steps} steps (cached in {cache})")
     result = invert(generator, lpips_params, targets_NHWC, key, **invert_kwargs)
     cache.mkdir(parents=True, exist_ok=True)
     for k, (f, w, loss) in enumerate(zip(files, result.w_plus, result.loss)):

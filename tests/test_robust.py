@@ -78,7 +78,7 @@ def test_damaged_inversion_cache_is_named_and_recomputed(tmp_path, golden):
 
     lines = []
     again = invert_cached(cache, ["a", "b"], generator, None, targets, jax.random.key(0), log=lines.append, **kwargs)
-    assert not again.reused and len(lines) == 1, lines
+    assert not again.reused and len(lines) == 2 and lines[1].startswith("inverting 2 image(s) for 0 steps"), lines
     assert lines[0].startswith(f"cached inversions in {cache} are damaged: b.npz (") and "recomputing" in lines[0]
     np.testing.assert_array_equal(again.w_plus, first.w_plus)
     assert (cache / "a.npz").read_bytes() == good
@@ -105,3 +105,20 @@ def test_progress_off_a_terminal_prints_plain_lines_at_an_interval():
     bar = Progress(total=4, desc="train", file=quiet, log_interval=3600.0)
     bar.update(2)
     assert quiet.getvalue() == ""  # nothing between intervals
+
+
+@pytest.mark.parametrize("cli", ["evaluate", "synthesize", "train"])
+def test_help_cites_only_files_that_exist(cli, capsys):
+    import re
+    from pathlib import Path
+
+    from smis_jax import evaluate
+
+    main = {"evaluate": evaluate.main, "synthesize": syn.main, "train": train_cli.main}[cli]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    repo = Path(__file__).resolve().parents[1]
+    for doc in re.findall(r"[\w/.-]+\.md\b", text):
+        assert (repo / doc).is_file(), f"{cli} --help cites {doc}, which is not in the repository"
