@@ -166,3 +166,57 @@ def test_bad_input_is_one_line_error(problem, tmp_path, samples, golden, capsys)
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
     assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Interrupts, damaged checkpoints and changed settings (issue 13), on copies of the run above.
+
+
+def test_resume_with_changed_settings_writes_nothing(run_dir, samples, golden, capsys):
+    before = {p: p.read_bytes() for p in (run_dir / "config.json", run_dir / "metrics.jsonl")}
+    args = _train_args(run_dir, samples, golden, "--resume", "--seed", "3")
+    args[args.index("--encoder") + 1] = "small"
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot resume {run_dir / 'config.json'}: changed setting(s) ") and \
+        err.count("\n") == 1, err
+    assert "encoder 'tiny' -> 'small'" in err and "seed 0 -> 3" in err
+    assert {p: p.read_bytes() for p in before} == before  # config.json and metrics untouched
+
+
+def _copy_run(run_dir: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(run_dir, samples, golden, tmp_path, capsys):
+    import shutil
+
+    work = _copy_run(run_dir, tmp_path / "run")
+    shutil.rmtree(work / "checkpoints" / str(STEPS) / "state")
+    # --max-steps 10: the restored step is the end, so only the restore and the export run (no training).
+    assert train_cli.main(_train_args(work, samples, golden, "--resume", "--max-steps", str(SAVE_EVERY))) == 0
+    out = capsys.readouterr().out
+    assert f"warning: checkpoint {work / 'checkpoints' / str(STEPS)} is damaged (" in out, out
+    assert f"resuming from step {SAVE_EVERY}" in out
+    assert (work / "checkpoints-damaged" / str(STEPS)).is_dir()  # kept for the user, out of the way of new saves
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == [str(SAVE_EVERY)]
+
+    (work / "checkpoints" / str(SAVE_EVERY) / "state" / "_METADATA").unlink()
+    assert train_cli.main(_train_args(work, samples, golden, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: no usable checkpoint in {work / 'checkpoints'} (damaged: 10)" in err, err
+
+
+def test_damaged_export_is_one_line(run_dir, samples, tmp_path, capsys):
+    export = _copy_run(run_dir / "export", tmp_path / "export")
+    chunks = [p for p in (export / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert chunks
+    for chunk in chunks:  # the array data; the tree's metadata stays
+        chunk.unlink()
+    assert synthesize.main(["--checkpoint", str(export), "--masks", str(samples / "CelebAMask-HQ" / "test" / "labels"),
+                            "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {export / 'params'}: tree 'params' cannot be read" in err, err
