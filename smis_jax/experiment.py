@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import builtin, data, labeling, lpips, stylegan2, viz
+from smis_jax import builtin, data, interrupt, labeling, lpips, stylegan2, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.files import FolderError, check_writable
 from smis_jax.inversion import invert_cached
@@ -272,6 +272,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
                    unit="step")
     try:
         for step in bar:
+            interrupt.check()  # Ctrl-C: stop between steps (the finally below completes a save under way)
             state, metrics = step_fn(state, gen_params, protos, latent_avg)
             pending.append(metrics)
             steps_since += 1

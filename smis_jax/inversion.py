@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from smis_jax import lpips as lpips_lib
-from smis_jax import ops
+from smis_jax import interrupt, ops
 from smis_jax.files import savez_atomic
 from smis_jax.optim import ranger
 from smis_jax.stylegan2 import Generator, GeneratorConfig, LoadedGenerator, make_sample_noise
@@ -121,6 +121,7 @@ def invert(generator: LoadedGenerator, lpips_params, targets_NHWC, key: jax.Arra
     history = []
     done = 0
     while done < steps:
+        interrupt.check()  # Ctrl-C: stop between chunks
         n = min(chunk, steps - done)
         carry, losses = _run_chunk(generator.config, carry, generator.params, lpips_params, targets, noise_keys, done,
                                    jnp.float32(lr), jnp.float32(l2_lambda), n_steps=n, lpips_lambda=float(lpips_lambda))

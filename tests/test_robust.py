@@ -122,3 +122,40 @@ def test_help_cites_only_files_that_exist(cli, capsys):
     repo = Path(__file__).resolve().parents[1]
     for doc in re.findall(r"[\w/.-]+\.md\b", text):
         assert (repo / doc).is_file(), f"{cli} --help cites {doc}, which is not in the repository"
+
+
+_LOOP = """
+import sys, time
+from smis_jax import interrupt
+print("ready", flush=True)
+try:
+    with interrupt.handled("interrupted; resume with --resume", grace={grace}):
+        while True:
+            {body}
+except KeyboardInterrupt:
+    interrupt.exit_now(interrupt.INTERRUPTED, "interrupted; resume with --resume")
+"""
+
+
+@pytest.mark.parametrize("where", ["python-loop", "stuck-in-native-code"])
+def test_sigint_exits_130_in_one_line(where):
+    # A loop that calls check() stops at once; a main thread that never returns to the loop (as inside a long
+    # compile; time.sleep resumes after the handler) is ended by the watchdog after its grace period.
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    body = "interrupt.check(); time.sleep(0.01)" if where == "python-loop" else "time.sleep(3600)"
+    code = _LOOP.format(grace=1.0, body=body)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 130 and err == "interrupted; resume with --resume\n", err
+    assert seconds < (1.0 if where == "python-loop" else 5.0)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 
 from smis_jax.config import DOMAINS, ENCODER_SIZES, TrainConfig
 
@@ -91,9 +90,6 @@ def main(argv=None) -> int:
     from smis_jax import experiment, interrupt
     from smis_jax.training import TrainingError
 
-    if threading.current_thread() is threading.main_thread():
-        interrupt.install_watchdog(INTERRUPTED_MESSAGE)
-
     if args.distributed:
         import jax
 
@@ -102,14 +98,15 @@ def main(argv=None) -> int:
     if args.shots is not None:
         shots = int(args.shots) if args.shots.isdigit() else tuple(s for s in args.shots.split(",") if s)
     try:
-        cfg = TrainConfig.for_domain(
-            args.domain, shots=shots, encoder=args.encoder, batch_size=args.batch_size, max_steps=args.max_steps,
-            learning_rate=args.lr, w_norm_lambda=args.w_norm_lambda, train_wplus=args.train_wplus, topk=args.topk,
-            cos_th=args.cos_th, inversion_steps=args.inversion_steps, save_every=args.save_every,
-            log_every=args.log_every, image_every=args.image_every, eval_every=args.eval_every, seed=args.seed,
-            generator_size=args.generator_size)
-        experiment.train_and_evaluate(cfg, args.data, args.stylegan, args.workdir, resume=args.resume,
-                                      overwrite_inversion=args.overwrite_inversion, lpips_weights=args.lpips)
+        with interrupt.handled(INTERRUPTED_MESSAGE):  # SIGINT: a flag checked between steps, and a watchdog
+            cfg = TrainConfig.for_domain(
+                args.domain, shots=shots, encoder=args.encoder, batch_size=args.batch_size, max_steps=args.max_steps,
+                learning_rate=args.lr, w_norm_lambda=args.w_norm_lambda, train_wplus=args.train_wplus,
+                topk=args.topk, cos_th=args.cos_th, inversion_steps=args.inversion_steps, save_every=args.save_every,
+                log_every=args.log_every, image_every=args.image_every, eval_every=args.eval_every, seed=args.seed,
+                generator_size=args.generator_size)
+            experiment.train_and_evaluate(cfg, args.data, args.stylegan, args.workdir, resume=args.resume,
+                                          overwrite_inversion=args.overwrite_inversion, lpips_weights=args.lpips)
     except (ValueError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
