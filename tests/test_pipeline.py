@@ -220,3 +220,65 @@ def test_damaged_export_is_one_line(run_dir, samples, tmp_path, capsys):
                             "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"error: {export / 'params'}: tree 'params' cannot be read" in err, err
+
+
+def _start(cmd, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "SMIS_PROGRESS_SECONDS": "0"}  # off a terminal: a progress line per update
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_for(proc: subprocess.Popen, log: Path, pattern: str, timeout: float = 900) -> str:
+    import re
+
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, log.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {pattern!r} (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return log.read_text()
+
+
+def _interrupt(proc: subprocess.Popen, log: Path) -> tuple[float, str]:
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"still running 60 s after SIGINT:\n{log.read_text()[-3000:]}")
+    text = log.read_text()
+    assert proc.returncode == 130, text[-3000:]
+    assert "Traceback" not in text and "Fatal Python error" not in text, text[-3000:]
+    assert text.splitlines()[-1] == train_cli.INTERRUPTED_MESSAGE
+    return time.monotonic() - t0, text
+
+
+def test_ctrl_c_during_training_and_inversion_exits_130(run_dir, samples, golden, tmp_path):
+    # Training (resumed at 20 for 100000 steps, everything compiled already): stopped within seconds, the
+    # checkpoints intact, and the log shows plain progress lines with the step, the loss and the rate.
+    work = _copy_run(run_dir, tmp_path / "run")
+    log = tmp_path / "train.log"
+    proc = _start([sys.executable, "-m", "train.run",
+                   *_train_args(work, samples, golden, "--resume", "--max-steps", "100000")], log)
+    _wait_for(proc, log, r"train \(resumed at 20\): +0% \d+/99980 \[[0-9:<]+, [0-9.]+step/s, loss [0-9.]+\]")
+    seconds, _ = _interrupt(proc, log)
+    assert seconds < 15
+    ckpt = Checkpointer(work / "checkpoints")
+    assert ckpt.latest_step() >= STEPS and ckpt.latest_step() % SAVE_EVERY == 0
+    ckpt.close()
+
+    # Inversion (a fresh run of 100000 steps): SIGINT while it compiles or runs its first chunk, when the main
+    # thread is inside XLA; nothing half-written is left in the inversion cache.
+    work = tmp_path / "fresh"
+    log = tmp_path / "invert.log"
+    proc = _start([sys.executable, "-m", "train.run",
+                   *_train_args(work, samples, golden, "--inversion-steps", "100000", "--shots", "1")], log)
+    _wait_for(proc, log, r"inverting 1 image\(s\) for 100000 steps")
+    time.sleep(3)
+    seconds, _ = _interrupt(proc, log)
+    assert seconds < 15
+    assert (work / "config.json").is_file()
+    for sub in ("inversion", "checkpoints"):
+        assert not (work / sub).exists() or not any((work / sub).iterdir()), sub
