@@ -159,3 +159,12 @@ def test_sigint_exits_130_in_one_line(where):
     seconds = time.monotonic() - t0
     assert proc.returncode == 130 and err == "interrupted; resume with --resume\n", err
     assert seconds < (1.0 if where == "python-loop" else 5.0)
+
+
+def test_synthesize_advice_names_a_command_that_exists(golden, samples, tmp_path, capsys):
+    # A pSp .pt whose encoder stages cannot be inferred: synthesize has no --units; the advice is the convert command.
+    src = golden / "psp_tiny_celebamask.pt"
+    assert syn.main(["--checkpoint", str(src), "--masks", str(samples / "CelebAMask-HQ" / "test" / "labels"),
+                     "--out", str(tmp_path / "out")]) == 2
+    err = _one_error_line(capsys)
+    assert f"`python -m convert psp {src} OUT --units u1,u2,u3,u4`" in err, err
