@@ -66,10 +66,13 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def load_shots(data_dir: str | Path, domain: Domain, shots: int | Sequence[str]) -> Shots:
+def load_shots(data_dir: str | Path, domain: Domain, shots: int | Sequence[str],
+               log: Callable[[str], None] = print) -> Shots:
     """The annotated training pairs in ``data_dir/train/{images,labels}``, paired by name.
 
-    ``shots``: the first K pairs by name, or a list of basenames (without extension).
+    ``shots``: the first K pairs by name, or a list of basenames (without extension). Warns (``log``) about a label
+    whose aspect ratio differs from its image's (both are resized to a square, so one of them is distorted) and, for a
+    sparse domain, about a label with no unannotated (class 0) pixel (a dense mask given to a sparse domain?).
     """
     root = _require_dir(Path(data_dir), "data folder")
     pairs = data.paired_files(_require_dir(root / "train" / "images", "training images folder"),
@@ -84,9 +87,33 @@ def load_shots(data_dir: str | Path, domain: Domain, shots: int | Sequence[str])
         if missing:
             raise data.DataError(f"{root}: no training pair named {missing[0]!r} (have: {', '.join(by_name)})")
         pairs = [by_name[s] for s in shots]
+    for img, lab in pairs:
+        size, label_size = _image_size(img), _image_size(lab)
+        if size is None or label_size is None:
+            continue
+        (w, h), (lw, lh) = size, label_size
+        if w * lh != h * lw:
+            log(f"warning: {lab}: label is {lw}x{lh} but its image {img.name} is {w}x{h}; both are resized to a "
+                f"square, so their aspect ratios no longer match")
     images = np.stack([data.read_image(img) for img, _ in pairs])
     labels = np.stack([data.read_label(lab, domain.n_classes) for _, lab in pairs])
+    if domain.mode == "sparse":
+        for (_, lab), lab_ids in zip(pairs, labels):
+            if (lab_ids > 0).all():
+                log(f"warning: {lab}: every pixel is annotated (no class 0), but domain '{domain.name}' expects sparse "
+                    f"masks (scribbles or points on class 0); is it a dense mask?")
     return Shots(tuple(img.stem for img, _ in pairs), images, labels)
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header; None if unreadable (read_image/read_label then say why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError:
+        return None
 
 
 def load_test_masks(paths: Sequence[str | Path], n_classes: int) -> tuple[list[str], np.ndarray]:
@@ -218,7 +245,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     if data_dir is None:
         shots = Shots(*builtin.shots(domain, cfg.shots))
     else:
-        shots = load_shots(data_dir, domain, cfg.shots)
+        shots = load_shots(data_dir, domain, cfg.shots, log=log)
     if eval_masks is None and data_dir is None:
         eval_names, eval_labels, _ = builtin.test_masks(domain)
     else:

@@ -168,3 +168,29 @@ def test_synthesize_advice_names_a_command_that_exists(golden, samples, tmp_path
                      "--out", str(tmp_path / "out")]) == 2
     err = _one_error_line(capsys)
     assert f"`python -m convert psp {src} OUT --units u1,u2,u3,u4`" in err, err
+
+
+def test_shots_warn_about_distorted_or_dense_masks(tmp_path, samples):
+    from PIL import Image
+
+    from smis_jax import experiment
+    from smis_jax.config import get_domain
+
+    src = samples / "CelebAMask-HQ" / "train"
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "train" / "labels").mkdir()
+    (tmp_path / "train" / "images" / "0.jpg").write_bytes((src / "images" / "0.jpg").read_bytes())
+    label = tmp_path / "train" / "labels" / "0.png"
+    Image.open(src / "labels" / "0.png").convert("L").resize((300, 200), Image.NEAREST).save(label)
+    lines = []
+    experiment.load_shots(tmp_path, get_domain("tiny"), 1, log=lines.append)
+    assert lines == [f"warning: {label}: label is 300x200 but its image 0.jpg is 1024x1024; both are resized to a "
+                     f"square, so their aspect ratios no longer match"]
+
+    Image.new("L", (1024, 1024), 1).save(label)  # every pixel annotated: a dense mask
+    lines = []
+    experiment.load_shots(tmp_path, get_domain("tiny-sparse"), 1, log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {label}: every pixel is annotated (no class 0)")
+    lines = []
+    experiment.load_shots(tmp_path, get_domain("tiny"), 1, log=lines.append)
+    assert lines == []  # a dense domain: nothing to say
