@@ -1,4 +1,5 @@
-"""Label self-consistency (SPEC.md section 4): does the synthesised image carry the layout it was asked for?
+"""Label self-consistency (README.md, "Synthesis and evaluation"): does the synthesised image carry the layout it
+was asked for?
 
 For each held-out mask: encoder (eval mode) + latent_avg -> generator (the checkpoint's fixed noise) -> the
 output's own 64x64 features -> pseudo-labels with the run's prototypes -> IoU against the input mask, per class and

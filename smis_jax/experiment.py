@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -27,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import builtin, data, labeling, lpips, stylegan2, viz
+from smis_jax import builtin, data, interrupt, labeling, lpips, stylegan2, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
+from smis_jax.files import FolderError, check_writable
 from smis_jax.inversion import invert_cached
 from smis_jax.progress import Progress, progress
 from smis_jax.psp import EncoderConfig
@@ -64,10 +66,13 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def load_shots(data_dir: str | Path, domain: Domain, shots: int | Sequence[str]) -> Shots:
+def load_shots(data_dir: str | Path, domain: Domain, shots: int | Sequence[str],
+               log: Callable[[str], None] = print) -> Shots:
     """The annotated training pairs in ``data_dir/train/{images,labels}``, paired by name.
 
-    ``shots``: the first K pairs by name, or a list of basenames (without extension).
+    ``shots``: the first K pairs by name, or a list of basenames (without extension). Warns (``log``) about a label
+    whose aspect ratio differs from its image's (both are resized to a square, so one of them is distorted) and, for a
+    sparse domain, about a label with no unannotated (class 0) pixel (a dense mask given to a sparse domain?).
     """
     root = _require_dir(Path(data_dir), "data folder")
     pairs = data.paired_files(_require_dir(root / "train" / "images", "training images folder"),
@@ -82,9 +87,33 @@ def load_shots(data_dir: str | Path, domain: Domain, shots: int | Sequence[str])
         if missing:
             raise data.DataError(f"{root}: no training pair named {missing[0]!r} (have: {', '.join(by_name)})")
         pairs = [by_name[s] for s in shots]
+    for img, lab in pairs:
+        size, label_size = _image_size(img), _image_size(lab)
+        if size is None or label_size is None:
+            continue
+        (w, h), (lw, lh) = size, label_size
+        if w * lh != h * lw:
+            log(f"warning: {lab}: label is {lw}x{lh} but its image {img.name} is {w}x{h}; both are resized to a "
+                f"square, so their aspect ratios no longer match")
     images = np.stack([data.read_image(img) for img, _ in pairs])
     labels = np.stack([data.read_label(lab, domain.n_classes) for _, lab in pairs])
+    if domain.mode == "sparse":
+        for (_, lab), lab_ids in zip(pairs, labels):
+            if (lab_ids > 0).all():
+                log(f"warning: {lab}: every pixel is annotated (no class 0), but domain '{domain.name}' expects sparse "
+                    f"masks (scribbles or points on class 0); is it a dense mask?")
     return Shots(tuple(img.stem for img, _ in pairs), images, labels)
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header; None if unreadable (read_image/read_label then say why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError:
+        return None
 
 
 def load_test_masks(paths: Sequence[str | Path], n_classes: int) -> tuple[list[str], np.ndarray]:
@@ -129,13 +158,41 @@ def export_pipeline(out_dir: str | Path, enc_config: EncoderConfig, state: Train
                           generator_noises=generator.noises, latent_avg=np.asarray(latent_avg_SD))
 
 
-def _check_resume(saved: dict[str, Any], cfg: TrainConfig) -> None:
+def _check_resume(saved: dict[str, Any], cfg: TrainConfig, source: Path | str) -> None:
+    """One ConfigError naming every setting that differs from the run being resumed (both values), if any."""
     new = cfg.to_dict()
-    for key, value in saved.items():
-        if key in RESUMABLE_CHANGES or key == "extra":
-            continue
-        if new.get(key) != value:
-            raise ConfigError(f"cannot resume: '{key}' was {value!r} in the checkpointed run, now {new.get(key)!r}")
+    changed = [f"{key} {value!r} -> {new.get(key)!r}" for key, value in saved.items()
+               if key not in RESUMABLE_CHANGES and key != "extra" and new.get(key) != value]
+    changed += [f"{key} (not set) -> {new[key]!r}" for key in new
+                if key not in saved and key not in RESUMABLE_CHANGES and key != "extra"]
+    if changed:
+        raise ConfigError(f"cannot resume {source}: changed setting(s) {'; '.join(changed)} (only "
+                          f"{', '.join(sorted(RESUMABLE_CHANGES))} may change; use another --workdir for a new run)")
+
+
+def _check_run_folder(workdir: Path, resume: bool) -> dict[str, Any] | None:
+    """Before any work: with ``resume``, that there is a run to resume and that its settings are the same (returns
+    its config.json record); always, that the run folder and its existing subfolders can be written."""
+    record = None
+    record_file = workdir / "config.json"
+    if resume:
+        if not workdir.is_dir() or not any(workdir.iterdir()):
+            state = "empty" if workdir.is_dir() else "missing"
+            raise ConfigError(f"--resume: {workdir} holds no run to resume ({state} folder); start the run without "
+                              f"--resume")
+        if record_file.is_file():
+            try:
+                record = json.loads(record_file.read_text())
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"--resume: {record_file} cannot be read ({e})") from None
+    check_writable(workdir, "run folder")
+    for sub in ("checkpoints", "inversion", "images", "export"):
+        if (workdir / sub).exists():
+            check_writable(workdir / sub, "run subfolder")
+    for name in ("config.json", "metrics.jsonl"):
+        if (workdir / name).exists() and not os.access(workdir / name, os.W_OK):
+            raise FolderError(f"{workdir / name}: cannot be written")
+    return record
 
 
 class _JsonlWriter:
@@ -174,16 +231,21 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     stylegan = builtin.generator_path() if stylegan is None else stylegan
     data_dir = None if data_dir is None else Path(data_dir)
     ckpt_dir = workdir / "checkpoints"
+    record = _check_run_folder(workdir, resume)
+    if record is not None:
+        _check_resume(record.get("train", {}), cfg, workdir / "config.json")
     existing = Checkpointer(ckpt_dir).latest_step() if ckpt_dir.is_dir() else None
     if existing is not None and not resume:
         raise ConfigError(f"{workdir} already holds checkpoints up to step {existing}; pass --resume to continue "
                           f"that run or choose another --workdir")
+    if resume and existing is None:
+        log(f"--resume: no checkpoint in {ckpt_dir} yet; starting at step 0 (finished inversions are reused)")
 
     generator = load_generator(stylegan, domain, cfg.generator_size)
     if data_dir is None:
         shots = Shots(*builtin.shots(domain, cfg.shots))
     else:
-        shots = load_shots(data_dir, domain, cfg.shots)
+        shots = load_shots(data_dir, domain, cfg.shots, log=log)
     if eval_masks is None and data_dir is None:
         eval_names, eval_labels, _ = builtin.test_masks(domain)
     else:
@@ -215,8 +277,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=cfg.keep_checkpoints)
     state = init_train_state(step_cfg, cfg.seed)
     if existing is not None:
-        state, protos, meta = checkpointer.restore(abstract_like(state))
-        _check_resume(meta["train"], cfg)
+        state, protos, meta = checkpointer.restore_intact(abstract_like(state), log)
+        _check_resume(meta["train"], cfg, ckpt_dir)
         log(f"resuming from step {int(state.step)} ({ckpt_dir})")
     else:
         protos = _build_prototypes(cfg, domain, generator, shots, workdir, overwrite_inversion, lpips_weights, log)
@@ -233,9 +295,11 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     last: dict[str, Any] = {}
     evaluation: dict[str, Any] | None = None
     t_last, steps_since = time.perf_counter(), 0
-    bar = progress(range(start, cfg.max_steps), desc="train" if start == 0 else f"train (resumed at {start})")
+    bar = progress(range(start, cfg.max_steps), desc="train" if start == 0 else f"train (resumed at {start})",
+                   unit="step")
     try:
         for step in bar:
+            interrupt.check()  # Ctrl-C: stop between steps (the finally below completes a save under way)
             state, metrics = step_fn(state, gen_params, protos, latent_avg)
             pending.append(metrics)
             steps_since += 1
@@ -284,8 +348,9 @@ def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots,
     lpips_params = lpips.load(lpips_weights).params if cfg.inversion_lpips_lambda else None
     bar = Progress(total=cfg.inversion_steps, desc=f"invert {len(shots.names)} shots", unit="step")
 
-    def on_chunk(done, losses):
-        bar.postfix = "loss " + " ".join(f"{v:.3f}" for v in losses)
+    def on_chunk(done, losses, best):
+        bar.postfix = ("loss best " + " ".join(f"{v:.3f}" for v in best) + " | now "
+                       + " ".join(f"{v:.3f}" for v in losses))
         bar.update(done - bar.n)
 
     inv = invert_cached(workdir / "inversion", shots.names, generator, lpips_params, shots.images, key_inv,

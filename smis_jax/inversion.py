@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,7 +27,8 @@ import numpy as np
 import optax
 
 from smis_jax import lpips as lpips_lib
-from smis_jax import ops
+from smis_jax import interrupt, ops
+from smis_jax.files import savez_atomic
 from smis_jax.optim import ranger
 from smis_jax.stylegan2 import Generator, GeneratorConfig, LoadedGenerator, make_sample_noise
 
@@ -91,14 +93,15 @@ def initial_codes(generator: LoadedGenerator, keys_K: jax.Array) -> jax.Array:
 
 def invert(generator: LoadedGenerator, lpips_params, targets_NHWC, key: jax.Array | None = None, steps: int = 2000,
            lr: float = 1.0, l2_lambda: float = 1.0, lpips_lambda: float = 0.8, chunk: int = 50,
-           on_chunk: Callable[[int, np.ndarray], None] | None = None, keys: jax.Array | None = None) -> InversionResult:
+           on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+           keys: jax.Array | None = None) -> InversionResult:
     """Invert K images ``targets_NHWC (K, 256, 256, 3)`` in [-1, 1] into W+ ``(K, S, D)``.
 
     Randomness: image k uses its own key (``keys[k]``, default ``split(key, K)[k]``) for its starting codes
     (``latent_avg + randn/sqrt(D)``; ``truncation_latent()`` when the checkpoint has no latent_avg) and its
     per-step noise, so inverting images together or one by one with the same keys gives the same trajectories.
-    ``lpips_params`` may be None when ``lpips_lambda`` is 0. ``on_chunk(step, losses (K,))`` runs after every
-    ``chunk`` steps (progress display).
+    ``lpips_params`` may be None when ``lpips_lambda`` is 0. ``on_chunk(step, losses (K,), best (K,))`` runs
+    after every ``chunk`` steps (progress display): the last step's loss and the best so far (the codes kept).
     """
     targets = jnp.asarray(targets_NHWC, jnp.float32)
     if targets.ndim != 4 or targets.shape[-1] != 3:
@@ -118,13 +121,14 @@ def invert(generator: LoadedGenerator, lpips_params, targets_NHWC, key: jax.Arra
     history = []
     done = 0
     while done < steps:
+        interrupt.check()  # Ctrl-C: stop between chunks
         n = min(chunk, steps - done)
         carry, losses = _run_chunk(generator.config, carry, generator.params, lpips_params, targets, noise_keys, done,
                                    jnp.float32(lr), jnp.float32(l2_lambda), n_steps=n, lpips_lambda=float(lpips_lambda))
         history.append(np.asarray(losses))
         done += n
         if on_chunk is not None:
-            on_chunk(done, history[-1][-1])
+            on_chunk(done, history[-1][-1], np.array(carry.best_loss))
     if not history:
         nan = np.full((k,), np.nan, np.float32)
         return InversionResult(np.asarray(start), nan, nan, np.zeros((0, k), np.float32))
@@ -163,16 +167,35 @@ def invert_cached(cache_dir: str | Path, names: Sequence[str], generator: Loaded
     fingerprint = generator_fingerprint(generator)
     files = [cache / f"{name}.npz" for name in names]
     if not overwrite and all(f.is_file() for f in files):
-        entries = [np.load(f) for f in files]
-        if all(str(e["fingerprint"]) == fingerprint and int(e["steps"]) == steps for e in entries):
+        entries, damaged = [], []
+        for f in files:
+            try:
+                entries.append(_read_entry(f))
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+                damaged.append(f"{f.name} ({type(e).__name__}: {e})")
+        if damaged:
+            log(f"cached inversions in {cache} are damaged: {'; '.join(damaged)}; recomputing")
+        elif all(str(e["fingerprint"]) == fingerprint and int(e["steps"]) == steps for e in entries):
             log(f"reusing cached inversions in {cache} (--overwrite-inversion recomputes them)")
             history = (np.stack([e["history"] for e in entries], 1) if all("history" in e for e in entries)
                        else None)
             return CachedInversion(np.stack([e["w_plus"] for e in entries]),
                                    np.array([float(e["loss"]) for e in entries], np.float32), True, history)
-        log(f"cached inversions in {cache} were made with another generator or step count; recomputing")
+        else:
+            log(f"cached inversions in {cache} were made with another generator or step count; recomputing")
+    log(f"inverting {len(names)} image(s) for {steps} steps (cached in {cache})")
     result = invert(generator, lpips_params, targets_NHWC, key, **invert_kwargs)
     cache.mkdir(parents=True, exist_ok=True)
     for k, (f, w, loss) in enumerate(zip(files, result.w_plus, result.loss)):
-        np.savez(f, w_plus=w, loss=loss, steps=steps, fingerprint=fingerprint, history=result.history[:, k])
+        savez_atomic(f, w_plus=w, loss=loss, steps=steps, fingerprint=fingerprint, history=result.history[:, k])
     return CachedInversion(result.w_plus, result.loss, False, result.history)
+
+
+def _read_entry(path: Path) -> dict[str, np.ndarray]:
+    """Every array of one cache file, read now (a truncated file fails here, not later)."""
+    with np.load(path) as z:
+        entry = {k: z[k] for k in z.files}
+    missing = {"w_plus", "loss", "steps", "fingerprint"} - set(entry)
+    if missing:
+        raise KeyError(f"no {', '.join(sorted(missing))}")
+    return entry

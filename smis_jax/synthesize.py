@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import data, ops, viz
+from smis_jax.files import check_writable
 from smis_jax.progress import progress
 
 __all__ = ["OUTPUT_SIZE", "default_latent_mask", "latent_mask_array", "mix_latents", "synthesize", "encode", "decode",
@@ -196,13 +197,12 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
     if not 0.0 <= truncation <= 1.0:
         raise ValueError(f"truncation must be in [0, 1], got {truncation}")
     files = collect_masks(masks)
+    out = check_writable(out, "output folder")  # before the (slow) load, not after it
     pipeline = psp.load_pipeline(checkpoint)
     cfg = pipeline.encoder.config
     noise = noise or ("random" if styles else "const")
     if latent_mask is not None:
         latent_mask_array(latent_mask, cfg.style_num)  # warn about dropped indices once, up front
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
     batch = min(batch_size, len(files))  # one fixed shape: the last batch is padded, never retraced
     starts = list(range(0, len(files), batch))

@@ -255,11 +255,47 @@ class Checkpointer:
         ))
         return restored.state, labeling.prototypes_from_state(restored.protos), dict(restored.meta)
 
+    def restore_intact(self, abstract_state: TrainState, log: Callable[[str], None] = print):
+        """:meth:`restore` of the newest checkpoint that restores. Each newer, damaged one (a folder or file of it
+        deleted or truncated) is named in a warning and moved to ``checkpoints-damaged/`` so that the resumed run
+        can save its step again; TrainingError in one line when none restores."""
+        damaged: list[int] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.restore(abstract_state, step)
+            except Exception as e:  # noqa: BLE001 - orbax raises many kinds (KeyError, ValueError, OSError, ...)
+                damaged.append(step)
+                log(f"warning: checkpoint {self.directory / str(step)} is damaged ({_one_line(e)}); "
+                    f"trying an older one")
+                continue
+            if damaged:
+                aside = self.directory.parent / "checkpoints-damaged"
+                aside.mkdir(exist_ok=True)
+                for bad in damaged:
+                    target = aside / str(bad)
+                    n = 1
+                    while target.exists():
+                        target, n = aside / f"{bad}.{n}", n + 1
+                    (self.directory / str(bad)).rename(target)
+                self.manager.reload()
+                log(f"warning: resuming from step {step}, the newest intact checkpoint; damaged step(s) "
+                    f"{', '.join(map(str, damaged))} moved to {aside}")
+            return restored
+        raise TrainingError(f"no usable checkpoint in {self.directory} (damaged: "
+                            f"{', '.join(map(str, damaged)) or 'none found'}); delete that folder to start over, "
+                            f"or use another --workdir")
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one short line (orbax messages can hold whole tree dumps)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def abstract_like(state: TrainState, sharding=None) -> TrainState:

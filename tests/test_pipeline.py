@@ -166,3 +166,119 @@ def test_bad_input_is_one_line_error(problem, tmp_path, samples, golden, capsys)
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
     assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Interrupts, damaged checkpoints and changed settings (issue 13), on copies of the run above.
+
+
+def test_resume_with_changed_settings_writes_nothing(run_dir, samples, golden, capsys):
+    before = {p: p.read_bytes() for p in (run_dir / "config.json", run_dir / "metrics.jsonl")}
+    args = _train_args(run_dir, samples, golden, "--resume", "--seed", "3")
+    args[args.index("--encoder") + 1] = "small"
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot resume {run_dir / 'config.json'}: changed setting(s) ") and \
+        err.count("\n") == 1, err
+    assert "encoder 'tiny' -> 'small'" in err and "seed 0 -> 3" in err
+    assert {p: p.read_bytes() for p in before} == before  # config.json and metrics untouched
+
+
+def _copy_run(run_dir: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(run_dir, samples, golden, tmp_path, capsys):
+    import shutil
+
+    work = _copy_run(run_dir, tmp_path / "run")
+    shutil.rmtree(work / "checkpoints" / str(STEPS) / "state")
+    # --max-steps 10: the restored step is the end, so only the restore and the export run (no training).
+    assert train_cli.main(_train_args(work, samples, golden, "--resume", "--max-steps", str(SAVE_EVERY))) == 0
+    out = capsys.readouterr().out
+    assert f"warning: checkpoint {work / 'checkpoints' / str(STEPS)} is damaged (" in out, out
+    assert f"resuming from step {SAVE_EVERY}" in out
+    assert (work / "checkpoints-damaged" / str(STEPS)).is_dir()  # kept for the user, out of the way of new saves
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == [str(SAVE_EVERY)]
+
+    (work / "checkpoints" / str(SAVE_EVERY) / "state" / "_METADATA").unlink()
+    assert train_cli.main(_train_args(work, samples, golden, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: no usable checkpoint in {work / 'checkpoints'} (damaged: 10)" in err, err
+
+
+def test_damaged_export_is_one_line(run_dir, samples, tmp_path, capsys):
+    export = _copy_run(run_dir / "export", tmp_path / "export")
+    chunks = [p for p in (export / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert chunks
+    for chunk in chunks:  # the array data; the tree's metadata stays
+        chunk.unlink()
+    assert synthesize.main(["--checkpoint", str(export), "--masks", str(samples / "CelebAMask-HQ" / "test" / "labels"),
+                            "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {export / 'params'}: tree 'params' cannot be read" in err, err
+
+
+def _start(cmd, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "SMIS_PROGRESS_SECONDS": "0"}  # off a terminal: a progress line per update
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_for(proc: subprocess.Popen, log: Path, pattern: str, timeout: float = 900) -> str:
+    import re
+
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, log.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {pattern!r} (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return log.read_text()
+
+
+def _interrupt(proc: subprocess.Popen, log: Path) -> tuple[float, str]:
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"still running 60 s after SIGINT:\n{log.read_text()[-3000:]}")
+    text = log.read_text()
+    assert proc.returncode == 130, text[-3000:]
+    assert "Traceback" not in text and "Fatal Python error" not in text, text[-3000:]
+    assert text.splitlines()[-1] == train_cli.INTERRUPTED_MESSAGE
+    return time.monotonic() - t0, text
+
+
+def test_ctrl_c_during_training_and_inversion_exits_130(run_dir, samples, golden, tmp_path):
+    # Training (resumed at 20 for 100000 steps, everything compiled already): stopped within seconds, the
+    # checkpoints intact, and the log shows plain progress lines with the step, the loss and the rate.
+    work = _copy_run(run_dir, tmp_path / "run")
+    log = tmp_path / "train.log"
+    proc = _start([sys.executable, "-m", "train.run",
+                   *_train_args(work, samples, golden, "--resume", "--max-steps", "100000")], log)
+    _wait_for(proc, log, r"train \(resumed at 20\): +0% \d+/99980 \[[0-9:<]+, [0-9.]+step/s, loss [0-9.]+\]")
+    seconds, _ = _interrupt(proc, log)
+    assert seconds < 15
+    ckpt = Checkpointer(work / "checkpoints")
+    assert ckpt.latest_step() >= STEPS and ckpt.latest_step() % SAVE_EVERY == 0
+    ckpt.close()
+
+    # Inversion (a fresh run of 100000 steps): SIGINT while it compiles or runs its first chunk, when the main
+    # thread is inside XLA; nothing half-written is left in the inversion cache.
+    work = tmp_path / "fresh"
+    log = tmp_path / "invert.log"
+    proc = _start([sys.executable, "-m", "train.run",
+                   *_train_args(work, samples, golden, "--inversion-steps", "100000", "--shots", "1")], log)
+    _wait_for(proc, log, r"inverting 1 image\(s\) for 100000 steps")
+    time.sleep(3)
+    seconds, _ = _interrupt(proc, log)
+    assert seconds < 15
+    assert (work / "config.json").is_file()
+    for sub in ("inversion", "checkpoints"):
+        assert not (work / sub).exists() or not any((work / sub).iterdir()), sub

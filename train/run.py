@@ -10,6 +10,11 @@ and optionally test/labels (held-out masks for the self-consistency metric). Dom
 Multi-host (e.g. a TPU pod slice or several GPU hosts): start the same command on every host with
 --distributed; jax.distributed.initialize() reads the coordinator from the environment (TPU, SLURM, Open MPI) or
 from --coordinator/--num-processes/--process-id. The batch is split over every device of every host.
+
+Interrupts and resuming: Ctrl-C ends the run within seconds (exit status 130); checkpoints already written are
+intact. --resume continues the run in --workdir from its newest intact checkpoint (a damaged newer one is named and
+moved to checkpoints-damaged/); it refuses, before writing anything, when a setting other than --max-steps and the
+--*-every intervals differs from the run's config.json, and when --workdir is missing or empty.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import argparse
 import sys
 
 from smis_jax.config import DOMAINS, ENCODER_SIZES, TrainConfig
+
+INTERRUPTED_MESSAGE = ("interrupted; the same command with --resume continues from the last checkpoint "
+                       "(or from step 0, reusing finished inversions, if none was saved)")
 
 
 def _domains_table() -> str:
@@ -61,7 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-every", type=int, help=_default("image_every"))
     p.add_argument("--eval-every", type=int, help=_default("eval_every"))
     p.add_argument("--seed", type=int, help=_default("seed"))
-    p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --workdir from its newest intact checkpoint (refused for a missing or "
+                        "empty --workdir, or changed settings)")
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
     p.add_argument("--coordinator", help="multi-host: coordinator address host:port")
     p.add_argument("--num-processes", type=int)
@@ -77,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from smis_jax import experiment
+    from smis_jax import experiment, interrupt
     from smis_jax.training import TrainingError
 
     if args.distributed:
@@ -88,20 +98,20 @@ def main(argv=None) -> int:
     if args.shots is not None:
         shots = int(args.shots) if args.shots.isdigit() else tuple(s for s in args.shots.split(",") if s)
     try:
-        cfg = TrainConfig.for_domain(
-            args.domain, shots=shots, encoder=args.encoder, batch_size=args.batch_size, max_steps=args.max_steps,
-            learning_rate=args.lr, w_norm_lambda=args.w_norm_lambda, train_wplus=args.train_wplus, topk=args.topk,
-            cos_th=args.cos_th, inversion_steps=args.inversion_steps, save_every=args.save_every,
-            log_every=args.log_every, image_every=args.image_every, eval_every=args.eval_every, seed=args.seed,
-            generator_size=args.generator_size)
-        experiment.train_and_evaluate(cfg, args.data, args.stylegan, args.workdir, resume=args.resume,
-                                      overwrite_inversion=args.overwrite_inversion, lpips_weights=args.lpips)
+        with interrupt.handled(INTERRUPTED_MESSAGE):  # SIGINT: a flag checked between steps, and a watchdog
+            cfg = TrainConfig.for_domain(
+                args.domain, shots=shots, encoder=args.encoder, batch_size=args.batch_size, max_steps=args.max_steps,
+                learning_rate=args.lr, w_norm_lambda=args.w_norm_lambda, train_wplus=args.train_wplus,
+                topk=args.topk, cos_th=args.cos_th, inversion_steps=args.inversion_steps, save_every=args.save_every,
+                log_every=args.log_every, image_every=args.image_every, eval_every=args.eval_every, seed=args.seed,
+                generator_size=args.generator_size)
+            experiment.train_and_evaluate(cfg, args.data, args.stylegan, args.workdir, resume=args.resume,
+                                          overwrite_inversion=args.overwrite_inversion, lpips_weights=args.lpips)
     except (ValueError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume", file=sys.stderr)
-        return 130
+        interrupt.exit_now(interrupt.INTERRUPTED, INTERRUPTED_MESSAGE)
     return 0
 
 

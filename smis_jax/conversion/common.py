@@ -132,5 +132,12 @@ def load_converted(path: str | os.PathLike, kind: str, trees: Iterable[str]) -> 
         for name in trees:
             if not (root / name).is_dir():
                 raise ConversionError(f"{root}: missing tree '{name}'")
-            out[name] = ckptr.restore(root / name)
+            try:
+                out[name] = ckptr.restore(root / name)
+            except Exception as e:  # noqa: BLE001 - orbax raises many kinds for missing or truncated files
+                text = " ".join(str(e).split())
+                raise ConversionError(
+                    f"{root / name}: tree '{name}' cannot be read, files in it are missing or damaged "
+                    f"({type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}); write it again "
+                    f"(a run's export/ by training, a converted folder with python -m convert)") from None
     return config, out

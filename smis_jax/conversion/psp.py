@@ -140,7 +140,8 @@ def infer_encoder_config(sd: StateDict, prefix: str = "encoder.", input_nc: int 
     else:
         raise ConversionError(
             f"{src}: cannot infer the 4 encoder stages from body widths {depths}: stages of equal width leave no "
-            f"trace in the keys; pass the units per stage (--units u1,u2,u3,u4; in Python units=(...)); IR-SE-50 is 3,4,14,3")
+            f"trace in the keys; convert it with the units per stage, `python -m convert psp {src} OUT --units "
+            f"u1,u2,u3,u4` (in Python units=(...); IR-SE-50 is 3,4,14,3), and use OUT")
     stage_of = np.repeat(np.arange(4), units)
     widths = tuple(int(depths[int(np.cumsum(units)[s]) - 1]) for s in range(4))
     for i in range(n_units):
