@@ -87,9 +87,10 @@ def test_cache_is_reused_only_for_the_same_generator_and_steps(generator, target
     redo = invert_cached(tmp_path, ["0", "1"], generator, None, targets, keys[0], log=logs.append, overwrite=True,
                          **kwargs)
     assert not redo.reused
+    seen = len(logs)
     more = invert_cached(tmp_path, ["0", "1"], generator, None, targets, keys[0], log=logs.append,
                          **{**kwargs, "steps": 3})
-    assert not more.reused and "another generator or step count" in logs[-1]
+    assert not more.reused and any("another generator or step count" in m for m in logs[seen:])
     other = stylegan2.LoadedGenerator(generator.config, generator.params, generator.noises,
                                       latent_avg=generator.latent_avg + 1.0)
     assert generator_fingerprint(other) != generator_fingerprint(generator)
