@@ -47,15 +47,22 @@ def test_minibatch_stddev_against_a_loop():
         assert np.allclose(out[b, ..., 5], np.sqrt(members.var(0) + 1e-8).mean(), atol=1e-6)
 
 
-def test_discriminator_matches_rosinality(monkeypatch, tmp_path):
-    """rosinality's PyTorch Discriminator (vendored by draggan) with random weights: logits and the input
-    gradient R1 penalises, after our conversion table."""
+@pytest.fixture
+def rosinality(monkeypatch, tmp_path):
+    """(torch, rosinality's model module as draggan vendors it), on the CPU; skipped where draggan is absent."""
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     torch = pytest.importorskip("torch")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = pytest.importorskip("draggan.deprecated.stylegan2.model")
+    return torch, model
+
+
+def test_discriminator_matches_rosinality(rosinality):
+    """rosinality's PyTorch Discriminator (vendored by draggan) with random weights: logits and the input
+    gradient R1 penalises, after our conversion table."""
+    torch, model = rosinality
     torch.manual_seed(0)
     ref = model.Discriminator(64, channel_multiplier=1).eval()
     with torch.no_grad():
@@ -134,14 +141,9 @@ def test_trainer_learns_resumes_exactly_and_exports(tmp_path):
         torch_keys := __import__("torch").load(pt)["g_ema"].keys()) and len(torch_keys) > 0
 
 
-def test_rosinality_code_loads_the_exported_pt(tmp_path, monkeypatch):
+def test_rosinality_code_loads_the_exported_pt(rosinality, tmp_path):
     """The PyTorch original can use what we export: rosinality's Generator loads it strictly and draws our image."""
-    monkeypatch.delenv("CUDA_HOME", raising=False)
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
-    torch = pytest.importorskip("torch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = pytest.importorskip("draggan.deprecated.stylegan2.model")
+    torch, model = rosinality
     config = stylegan2.GeneratorConfig.rosinality(64, channel_multiplier=1, style_dim=64, n_mlp=2)
     params = stylegan2.init_params(config, jax.random.key(3))
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(4), p.shape), params)  # no zeros
