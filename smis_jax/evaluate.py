@@ -1,16 +1,16 @@
-"""Label self-consistency (README.md, "Synthesis and evaluation"): does the synthesised image carry the layout it
-was asked for?
+"""Evaluate a trained encoder: label self-consistency (``smis_jax.metrics``) and, on a built-in domain, the
+paper's evaluation on ground truth (``smis_jax.groundtruth``).
 
-For each held-out mask: encoder (eval mode) + latent_avg -> generator (the checkpoint's fixed noise) -> the
-output's own 64x64 features -> pseudo-labels with the run's prototypes -> IoU against the input mask, per class and
-mean. Dense domains score every class that occurs in the masks or the predictions; sparse domains ignore class 0
-("not annotated").
-
+    python -m smis_jax.evaluate --checkpoint runs/faces/export [--masks DIR] [--report DIR]
     python -m smis_jax.evaluate --workdir runs/faces [--masks DIR] [--step N]
 
-On a built-in domain (``--domain shapes``) it also runs the paper's evaluation on ground truth
-(``smis_jax.groundtruth``): pseudo-label quality, synthesis quality, inversion quality and bfloat16 agreement,
-written to the run's ``groundtruth.json``, ``metrics.jsonl``, ``groundtruth.png`` and ``curves.png``.
+``--checkpoint`` reads an export alone (a copied ``export/`` is enough: it holds the encoder, the generator, the
+prototypes and the run record). ``--workdir`` evaluates a run folder: its export, or with ``--step`` (or before
+the run has finished) one of its checkpoints; built-in runs also get ``groundtruth.json``, ``groundtruth.png`` and
+``curves.png`` in the run folder and the numbers appended to its ``metrics.jsonl``.
+
+Masks: ``--masks`` (label PNGs or folders), or the built-in domain's held-out masks, or the training data's
+``test/labels`` when the data folder recorded by the run still exists.
 """
 
 from __future__ import annotations
@@ -18,92 +18,120 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import labeling
-from smis_jax.psp import EncoderConfig, GradualStyleEncoder
-from smis_jax.stylegan2 import Generator, GeneratorConfig
+from smis_jax import builtin, export, groundtruth
+from smis_jax.config import ConfigError, TrainConfig, get_domain
+from smis_jax.experiment import load_generator, load_test_masks
+from smis_jax.metrics import self_consistency
+from smis_jax.psp import EncoderConfig
+from smis_jax.training import Checkpointer, StepConfig, abstract_like, init_train_state
 
-__all__ = ["confusion", "iou_from_confusion", "self_consistency", "main"]
-
-
-def confusion(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
-    """(L, L) counts: rows = target class, columns = predicted class."""
-    idx = target.astype(np.int64).ravel() * n_classes + pred.astype(np.int64).ravel()
-    return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+__all__ = ["evaluate_export", "evaluate_checkpoint", "main"]
 
 
-def iou_from_confusion(conf: np.ndarray, ignore_background: bool) -> dict[str, Any]:
-    """Per-class IoU over the classes with a non-empty union, and their mean."""
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    classes = [c for c in range(conf.shape[0]) if union[c] > 0 and not (ignore_background and c == 0)]
-    per_class = {int(c): float(tp[c] / union[c]) for c in classes}
-    miou = float(np.mean(list(per_class.values()))) if per_class else float("nan")
-    return {"miou": miou, "per_class": per_class}
+def _masks(masks: Sequence[str | Path] | None, domain_name: str, data: str | None, where: Path):
+    """(names, (N, 256, 256) labels) of ``masks``, else the built-in or the recorded data's held-out masks."""
+    domain = get_domain(domain_name)
+    if masks is None:
+        if data == "built-in" or (data is None and domain.builtin):
+            names, labels, _ = builtin.test_masks(domain)
+            return list(names), labels
+        test_dir = Path(data) / "test" / "labels" if data else None
+        if test_dir is None or not test_dir.is_dir():
+            raise FileNotFoundError(f"{where}: no held-out masks at hand (the training data's test/labels, "
+                                    f"{test_dir}, is not there); pass --masks")
+        masks = [test_dir]
+    names, labels = load_test_masks(masks, domain.n_classes)
+    if not names:
+        raise FileNotFoundError(f"no masks to evaluate in {', '.join(map(str, masks))}")
+    return names, labels
 
 
-@partial(jax.jit, static_argnames=("enc_config", "gen_config"))
-def _labels_of_synthesis(enc_config: EncoderConfig, gen_config: GeneratorConfig, enc_vars, gen_params, noises,
-                         latent_avg, protos, onehot):
-    codes = GradualStyleEncoder(enc_config).apply(enc_vars, onehot, False)
-    _, features = Generator(gen_config).apply(gen_params, codes + latent_avg, noises, until_res=64)
-    return labeling.pseudo_label(features, protos, out_size=256)
+def evaluate_export(path: str | Path, masks: Sequence[str | Path] | None = None,
+                    batch_size: int = 4) -> dict[str, Any]:
+    """Self-consistency of an export on ``masks`` (default: the domain's held-out masks)."""
+    run_export = export.load(path)
+    run, pipeline = run_export.run, run_export.pipeline
+    names, labels = _masks(masks, run["domain"], run.get("data"), Path(path))
+    enc = pipeline.encoder
+    g = pipeline.generator
+    result = self_consistency(enc.config, {"params": enc.params, "batch_stats": enc.batch_stats}, g.config,
+                              g.params, g.noises, jnp.asarray(pipeline.latent_avg), run_export.prototypes, labels,
+                              batch_size=batch_size)
+    return {**result, "step": int(run["step"]), "masks": names}
 
 
-def self_consistency(enc_config: EncoderConfig, enc_vars, gen_config: GeneratorConfig, gen_params, noises,
-                     latent_avg, protos, masks: np.ndarray, batch_size: int = 4) -> dict[str, Any]:
-    """masks (N, 256, 256) class ids -> {'miou', 'per_class', 'n_masks'}.
-
-    ``noises``: the generator's fixed noise buffers (the result is deterministic). ``protos``: Dense or Sparse
-    prototypes; sparse masks are scored without class 0. Batches have a fixed size (the last one padded).
-    """
-    masks = np.asarray(masks)
-    n_classes = enc_config.input_nc
-    sparse = isinstance(protos, labeling.SparsePrototypes)
-    conf = np.zeros((n_classes, n_classes), np.int64)
-    for start in range(0, len(masks), batch_size):
-        chunk = masks[start:start + batch_size]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
-        onehot = labeling.labels_to_onehot(jnp.asarray(padded), n_classes)
-        pred = np.asarray(_labels_of_synthesis(enc_config, gen_config, enc_vars, gen_params, list(noises),
-                                               latent_avg, protos, onehot))[: len(chunk)]
-        conf += confusion(pred, chunk, n_classes)
-    out = iou_from_confusion(conf, ignore_background=sparse)
-    out["n_masks"] = int(len(masks))
-    return out
+def evaluate_checkpoint(workdir: str | Path, step: int | None = None, masks: Sequence[str | Path] | None = None,
+                        batch_size: int = 4) -> dict[str, Any]:
+    """Self-consistency of a run's checkpoint ``step`` (default: the latest). The generator is the run's export's
+    when there is one, else the file the run was started with."""
+    workdir = Path(workdir)
+    record_file = workdir / "config.json"
+    if not record_file.is_file():
+        raise FileNotFoundError(f"{workdir}: not a training run (no config.json)")
+    record = json.loads(record_file.read_text())
+    cfg = TrainConfig.from_dict(record["train"])
+    domain = cfg.domain_preset
+    if (workdir / "export" / "config.json").is_file():
+        pipeline = export.load(workdir / "export").pipeline
+        generator, latent_avg = pipeline.generator, np.asarray(pipeline.latent_avg)
+    else:
+        generator = load_generator(record["stylegan"], domain, cfg.generator_size)
+        latent_avg = np.broadcast_to(generator.truncation_latent(),
+                                     (generator.config.n_latent, generator.config.style_dim))
+    enc_config = EncoderConfig.from_json(record["encoder"])
+    step_cfg = StepConfig.of(cfg, generator.config, enc_config)
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    try:
+        state, protos, _ = checkpointer.restore(abstract_like(init_train_state(step_cfg, cfg.seed)), step)
+    finally:
+        checkpointer.close()
+    names, labels = _masks(masks, cfg.domain, record.get("data"), workdir)
+    result = self_consistency(enc_config, {"params": state.params, "batch_stats": state.batch_stats},
+                              generator.config, generator.params, generator.noises, jnp.asarray(latent_avg), protos,
+                              labels, batch_size=batch_size)
+    return {**result, "step": int(state.step), "masks": names}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m smis_jax.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a training run's folder (python -m train.run --workdir)")
-    parser.add_argument("--masks", nargs="*", help="label PNGs or folders (default: the run's test/labels)")
-    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="an export (a run's export/ folder, also when copied elsewhere)")
+    source.add_argument("--workdir", help="a training run's folder (python -m train.run --workdir)")
+    parser.add_argument("--masks", nargs="*", help="label PNGs or folders (default: the domain's held-out masks)")
+    parser.add_argument("--step", type=int, help="--workdir: evaluate this checkpoint instead of the export")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", help="write the result as JSON here too")
+    parser.add_argument("--report", help="built-in domains: folder for groundtruth.json/.png and curves.png "
+                                         "(default: the run folder with --workdir, none with --checkpoint)")
     parser.add_argument("--samples", type=int, default=256,
                         help="built-in domains: generated samples for the pseudo-label and bfloat16 measures")
     args = parser.parse_args(argv)
-
-    from smis_jax import experiment
-
+    if args.step is not None and args.workdir is None:
+        parser.error("--step needs --workdir (an export holds one step)")
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     try:
-        result = experiment.evaluate_run(args.workdir, masks=args.masks, step=args.step, batch_size=args.batch_size)
-        record = json.loads((Path(args.workdir) / "config.json").read_text())
-        if record.get("data") == "built-in" and not args.masks and args.step is None:
-            from smis_jax import groundtruth
-
-            truth = groundtruth.evaluate(args.workdir, n_samples=args.samples, log=lambda m: print(m, file=sys.stderr))
-            result["groundtruth"] = truth
-            print(groundtruth.format_table(truth), file=sys.stderr)
-    except (ValueError, FileNotFoundError) as e:
+        run_dir = Path(args.workdir) if args.workdir else None
+        export_dir = Path(args.checkpoint) if args.checkpoint else run_dir / "export"
+        use_export = args.checkpoint is not None or (args.step is None and (export_dir / "config.json").is_file())
+        if use_export:
+            result = evaluate_export(export_dir, masks=args.masks, batch_size=args.batch_size)
+            run = export.load(export_dir).run
+            if get_domain(run["domain"]).builtin and not args.masks:
+                report = args.report or run_dir
+                truth = groundtruth.evaluate(export_dir, report_dir=report, run_dir=run_dir,
+                                             n_samples=args.samples, log=log)
+                result["groundtruth"] = truth
+                print(groundtruth.format_table(truth), file=sys.stderr)
+        else:
+            result = evaluate_checkpoint(run_dir, step=args.step, masks=args.masks, batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=1)

@@ -7,16 +7,17 @@
     checkpoints/N/     orbax: encoder params, BatchNorm stats, Ranger state, step, key, prototypes, run record
     metrics.jsonl      one JSON object per log interval (and per evaluation)
     images/            preview grids: pseudo-label | sample | reconstruction from the pseudo-label
-    export/            the final encoder + generator + latent_avg in the format ``python -m smis_jax.synthesize`` reads
+    export/            self-contained: encoder, generator, latent_avg, prototypes, shot codes, the run record
+                       (``smis_jax.export``; what synthesis, the editor and evaluation read)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,17 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import builtin, data, interrupt, labeling, lpips, stylegan2, viz
+from smis_jax import builtin, data, export, interrupt, labeling, lpips, stylegan2, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.files import FolderError, check_writable
-from smis_jax.inversion import invert_cached
+from smis_jax.export import ShotCodes
+from smis_jax.inversion import invert_cached, read_cache
+from smis_jax.metrics import self_consistency
 from smis_jax.progress import Progress, progress
 from smis_jax.psp import EncoderConfig
 from smis_jax.training import (
     Checkpointer,
     StepConfig,
     TrainingError,
-    TrainState,
     abstract_like,
     data_mesh,
     init_train_state,
@@ -46,8 +48,7 @@ from smis_jax.training import (
     make_train_step,
 )
 
-__all__ = ["Shots", "load_shots", "load_test_masks", "encoder_config", "train_and_evaluate", "evaluate_run",
-           "export_pipeline"]
+__all__ = ["Shots", "load_shots", "load_test_masks", "encoder_config", "load_generator", "train_and_evaluate"]
 
 # Fields that may change when a run is resumed (how long and how often); anything else must match.
 RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every", "image_every", "eval_every", "keep_checkpoints"}
@@ -144,18 +145,6 @@ def load_generator(path: str | Path, domain: Domain, size: int | None = None) ->
             f"{g.config.size}px; pass --generator-size {g.config.size} to use it anyway, or pick the matching "
             f"--domain or checkpoint")
     return g
-
-
-def export_pipeline(out_dir: str | Path, enc_config: EncoderConfig, state: TrainState,
-                    generator: stylegan2.LoadedGenerator, latent_avg_SD, opts: dict[str, Any]) -> Path:
-    """Write the encoder + generator + latent_avg as a converted 'psp' directory (what synthesis loads)."""
-    from smis_jax.conversion.common import save_converted
-
-    config = {"kind": "psp", "encoder": enc_config.to_json(), "generator": generator.config.to_json(),
-              "opts": opts, "label_nc": enc_config.input_nc, "source": "smis-jax training"}
-    return save_converted(out_dir, config, params=jax.device_get(state.params),
-                          batch_stats=jax.device_get(state.batch_stats), generator_params=generator.params,
-                          generator_noises=generator.noises, latent_avg=np.asarray(latent_avg_SD))
 
 
 def _check_resume(saved: dict[str, Any], cfg: TrainConfig, source: Path | str) -> None:
@@ -256,9 +245,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
 
     enc_config = encoder_config(cfg, generator)
     mesh = data_mesh(devices)
-    step_cfg = StepConfig(generator=generator.config, encoder=enc_config, batch_size=cfg.batch_size,
-                          learning_rate=cfg.learning_rate, l2_lambda=cfg.l2_lambda, w_norm_lambda=cfg.w_norm_lambda,
-                          train_wplus=cfg.train_wplus, topk=cfg.topk, cos_th=cfg.cos_th)
+    step_cfg = StepConfig.of(cfg, generator.config, enc_config)
     workdir.mkdir(parents=True, exist_ok=True)
     run_record = {
         "train": cfg.to_dict(),
@@ -280,8 +267,11 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         state, protos, meta = checkpointer.restore_intact(abstract_like(state), log)
         _check_resume(meta["train"], cfg, ckpt_dir)
         log(f"resuming from step {int(state.step)} ({ckpt_dir})")
+        cached = read_cache(workdir / "inversion", shots.names, generator, cfg.inversion_steps, log)
+        shot_codes = None if cached is None else ShotCodes(shots.names, cached.w_plus, cached.loss, cached.history)
     else:
-        protos = _build_prototypes(cfg, domain, generator, shots, workdir, overwrite_inversion, lpips_weights, log)
+        protos, shot_codes = _build_prototypes(cfg, domain, generator, shots, workdir, overwrite_inversion,
+                                               lpips_weights, log)
 
     replicated = NamedSharding(mesh, P())
     state, gen_params, protos, latent_avg = jax.device_put((state, generator.params, protos, latent_avg), replicated)
@@ -316,7 +306,10 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
             if done % cfg.image_every == 0 or done == cfg.max_steps:
                 _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg, done, workdir)
             if eval_names and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-                evaluation = _evaluate(step_cfg, state, generator, latent_avg, protos, eval_labels)
+                enc_vars = {"params": state.params, "batch_stats": state.batch_stats}
+                evaluation = self_consistency(enc_config, enc_vars, generator.config, generator.params,
+                                              generator.noises, latent_avg, protos, eval_labels,
+                                              batch_size=cfg.batch_size)
                 metrics_log.write({"step": done, "eval/miou": evaluation["miou"],
                                    "eval/per_class": evaluation["per_class"]})
                 log(f"step {done}: self-consistency mIoU {evaluation['miou']:.4f} on {len(eval_names)} masks")
@@ -330,12 +323,14 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
 
     export_dir = workdir / "export"
     if export_dir.exists():
-        import shutil
-
         shutil.rmtree(export_dir)
-    export_pipeline(export_dir, enc_config, state, generator, latent_avg,
-                    {"dataset_type": domain.name, "label_nc": domain.n_classes, "style_num": enc_config.style_num,
-                     "start_from_latent_avg": True, "steps": int(jax.device_get(state.step))})
+    final_step = int(jax.device_get(state.step))
+    export.write(export_dir, enc_config, state, generator, latent_avg,
+                 {"dataset_type": domain.name, "label_nc": domain.n_classes, "style_num": enc_config.style_num,
+                  "start_from_latent_avg": True, "steps": final_step},
+                 run={"train": cfg.to_dict(), "domain": domain.name, "class_names": list(domain.class_names),
+                      "step": final_step, "data": "built-in" if data_dir is None else str(data_dir.absolute())},
+                 prototypes=protos, shots=shot_codes)
     log(f"done at step {int(jax.device_get(state.step))}; synthesis checkpoint in {export_dir}")
     return {"step": int(jax.device_get(state.step)), "metrics": last, "evaluation": evaluation,
             "export": str(export_dir)}
@@ -359,6 +354,7 @@ def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots,
                         on_chunk=on_chunk)
     bar.close()
     log("inversion loss per shot: " + ", ".join(f"{n}={v:.4f}" for n, v in zip(shots.names, inv.loss)))
+    shot_codes = ShotCodes(shots.names, inv.w_plus, inv.loss, inv.history)
     # The original builds prototypes from one random noise draw (coach.py:124-126); ours is seeded.
     _, features = generator.synthesize(jnp.asarray(inv.w_plus), key=key_proto, until_res=64)
     protos = labeling.prototypes(features, data.onehot(shots.labels, domain.n_classes), mode=domain.mode)
@@ -368,7 +364,7 @@ def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots,
             log(f"classes absent from every shot at 64x64 (never predicted): {absent}")
     else:
         log(f"sparse prototypes: {protos.vectors.shape[0]} annotated vectors")
-    return protos
+    return protos, shot_codes
 
 
 def _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg: TrainConfig, step: int, workdir: Path):
@@ -377,48 +373,3 @@ def _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg: TrainC
     rows = [[viz.colorize(lab), viz.to_uint8(s), viz.to_uint8(r)]
             for lab, s, r in zip(pv.labels, pv.sample, pv.reconstruction)]
     viz.save_png(workdir / "images" / f"step_{step:07d}.png", viz.grid(rows))
-
-
-def _evaluate(step_cfg: StepConfig, state: TrainState, generator, latent_avg, protos, masks) -> dict[str, Any]:
-    from smis_jax.evaluate import self_consistency
-
-    enc_vars = {"params": state.params, "batch_stats": state.batch_stats}
-    return self_consistency(step_cfg.encoder, enc_vars, generator.config, generator.params, generator.noises,
-                            latent_avg, protos, masks, batch_size=step_cfg.batch_size)
-
-
-def evaluate_run(workdir: str | Path, masks: Sequence[str | Path] | None = None, step: int | None = None,
-                 batch_size: int = 4) -> dict[str, Any]:
-    """Self-consistency of a run's checkpoint (default: latest) on ``masks`` (default: the run's test labels)."""
-    workdir = Path(workdir)
-    record_file = workdir / "config.json"
-    if not record_file.is_file():
-        raise FileNotFoundError(f"{workdir}: not a training run (no config.json)")
-    record = json.loads(record_file.read_text())
-    cfg = TrainConfig.from_dict(record["train"])
-    domain = cfg.domain_preset
-    generator = load_generator(record["stylegan"], domain, cfg.generator_size)
-    enc_config = EncoderConfig.from_json(record["encoder"])
-    step_cfg = StepConfig(generator=generator.config, encoder=enc_config, batch_size=cfg.batch_size)
-    checkpointer = Checkpointer(workdir / "checkpoints")
-    try:
-        state, protos, _ = checkpointer.restore(abstract_like(init_train_state(step_cfg, cfg.seed)), step)
-    finally:
-        checkpointer.close()
-    if masks is None and record["data"] == "built-in":
-        names, labels, _ = builtin.test_masks(domain)
-    else:
-        if masks is None:
-            test_dir = Path(record["data"]) / "test" / "labels"
-            if not test_dir.is_dir():
-                raise FileNotFoundError(f"{test_dir}: no test masks; pass --masks")
-            masks = [test_dir]
-        names, labels = load_test_masks(masks, domain.n_classes)
-    if not names:
-        raise FileNotFoundError("no masks to evaluate")
-    latent_avg = jnp.broadcast_to(generator.truncation_latent(), (generator.config.n_latent, generator.config.style_dim))
-    result = _evaluate(dataclasses.replace(step_cfg, batch_size=batch_size), state, generator, latent_avg, protos,
-                       labels)
-    result["step"] = int(state.step)
-    result["masks"] = names
-    return result

@@ -1,6 +1,7 @@
 """The paper's evaluation on ground truth, for the built-in domains (exact masks and an oracle segmenter).
 
-``evaluate(workdir)`` reads a finished ``train.run`` folder of a built-in domain and measures:
+``evaluate(export_dir)`` reads the export of a ``train.run`` on a built-in domain (a copied export is enough) and
+measures:
 
 * **pseudo-label quality**: the pseudo-labels of N generated samples against the oracle's segmentation of the
   same samples (mIoU, pixel accuracy), with prototypes from 1 and 5 shots, dense (the masks) and sparse (scribbles
@@ -27,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, labeling, lpips, psp, shapes, stylegan2, synthesize, viz
+from smis_jax import builtin, data, export, labeling, lpips, shapes, stylegan2, synthesize, viz
 from smis_jax.config import DOMAINS, ConfigError
-from smis_jax.evaluate import confusion, iou_from_confusion
+from smis_jax.metrics import confusion, iou_from_confusion
 from smis_jax.inversion import invert_cached
 
 __all__ = ["evaluate", "scores", "format_table"]
@@ -117,39 +118,40 @@ def _synthesis_quality(pipeline, labels256, truth64, styles: int, seed: int, bat
     return scores(preds, truth64), scores(preds_styles, multi_truth), np.concatenate(images)
 
 
-def evaluate(workdir: str | Path, n_samples: int = 256, styles: int = 4, seed: int = 0,
+def evaluate(export_dir: str | Path, report_dir: str | Path | None = None, run_dir: str | Path | None = None,
+             n_samples: int = 256, styles: int = 4, seed: int = 0,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Ground-truth evaluation of a built-in-domain run folder (see the module docstring)."""
-    workdir = Path(workdir)
-    record_file = workdir / "config.json"
-    if not record_file.is_file():
-        raise FileNotFoundError(f"{workdir}: not a training run (no config.json)")
-    record = json.loads(record_file.read_text())
-    train = record["train"]
-    domain = DOMAINS.get(train["domain"])
+    """Ground-truth evaluation of a built-in-domain export (see the module docstring).
+
+    ``report_dir``: where ``groundtruth.json``/``.png`` and ``curves.png`` go (None: nowhere, the result is
+    returned). ``run_dir``: the training run the export came from, when at hand: its ``metrics.jsonl`` gets the
+    result and draws the training curves, and its inversion cache serves exports that carry no shot codes."""
+    run_export = export.load(export_dir)
+    run, train = run_export.run, run_export.run["train"]
+    domain = DOMAINS.get(run.get("domain", train["domain"]))
     if domain is None or not domain.builtin:
-        raise ConfigError(f"{workdir}: ground-truth evaluation needs a built-in domain, not '{train['domain']}'")
-    export = workdir / "export"
-    if not (export / "config.json").is_file():
-        raise FileNotFoundError(f"{export}: no export; finish the run first (python -m train.run ... --resume)")
-    pipeline = psp.load_pipeline(export)
-    # The run's generator as it was loaded for training (its truncation latent is the export's latent_avg row),
-    # so the inversion cache made by the run is recognised and reused.
+        raise ConfigError(f"{export_dir}: ground-truth evaluation needs a built-in domain, not "
+                          f"'{train['domain']}'")
+    pipeline = run_export.pipeline
+    # The run's generator as it was loaded for training (its truncation latent is the export's latent_avg row).
     g = pipeline.generator
     generator = stylegan2.LoadedGenerator(g.config, g.params, g.noises, np.asarray(pipeline.latent_avg)[0])
     topk, cos_th = int(train["topk"]), float(train["cos_th"])
 
-    # Inversion of the five shots (reusing the run's cache where it holds them).
+    # The five shots' codes: the export's, or inverted again (cached in the run folder when there is one).
     names, images, masks256 = builtin.shots(DOMAINS["shapes"], 5)
     masks64 = shapes.downsample_mask(masks256, shapes.SIZE)
     scribbles64 = np.stack([shapes.scribbles(m, i) for i, m in enumerate(masks64)])
     lpips_params = lpips.load().params
     key = jax.random.key(int(train["seed"]))
     key_inv, key_proto = jax.random.split(jax.random.fold_in(key, 1))
-    inv = invert_cached(workdir / "inversion", names, generator, lpips_params, images, key_inv, log=log,
-                        steps=int(train["inversion_steps"]), lr=float(train["inversion_lr"]),
-                        l2_lambda=float(train["inversion_l2_lambda"]),
-                        lpips_lambda=float(train["inversion_lpips_lambda"]))
+    inv = run_export.shots
+    if inv is None or tuple(inv.names) != tuple(names):
+        cache = Path(run_dir) / "inversion" if run_dir is not None else Path(report_dir or ".") / "inversion"
+        inv = invert_cached(cache, names, generator, lpips_params, images, key_inv, log=log,
+                            steps=int(train["inversion_steps"]), lr=float(train["inversion_lr"]),
+                            l2_lambda=float(train["inversion_l2_lambda"]),
+                            lpips_lambda=float(train["inversion_lpips_lambda"]))
     recon, features_shots = generator.synthesize(jnp.asarray(inv.w_plus), noise="const")
     recon = np.asarray(recon)
     mse = np.mean((recon - images) ** 2, axis=(1, 2, 3))
@@ -175,30 +177,35 @@ def evaluate(workdir: str | Path, n_samples: int = 256, styles: int = 4, seed: i
     synth, synth_styles, synth_images = _synthesis_quality(pipeline, test_labels, truth64, styles, seed)
 
     result = {
-        "domain": domain.name, "step": int(pipeline.config.get("opts", {}).get("steps", -1)),
-        "shots": list(record["shots"]), "n_samples": n_samples, "n_test_masks": len(test_names),
+        "domain": domain.name, "step": int(run.get("step", pipeline.config.get("opts", {}).get("steps", -1))),
+        "shots": list(names), "n_samples": n_samples, "n_test_masks": len(test_names),
         "generator_oracle_confidence": shapes.oracle_confidence(sample_images),
         "pseudo_labels": pseudo, "synthesis": synth, f"synthesis_{styles}styles": synth_styles,
         "inversion": inversion, "bf16_agreement": bf16,
     }
-    (workdir / "groundtruth.json").write_text(json.dumps(result, indent=1))
-    with open(workdir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": result["step"], "groundtruth": result}) + "\n")
-
+    if run_dir is not None:
+        with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": result["step"], "groundtruth": result}) + "\n")
+    if report_dir is None:
+        return result
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "groundtruth.json").write_text(json.dumps(result, indent=1))
     pseudo_dense = np.asarray(labeling.pseudo_label(sample_features[:8], protos_dense, out_size=shapes.SIZE))
     rows = [[viz.colorize(t), viz.to_uint8(im[::4, ::4]), viz.colorize(shapes.segment(im[::4, ::4]))]
             for t, im in zip(truth64[:8], synth_images[:8])]
     rows += [[viz.to_uint8(im), viz.colorize(o), viz.colorize(p)]
              for im, o, p in zip(sample_images[:8], oracle[:8], pseudo_dense)]
     figure = viz.grid([sum((r for r in rows[i::8]), []) for i in range(8)], pad=2)
-    viz.save_png(workdir / "groundtruth.png", np.kron(figure, np.ones((2, 2, 1), np.uint8)))
-    _plot_curves(workdir, inv)
+    viz.save_png(report_dir / "groundtruth.png", np.kron(figure, np.ones((2, 2, 1), np.uint8)))
+    _plot_curves(report_dir, Path(run_dir) / "metrics.jsonl" if run_dir is not None else None, inv)
     return result
 
 
-def _plot_curves(workdir: Path, inv) -> None:
+def _plot_curves(out_dir: Path, metrics_file: Path | None, inv) -> None:
     series = {}
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = ([json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+            if metrics_file is not None and metrics_file.is_file() else [])
     loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     miou = [(r["step"], r["eval/miou"]) for r in rows if "eval/miou" in r]
     if loss:
@@ -211,7 +218,7 @@ def _plot_curves(workdir: Path, inv) -> None:
         panels.append(viz.plot([(i + 1, float(v)) for i, v in enumerate(np.asarray(history).mean(1))],
                                title="inversion loss (mean of shots)"))
     if panels:
-        viz.save_png(workdir / "curves.png", viz.grid([panels], pad=4))
+        viz.save_png(out_dir / "curves.png", viz.grid([panels], pad=4))
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ from smis_jax.files import savez_atomic
 from smis_jax.optim import ranger
 from smis_jax.stylegan2 import Generator, GeneratorConfig, LoadedGenerator, make_sample_noise
 
-__all__ = ["InversionResult", "invert", "invert_cached", "image_loss"]
+__all__ = ["InversionResult", "invert", "invert_cached", "read_cache", "image_loss"]
 
 
 class InversionResult(NamedTuple):
@@ -164,31 +164,45 @@ def invert_cached(cache_dir: str | Path, names: Sequence[str], generator: Loaded
     """
     cache = Path(cache_dir)
     steps = invert_kwargs.get("steps", 2000)
-    fingerprint = generator_fingerprint(generator)
-    files = [cache / f"{name}.npz" for name in names]
-    if not overwrite and all(f.is_file() for f in files):
-        entries, damaged = [], []
-        for f in files:
-            try:
-                entries.append(_read_entry(f))
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-                damaged.append(f"{f.name} ({type(e).__name__}: {e})")
-        if damaged:
-            log(f"cached inversions in {cache} are damaged: {'; '.join(damaged)}; recomputing")
-        elif all(str(e["fingerprint"]) == fingerprint and int(e["steps"]) == steps for e in entries):
+    if not overwrite:
+        cached = read_cache(cache, names, generator, steps, log)
+        if cached is not None:
             log(f"reusing cached inversions in {cache} (--overwrite-inversion recomputes them)")
-            history = (np.stack([e["history"] for e in entries], 1) if all("history" in e for e in entries)
-                       else None)
-            return CachedInversion(np.stack([e["w_plus"] for e in entries]),
-                                   np.array([float(e["loss"]) for e in entries], np.float32), True, history)
-        else:
-            log(f"cached inversions in {cache} were made with another generator or step count; recomputing")
+            return cached
+    files = [cache / f"{name}.npz" for name in names]
+    fingerprint = generator_fingerprint(generator)
     log(f"inverting {len(names)} image(s) for {steps} steps (cached in {cache})")
     result = invert(generator, lpips_params, targets_NHWC, key, **invert_kwargs)
     cache.mkdir(parents=True, exist_ok=True)
     for k, (f, w, loss) in enumerate(zip(files, result.w_plus, result.loss)):
         savez_atomic(f, w_plus=w, loss=loss, steps=steps, fingerprint=fingerprint, history=result.history[:, k])
     return CachedInversion(result.w_plus, result.loss, False, result.history)
+
+
+def read_cache(cache_dir: str | Path, names: Sequence[str], generator: LoadedGenerator, steps: int,
+               log: Callable[[str], None] = print) -> CachedInversion | None:
+    """The cached inversions of ``names`` if every one is there, intact and made with this generator and step
+    count; otherwise None (saying why when files exist but cannot be used)."""
+    cache = Path(cache_dir)
+    files = [cache / f"{name}.npz" for name in names]
+    if not all(f.is_file() for f in files):
+        return None
+    entries, damaged = [], []
+    for f in files:
+        try:
+            entries.append(_read_entry(f))
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            damaged.append(f"{f.name} ({type(e).__name__}: {e})")
+    if damaged:
+        log(f"cached inversions in {cache} are damaged: {'; '.join(damaged)}; recomputing")
+        return None
+    fingerprint = generator_fingerprint(generator)
+    if not all(str(e["fingerprint"]) == fingerprint and int(e["steps"]) == steps for e in entries):
+        log(f"cached inversions in {cache} were made with another generator or step count; recomputing")
+        return None
+    history = np.stack([e["history"] for e in entries], 1) if all("history" in e for e in entries) else None
+    return CachedInversion(np.stack([e["w_plus"] for e in entries]),
+                           np.array([float(e["loss"]) for e in entries], np.float32), True, history)
 
 
 def _read_entry(path: Path) -> dict[str, np.ndarray]:

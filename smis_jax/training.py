@@ -14,6 +14,7 @@ draws exactly what the uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from functools import partial
@@ -28,6 +29,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smis_jax import labeling, ops
+from smis_jax.config import TrainConfig
 from smis_jax.optim import ranger
 from smis_jax.psp import EncoderConfig, GradualStyleEncoder, init_variables
 from smis_jax.stylegan2 import Generator, GeneratorConfig, make_noise
@@ -60,17 +62,18 @@ class TrainState:
 
 @dataclass(frozen=True)
 class StepConfig:
-    """The static parts of a training step (hashable: it keys the compiled step)."""
+    """The static parts of a training step (hashable: it keys the compiled step). Built from a run's
+    :class:`~smis_jax.config.TrainConfig` by :meth:`of`; the defaults below are TrainConfig's, never restated."""
 
     generator: GeneratorConfig
     encoder: EncoderConfig
     batch_size: int
-    learning_rate: float = 1e-4
-    l2_lambda: float = 1.0
-    w_norm_lambda: float = 0.0
-    train_wplus: bool = False
-    topk: int = 3
-    cos_th: float = 0.5
+    learning_rate: float = TrainConfig.learning_rate
+    l2_lambda: float = TrainConfig.l2_lambda
+    w_norm_lambda: float = TrainConfig.w_norm_lambda
+    train_wplus: bool = TrainConfig.train_wplus
+    topk: int = TrainConfig.topk
+    cos_th: float = TrainConfig.cos_th
     compat: bool = False  # dense labels: let zero prototypes of absent classes compete (the original's bug)
 
     def __post_init__(self):
@@ -78,6 +81,13 @@ class StepConfig:
             raise ValueError(
                 f"encoder produces ({self.encoder.style_num}, {self.encoder.style_dim}) codes but the generator takes "
                 f"({self.generator.n_latent}, {self.generator.style_dim})")
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, generator: GeneratorConfig, encoder: EncoderConfig) -> "StepConfig":
+        """The step of a run: every field that TrainConfig also has comes from ``cfg``."""
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
+                  if f.name not in ("generator", "encoder") and hasattr(cfg, f.name)}  # TrainConfig.encoder: a size
+        return cls(generator=generator, encoder=encoder, **shared)
 
 
 def data_mesh(devices=None) -> Mesh:

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 from test_synthesize import tiny_dir  # noqa: F401  (the converted tiny golden export, module-scoped)
 
-from smis_jax import data, experiment, psp, stylegan2
+from smis_jax import data, export, psp, stylegan2
 from smis_jax import synthesize as syn
 from smis_jax.app import editor as ed
 from smis_jax.app.server import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, make_server
@@ -80,8 +80,8 @@ def sparse_export(golden, tmp_path_factory):
         lambda path, a: np.full(a.shape, float("var" in str(path[-1])), np.float32), shapes["batch_stats"])
     latent_avg = np.broadcast_to(np.asarray(gen.truncation_latent()), (enc_cfg.style_num, enc_cfg.style_dim))
     state = types.SimpleNamespace(params=params, batch_stats=stats)
-    return experiment.export_pipeline(tmp_path_factory.mktemp("sparse") / "export", enc_cfg, state, gen, latent_avg,
-                                      {"dataset_type": "tiny-sparse", "label_nc": 71})
+    return export.write(tmp_path_factory.mktemp("sparse") / "export", enc_cfg, state, gen, latent_avg,
+                        {"dataset_type": "tiny-sparse", "label_nc": 71})
 
 
 def request(server, method, path, body=None, headers=None):

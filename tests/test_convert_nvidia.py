@@ -297,15 +297,15 @@ def test_pipeline_export_keeps_the_nvidia_generator(tmp_path):
     import jax
 
     from smis_jax import psp
-    from smis_jax.experiment import export_pipeline
+    from smis_jax import export
 
     g = sg.load(GOLDEN / "ada_tiny64.pkl")
     c = g.config
     enc = psp.EncoderConfig(input_nc=19, style_num=c.n_latent, widths=(16, 16, 16, 16), units=(1, 1, 1, 1),
                             style_dim=c.style_dim)
     zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), psp.abstract_variables(enc))
-    state = SimpleNamespace(**zeros)  # what export_pipeline reads of a TrainState; the encoder is not under test
-    out = export_pipeline(tmp_path / "export", enc, state, g, np.zeros((c.n_latent, c.style_dim), np.float32), {})
+    state = SimpleNamespace(**zeros)  # what export.write reads of a TrainState; the encoder is not under test
+    out = export.write(tmp_path / "export", enc, state, g, np.zeros((c.n_latent, c.style_dim), np.float32), {})
     pipe = psp.load_pipeline(out)
     assert pipe.generator.config == c and pipe.generator.config.conv_clamp == 0.8
     np.testing.assert_array_equal(pipe.generator.params["params"]["to_rgbs_3"]["bias"],

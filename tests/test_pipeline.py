@@ -120,6 +120,37 @@ def test_synthesis_and_evaluation_from_the_run(run_dir, samples, tmp_path, capsy
     assert result["miou"] == pytest.approx([m for m in lines if "eval/miou" in m][-1]["eval/miou"], rel=1e-6)
 
 
+def test_a_copied_export_synthesises_and_evaluates_alone(run_dir, samples, tmp_path, capsys):
+    """export/ copied elsewhere, the run folder renamed away: synthesis and evaluation need nothing else."""
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "export"
+    shutil.copytree(run_dir / "export", copy)
+    moved = run_dir.with_name(run_dir.name + "-away")
+    run_dir.rename(moved)
+    try:
+        masks = tmp_path / "masks"
+        shutil.copytree(samples / "CelebAMask-HQ" / "test" / "labels", masks)
+        capsys.readouterr()
+        assert evaluate_cli.main(["--checkpoint", str(copy), "--masks", str(masks)]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["step"] == STEPS and result["n_masks"] == 3
+        lines = [json.loads(line) for line in (moved / "metrics.jsonl").read_text().splitlines()]
+        assert result["miou"] == pytest.approx([m for m in lines if "eval/miou" in m][-1]["eval/miou"], rel=1e-6)
+        assert synthesize.main(["--checkpoint", str(copy), "--masks", str(masks), "--out", str(tmp_path / "o")]) == 0
+        assert len(list((tmp_path / "o").glob("*.png"))) == 3
+        config = json.loads((copy / "config.json").read_text())
+        assert config["run"]["domain"] == "tiny" and config["run"]["shot_names"] == ["0", "1", "10", "100", "1000"]
+        # An export without its prototypes cannot be evaluated; the error says what is missing.
+        shutil.rmtree(copy / "prototypes")
+        capsys.readouterr()
+        assert evaluate_cli.main(["--checkpoint", str(copy), "--masks", str(masks)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no training run record and prototypes" in err
+    finally:
+        moved.rename(run_dir)
+
+
 def test_existing_run_needs_resume(run_dir, samples, golden, capsys):
     assert train_cli.main(_train_args(run_dir, samples, golden)) == 2
     err = capsys.readouterr().err
