@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import labeling
+from smis_jax.errors import UserError
 from smis_jax.psp import EncoderConfig, GradualStyleEncoder
 from smis_jax.stylegan2 import Generator, GeneratorConfig
 
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             truth = groundtruth.evaluate(args.workdir, n_samples=args.samples, log=lambda m: print(m, file=sys.stderr))
             result["groundtruth"] = truth
             print(groundtruth.format_table(truth), file=sys.stderr)
-    except (ValueError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=1)

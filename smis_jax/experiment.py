@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from smis_jax import builtin, data, interrupt, labeling, lpips, stylegan2, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
+from smis_jax.errors import MissingFileError
 from smis_jax.files import FolderError, check_writable
 from smis_jax.inversion import invert_cached
 from smis_jax.progress import Progress, progress
@@ -393,7 +394,7 @@ def evaluate_run(workdir: str | Path, masks: Sequence[str | Path] | None = None,
     workdir = Path(workdir)
     record_file = workdir / "config.json"
     if not record_file.is_file():
-        raise FileNotFoundError(f"{workdir}: not a training run (no config.json)")
+        raise MissingFileError(f"{workdir}: not a training run (no config.json)")
     record = json.loads(record_file.read_text())
     cfg = TrainConfig.from_dict(record["train"])
     domain = cfg.domain_preset
@@ -411,11 +412,11 @@ def evaluate_run(workdir: str | Path, masks: Sequence[str | Path] | None = None,
         if masks is None:
             test_dir = Path(record["data"]) / "test" / "labels"
             if not test_dir.is_dir():
-                raise FileNotFoundError(f"{test_dir}: no test masks; pass --masks")
+                raise MissingFileError(f"{test_dir}: no test masks; pass --masks")
             masks = [test_dir]
         names, labels = load_test_masks(masks, domain.n_classes)
     if not names:
-        raise FileNotFoundError("no masks to evaluate")
+        raise MissingFileError("no masks to evaluate")
     latent_avg = jnp.broadcast_to(generator.truncation_latent(), (generator.config.n_latent, generator.config.style_dim))
     result = _evaluate(dataclasses.replace(step_cfg, batch_size=batch_size), state, generator, latent_avg, protos,
                        labels)

@@ -29,6 +29,7 @@ import numpy as np
 
 from smis_jax import builtin, data, labeling, lpips, psp, shapes, stylegan2, synthesize, viz
 from smis_jax.config import DOMAINS, ConfigError
+from smis_jax.errors import MissingFileError
 from smis_jax.evaluate import confusion, iou_from_confusion
 from smis_jax.inversion import invert_cached
 
@@ -123,7 +124,7 @@ def evaluate(workdir: str | Path, n_samples: int = 256, styles: int = 4, seed: i
     workdir = Path(workdir)
     record_file = workdir / "config.json"
     if not record_file.is_file():
-        raise FileNotFoundError(f"{workdir}: not a training run (no config.json)")
+        raise MissingFileError(f"{workdir}: not a training run (no config.json)")
     record = json.loads(record_file.read_text())
     train = record["train"]
     domain = DOMAINS.get(train["domain"])
@@ -131,7 +132,7 @@ def evaluate(workdir: str | Path, n_samples: int = 256, styles: int = 4, seed: i
         raise ConfigError(f"{workdir}: ground-truth evaluation needs a built-in domain, not '{train['domain']}'")
     export = workdir / "export"
     if not (export / "config.json").is_file():
-        raise FileNotFoundError(f"{export}: no export; finish the run first (python -m train.run ... --resume)")
+        raise MissingFileError(f"{export}: no export; finish the run first (python -m train.run ... --resume)")
     pipeline = psp.load_pipeline(export)
     # The run's generator as it was loaded for training (its truncation latent is the export's latent_avg row),
     # so the inversion cache made by the run is recognised and reused.

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smis_jax.errors import UserError
+
 __all__ = [
     "LabelingError",
     "DensePrototypes",
@@ -62,7 +64,7 @@ _SPARSE_BLOCK_ELEMENTS = 2**27
 _ROUNDS_TOPK_MAX = 8
 
 
-class LabelingError(ValueError):
+class LabelingError(UserError, ValueError):
     """Features, masks or prototypes of inconsistent shapes; the message names the arrays and shapes."""
 
 

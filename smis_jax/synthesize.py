@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import data, ops, viz
+from smis_jax.errors import InvalidValueError, UserError
 from smis_jax.files import check_writable
 from smis_jax.progress import progress
 
@@ -64,7 +65,7 @@ def latent_mask_array(latent_mask: Sequence[int] | None, style_num: int, warn: b
         latent_mask = default_latent_mask(style_num)
     idx = [int(i) for i in latent_mask]
     if any(i < 0 for i in idx):
-        raise ValueError(f"latent mask indices must be >= 0, got {idx}")
+        raise InvalidValueError(f"latent mask indices must be >= 0, got {idx}")
     dropped = sorted(i for i in idx if i >= style_num)
     if dropped and warn:
         warnings.warn(f"latent mask indices {dropped} are >= style_num {style_num} and are ignored", stacklevel=2)
@@ -147,13 +148,13 @@ def decode(pipeline, codes: jax.Array, key: jax.Array, styles: int = 0, latent_m
     """:func:`encode`'s codes (B, S, D) -> images, as :func:`synthesize` (one encoding can feed several decodes)."""
     gen = pipeline.generator
     if styles < 0:
-        raise ValueError(f"styles must be >= 0, got {styles}")
+        raise InvalidValueError(f"styles must be >= 0, got {styles}")
     if noise not in ("const", "random"):
-        raise ValueError(f"noise must be 'const' or 'random', got {noise!r}")
+        raise InvalidValueError(f"noise must be 'const' or 'random', got {noise!r}")
     if alpha is not None and not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InvalidValueError(f"alpha must be in [0, 1], got {alpha}")
     if not 0.0 <= truncation <= 1.0:
-        raise ValueError(f"truncation must be in [0, 1], got {truncation}")
+        raise InvalidValueError(f"truncation must be in [0, 1], got {truncation}")
     if latent_mask is None:
         latent_mask = domain_latent_mask(pipeline)
     mask = latent_mask_array(latent_mask, pipeline.encoder.config.style_num)
@@ -191,11 +192,11 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
     from smis_jax import psp
 
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise InvalidValueError(f"batch size must be >= 1, got {batch_size}")
     if styles < 0:
-        raise ValueError(f"styles must be >= 0, got {styles}")
+        raise InvalidValueError(f"styles must be >= 0, got {styles}")
     if not 0.0 <= truncation <= 1.0:
-        raise ValueError(f"truncation must be in [0, 1], got {truncation}")
+        raise InvalidValueError(f"truncation must be in [0, 1], got {truncation}")
     files = collect_masks(masks)
     out = check_writable(out, "output folder")  # before the (slow) load, not after it
     pipeline = psp.load_pipeline(checkpoint)
@@ -271,8 +272,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grid", action="store_true", help="also write OUT/grid/<name>.png = [mask | outputs]")
     args = parser.parse_args(argv)
 
-    from smis_jax.torchfile import TorchFileError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -280,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = run(args.checkpoint, args.masks, args.out, styles=args.styles, latent_mask=args.latent_mask,
                           alpha=args.alpha, seed=args.seed, batch_size=args.batch_size, write_grid=args.grid,
                           noise=args.noise, truncation=args.truncation)
-    except (ValueError, TorchFileError, FileNotFoundError, FileExistsError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files to {args.out}")

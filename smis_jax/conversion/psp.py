@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from smis_jax.errors import ConfigError, MissingFileError
 from smis_jax.conversion.common import ConversionError, StateDict, check_tree, save_converted
 
 __all__ = [
@@ -166,7 +167,7 @@ def infer_encoder_config(sd: StateDict, prefix: str = "encoder.", input_nc: int 
     try:
         return EncoderConfig(input_nc=int(w_in[1]), style_num=n_styles, widths=widths, units=units,
                              style_dim=int(style_dim), se_reduction=int(reduction))
-    except ValueError as e:
+    except ConfigError as e:
         raise ConversionError(f"{src}: {e}") from None
 
 
@@ -231,7 +232,7 @@ def convert_checkpoint(in_path: str | os.PathLike, units: Sequence[int] | None =
 
     in_path = Path(in_path)
     if not in_path.is_file():
-        raise FileNotFoundError(f"{in_path}: no such file")
+        raise MissingFileError(f"{in_path}: no such file")
     ckpt = torchfile.load(in_path)
     src = str(in_path)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:

@@ -39,6 +39,7 @@ import numpy as np
 from smis_jax import nvidiafile, torchfile
 from smis_jax.conversion import nvidia
 from smis_jax.conversion.common import ConversionError, StateDict, check_tree, save_converted
+from smis_jax.errors import ConfigError, OutputExistsError
 from smis_jax.stylegan2 import GeneratorConfig, param_shapes
 
 __all__ = ["generator_from_state_dict", "read_rosinality", "read_nvidia", "read_checkpoint", "convert",
@@ -82,7 +83,7 @@ def infer_config(sd: StateDict, prefix: str = "", conv_clamp: float | None = Non
     try:
         return GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels, lr_mlp=lr_mlp,
                                conv_clamp=conv_clamp)
-    except ValueError as e:
+    except ConfigError as e:
         raise ConversionError(f"{sd.source}: {e}") from None
 
 
@@ -220,7 +221,7 @@ def convert(in_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     FileExistsError) before writing anything."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out.absolute()} exists and is not empty; choose a new output directory")
+        raise OutputExistsError(f"{out.absolute()} exists and is not empty; choose a new output directory")
     config, params, noises, latent_avg = read_checkpoint(in_path)
     trees = {"params": params, "noises": noises}
     if latent_avg is not None:
