@@ -13,7 +13,7 @@ With ``--styles N`` each mask gets N variants ``OUT/<name>_s{k}.png``: a random 
 W+ layers in ``--latent-mask`` (default 8..style_num-1, the README's recipe; ``--alpha`` blends instead of
 replacing; ``--truncation`` psi pulls that w towards the mean w), with fresh noise. Every random draw comes from
 ``--seed`` and the mask's position in the sorted input list, so results do not depend on ``--batch-size``.
-``--grid`` also writes ``OUT/grid/<name>.png`` = [colourised mask | outputs].
+``--grid`` also writes ``OUT/grid/<name>.png`` = [colourised mask | outputs], titled, with a class legend.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import data, ops, viz
+from smis_jax.config import DOMAINS
 from smis_jax.errors import InvalidValueError, UserError
 from smis_jax.files import check_writable
 from smis_jax.progress import progress
@@ -184,6 +185,13 @@ def collect_masks(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def _class_names(export_config: dict, n_classes: int) -> tuple[str, ...]:
+    """The export's domain's class names (its ``opts.dataset_type``), or () when unknown or of another length."""
+    domain = DOMAINS.get(str((export_config.get("opts") or {}).get("dataset_type")))
+    names = tuple(domain.class_names) if domain is not None else ()
+    return names if len(names) == n_classes else ()
+
+
 def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, styles: int = 0,
         latent_mask: Sequence[int] | None = None, alpha: float | None = None, seed: int = 0, batch_size: int = 8,
         write_grid: bool = False, noise: str | None = None, show_progress: bool = True,
@@ -208,6 +216,8 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
     batch = min(batch_size, len(files))  # one fixed shape: the last batch is padded, never retraced
     starts = list(range(0, len(files), batch))
     written: list[Path] = []
+    titles = ["mask"] + (["synthesis"] if not styles else [f"style {k}" for k in range(styles)])
+    legend = viz.class_legend(cfg.input_nc, _class_names(pipeline.config, cfg.input_nc))
 
     def write(start: int, labels: np.ndarray, images) -> None:
         images = viz.to_uint8(np.asarray(images))
@@ -217,13 +227,15 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
             for name, im in zip(names, outs):
                 written.append(viz.save_png(out / name, im))
             if write_grid:
-                written.append(viz.save_png(out / "grid" / f"{f.stem}.png", viz.grid([viz.colorize(labels[j])] + outs)))
+                cells = [viz.colorize(labels[j])] + outs
+                grid = viz.titled_grid(cells, titles, legend=legend)
+                written.append(viz.save_png(out / "grid" / f"{f.stem}.png", grid))
 
     t0 = time.perf_counter()
     pending = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the dropped-index warning was given above
-        bar = progress(starts, total=len(starts), desc="synthesize", unit="batch") if show_progress else starts
+        bar = progress(starts, desc="synthesize", unit="batch", disable=not show_progress)
         for start in bar:
             chunk = files[start:start + batch]
             labels = np.stack([data.read_label(f, cfg.input_nc) for f in chunk])  # (b, 256, 256) uint8
