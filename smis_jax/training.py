@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from einops import rearrange
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smis_jax import labeling, ops
@@ -116,7 +117,7 @@ def sample_latents(cfg: StepConfig, gen_params, key: jax.Array) -> jax.Array:
     if cfg.train_wplus:
         z = jax.random.normal(key, (b * g.n_latent, g.style_dim))
         w = generator.apply(gen_params, z, method=Generator.mapping)
-        return w.reshape(b, g.n_latent, g.style_dim)
+        return rearrange(w, "(b l) d -> b l d", b=b)  # W+: one mapped z per (sample, layer)
     z = jax.random.normal(key, (b, g.style_dim))
     w = generator.apply(gen_params, z, method=Generator.mapping)
     return jnp.broadcast_to(w[:, None, :], (b, g.n_latent, g.style_dim))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from einops import rearrange
 
 from smis_jax.errors import ConfigError, MissingFileError
 from smis_jax.conversion.common import ConversionError, StateDict, check_tree, save_converted
@@ -94,7 +95,7 @@ def _torch_shape(shape: Sequence[int], transform: str) -> tuple[int, ...]:
 
 def _apply(value: np.ndarray, transform: str) -> np.ndarray:
     if transform == "conv":
-        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+        return np.ascontiguousarray(rearrange(value, "o i kh kw -> kh kw i o"))
     if transform == "linear":
         return np.ascontiguousarray(value.T)
     return value
