@@ -57,11 +57,19 @@ class Progress(tqdm):
             head = "{desc}: " if desc else ""
             counts = ("{percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
                       if total is not None or hasattr(iterable, "__len__") else "{n_fmt}{unit} [{elapsed}, ")
-            kwargs.update(file=_Lines(file), bar_format=head + counts + "{rate_noinv_fmt}{postfix}]",
+            kwargs.update(file=_Lines(file), bar_format=head + counts + "{rate_plain}{unit}/s{postfix}]",
                           mininterval=interval, miniters=1, delay=max(interval, 1e-9), ascii=True)
         else:
             kwargs.update(file=file, dynamic_ncols=True)
         super().__init__(iterable, total=total, desc=desc, unit=unit, **kwargs)
+
+    @property
+    def format_dict(self):
+        """tqdm's fields plus ``rate_plain``: the rate as ``2.50`` (tqdm's own pads it and flips to s/it below 1)."""
+        d = super().format_dict
+        rate = d["rate"] or (d["n"] / d["elapsed"] if d["elapsed"] else None)
+        d["rate_plain"] = f"{rate:.2f}" if rate else "?"
+        return d
 
     def close(self) -> None:
         if not self.interactive and not self.disable:
