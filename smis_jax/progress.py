@@ -73,6 +73,8 @@ class Progress(tqdm):
 
     def close(self) -> None:
         if not self.interactive and not self.disable:
+            if self.n == self.last_print_n and self.last_print_t >= self.start_t + self.delay:
+                self.leave = False  # the last line written already says where it stopped
             self.delay = 0  # off a terminal the final line is written even for a run shorter than the interval
         super().close()
 
