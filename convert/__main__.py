@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from smis_jax.conversion import ConversionError
-    from smis_jax.nvidiafile import NvidiaPickleError
-    from smis_jax.torchfile import TorchFileError
+    from smis_jax.errors import UserError
 
     try:
         if args.what == "stylegan2":
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             from smis_jax.conversion.lpips import convert
 
             out = convert(args.alexnet, args.lin, args.output)
-    except (ConversionError, TorchFileError, NvidiaPickleError, FileExistsError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

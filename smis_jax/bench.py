@@ -69,10 +69,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from smis_jax import bench_torch, labeling
 from smis_jax.config import DOMAINS
-from smis_jax.conversion.common import ConversionError
+from smis_jax.errors import UserError
 from smis_jax.psp import EncoderConfig
 from smis_jax.stylegan2 import FEATURE_RES, Generator, GeneratorConfig, init_params, make_noise
-from smis_jax.torchfile import TorchFileError
 
 __all__ = [
     "BenchError", "Preset", "PRESETS", "PEAK_FLOPS", "device_info", "peak_flops", "jaxpr_flops",
@@ -83,7 +82,7 @@ LABEL_SIZE = 256  # pseudo-labels and the encoder input are 256x256 for every do
 N_SHOTS = 5
 
 
-class BenchError(ValueError):
+class BenchError(UserError, ValueError):
     """A benchmark option is invalid; the message names it and the allowed values."""
 
 
@@ -1102,7 +1101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bench == "app":  # one line of its own: the comparison table below is for original-vs-ours paths
         try:
             row = bench_app(args.checkpoint, args.variants, args.repeats or 20, args.seed)
-        except (ValueError, TorchFileError, FileNotFoundError) as e:
+        except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         if args.json_out is not None:
@@ -1140,7 +1139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # --quick: 64x64 targets (LPIPS at 256 dominates a tiny-generator step) and no extra FLOPs compile.
             rows = bench_inversion(preset, batches, steps, repeats, args.seed, xla_flops=not args.quick,
                                    target_size=64 if args.quick else LABEL_SIZE)
-    except (BenchError, ConversionError, TorchFileError) as e:  # bad options, unreadable --weights
+    except UserError as e:  # bad options, unreadable --weights
         print(f"error: {e}", file=sys.stderr)
         return 2
     lines = [json.dumps(row, sort_keys=True) for row in rows]

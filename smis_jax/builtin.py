@@ -15,6 +15,7 @@ import numpy as np
 
 from smis_jax import shapes
 from smis_jax.config import Domain
+from smis_jax.errors import ConfigError, MissingFileError
 
 __all__ = ["ASSETS", "GENERATOR", "N_TEST_MASKS", "shot_names", "shots", "test_masks", "generator_path",
            "annotate"]
@@ -28,7 +29,7 @@ MASK_SIZE = 256
 def generator_path() -> Path:
     """The shipped generator; a clear error when the package was installed without it."""
     if not (GENERATOR / "config.json").is_file():
-        raise FileNotFoundError(f"{GENERATOR}: the built-in generator is missing from this installation; pass "
+        raise MissingFileError(f"{GENERATOR}: the built-in generator is missing from this installation; pass "
                                 f"--stylegan, or train one with python -m train.stylegan2")
     return GENERATOR
 
@@ -54,7 +55,7 @@ def shots(domain: Domain, which: int | Sequence[str]):
         names = tuple(which)
         bad = [n for n in names if not (n.startswith("scene") and n[5:].isdigit())]
         if bad:
-            raise ValueError(f"built-in shots are named scene00, scene01, ...; got {bad[0]!r}")
+            raise ConfigError(f"built-in shots are named scene00, scene01, ...; got {bad[0]!r}")
     index = [int(n[5:]) for n in names]
     scenes = [shapes.render(shapes.SHOT_SEED, i) for i in index]
     images = np.stack([s.image for s in scenes])

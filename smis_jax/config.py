@@ -12,11 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from smis_jax.errors import ConfigError
+
 __all__ = ["Domain", "DOMAINS", "ENCODER_SIZES", "TrainConfig", "get_domain", "ConfigError"]
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the allowed values."""
 
 
 @dataclass(frozen=True)

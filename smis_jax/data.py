@@ -29,6 +29,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from smis_jax.errors import UserError
+
 __all__ = [
     "DataError",
     "LabelError",
@@ -44,7 +46,7 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file or folder cannot be used; the one-line message names it and says why."""
 
 

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import builtin, export, groundtruth
-from smis_jax.config import ConfigError, TrainConfig, get_domain
+from smis_jax.config import TrainConfig, get_domain
+from smis_jax.errors import MissingFileError, UserError
 from smis_jax.experiment import load_generator, load_test_masks
 from smis_jax.metrics import self_consistency
 from smis_jax.psp import EncoderConfig
@@ -43,12 +44,12 @@ def _masks(masks: Sequence[str | Path] | None, domain_name: str, data: str | Non
             return list(names), labels
         test_dir = Path(data) / "test" / "labels" if data else None
         if test_dir is None or not test_dir.is_dir():
-            raise FileNotFoundError(f"{where}: no held-out masks at hand (the training data's test/labels, "
+            raise MissingFileError(f"{where}: no held-out masks at hand (the training data's test/labels, "
                                     f"{test_dir}, is not there); pass --masks")
         masks = [test_dir]
     names, labels = load_test_masks(masks, domain.n_classes)
     if not names:
-        raise FileNotFoundError(f"no masks to evaluate in {', '.join(map(str, masks))}")
+        raise MissingFileError(f"no masks to evaluate in {', '.join(map(str, masks))}")
     return names, labels
 
 
@@ -73,7 +74,7 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, masks: Seq
     workdir = Path(workdir)
     record_file = workdir / "config.json"
     if not record_file.is_file():
-        raise FileNotFoundError(f"{workdir}: not a training run (no config.json)")
+        raise MissingFileError(f"{workdir}: not a training run (no config.json)")
     record = json.loads(record_file.read_text())
     cfg = TrainConfig.from_dict(record["train"])
     domain = cfg.domain_preset
@@ -131,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(groundtruth.format_table(truth), file=sys.stderr)
         else:
             result = evaluate_checkpoint(run_dir, step=args.step, masks=args.masks, batch_size=args.batch_size)
-    except (ValueError, FileNotFoundError, ConfigError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=1)

@@ -372,4 +372,7 @@ def _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg: TrainC
     pv = preview_fn(state, gen_params, protos, latent_avg, key)
     rows = [[viz.colorize(lab), viz.to_uint8(s), viz.to_uint8(r)]
             for lab, s, r in zip(pv.labels, pv.sample, pv.reconstruction)]
-    viz.save_png(workdir / "images" / f"step_{step:07d}.png", viz.grid(rows))
+    legend = viz.class_legend(cfg.domain_preset.n_classes, cfg.domain_preset.class_names)
+    viz.save_png(workdir / "images" / f"step_{step:07d}.png",
+                 viz.titled_grid(rows, ("pseudo-label", "sample", "reconstruction"), legend=legend))
+

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from smis_jax.errors import UserError
+
 __all__ = ["FolderError", "check_writable", "savez_atomic"]
 
 
-class FolderError(ValueError):
+class FolderError(UserError, ValueError):
     """A folder cannot be created or written; the one-line message names it and says why."""
 
 

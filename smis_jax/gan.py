@@ -37,6 +37,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smis_jax import ops
+from smis_jax.errors import ConfigError
 from smis_jax.stylegan2 import Generator, GeneratorConfig, init_params, make_noise, style_mix
 
 __all__ = ["GanConfig", "Discriminator", "GanState", "init_state", "make_train_step", "ema_beta", "sample_images",
@@ -71,7 +72,7 @@ class GanConfig:
         self.generator  # validates size / style_dim / channels
         want = [r for r, _ in self.channels]
         if [r for r, _ in self.d_channels] != want:
-            raise ValueError(f"GanConfig: d_channels must give the resolutions {want}, got "
+            raise ConfigError(f"GanConfig: d_channels must give the resolutions {want}, got "
                              f"{[r for r, _ in self.d_channels]}")
         problems = [f"{n} must be > 0, got {getattr(self, n)}" for n in ("batch_size", "lr", "r1_every", "ema_kimg")
                     if not getattr(self, n) > 0]
@@ -80,7 +81,7 @@ class GanConfig:
         if not 0 <= self.mixing <= 1:
             problems.append(f"mixing must lie in [0, 1], got {self.mixing}")
         if problems:
-            raise ValueError("GanConfig: " + "; ".join(problems))
+            raise ConfigError("GanConfig: " + "; ".join(problems))
 
     @property
     def generator(self) -> GeneratorConfig:
@@ -97,7 +98,7 @@ class GanConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"GanConfig: unknown field(s) {', '.join(unknown)}")
+            raise ConfigError(f"GanConfig: unknown field(s) {', '.join(unknown)}")
         return cls(**d)
 
     def replace(self, **changes) -> "GanConfig":
@@ -274,7 +275,7 @@ def make_train_step(cfg: GanConfig, mesh: Mesh):
     update and the EMA, jitted per ``do_r1`` (static), state donated, the batch sharded over ``mesh``'s data axis."""
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")
+        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")
     replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     g_tx, d_tx = g_optimizer(cfg), d_optimizer(cfg)
     disc = Discriminator(cfg.d_channels)

@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from smis_jax import data, shapes, stylegan2, viz
+from smis_jax.errors import ConfigError, MissingFileError
 from smis_jax.gan import GanConfig, GanState, init_state, make_train_step, sample_images
 from smis_jax.training import data_mesh
 
@@ -107,7 +108,7 @@ class GanCheckpointer:
         ocp = self._ocp
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise MissingFileError(f"no checkpoint in {self.directory}")
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                  meta=ocp.args.JsonRestore()))
         return out.state, dict(out.meta)
@@ -146,7 +147,7 @@ def _as_typed(argv) -> list[str]:
 def _read_record(workdir: Path) -> dict[str, Any]:
     f = workdir / "config.json"
     if not f.is_file():
-        raise FileNotFoundError(f"{workdir}: not a GAN run (no config.json)")
+        raise MissingFileError(f"{workdir}: not a GAN run (no config.json)")
     return json.loads(f.read_text())
 
 
@@ -208,7 +209,7 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
     ckpt_dir = workdir / "checkpoints"
     existing = GanCheckpointer(ckpt_dir).latest_step() if ckpt_dir.is_dir() else None
     if existing is not None and not resume:
-        raise ValueError(f"{workdir} already holds checkpoints up to step {existing}; pass --resume or choose "
+        raise ConfigError(f"{workdir} already holds checkpoints up to step {existing}; pass --resume or choose "
                          f"another --workdir")
     invocation = {"argv": _as_typed(sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if existing is not None:
@@ -220,14 +221,14 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
             fixed = sorted(set(changed) - RETUNABLE)
             hint = (f" (--retune changes only {', '.join(sorted(RETUNABLE))}; not {', '.join(fixed)})" if fixed
                     else " (pass --retune to change them from here on)")
-            raise ValueError(f"cannot resume {workdir}: settings differ from the run's ({diff}){hint}")
+            raise ConfigError(f"cannot resume {workdir}: settings differ from the run's ({diff}){hint}")
         if changed:
             record["gan"] = cfg.to_json()
             record.setdefault("retuned", []).append({"step": existing, "changes": {k: list(v) for k, v in
                                                                                   changed.items()}})
             log(f"retuned at step {existing}: {diff}")
         if str(record.get("folder")) != str(None if folder is None else Path(folder).absolute()):
-            raise ValueError(f"cannot resume {workdir}: it trained on {record.get('folder') or 'the built-in scenes'}")
+            raise ConfigError(f"cannot resume {workdir}: it trained on {record.get('folder') or 'the built-in scenes'}")
         record["invocations"].append(invocation)
     else:
         record = {"gan": cfg.to_json(), "folder": None if folder is None else str(Path(folder).absolute()),
@@ -330,7 +331,7 @@ def record_quality(generator_dir: str | Path, quality: dict[str, Any]) -> Path:
     """Add ``quality`` (from :func:`generator_quality`) to a generator folder's ``provenance.json``."""
     f = Path(generator_dir) / "provenance.json"
     if not f.is_file():
-        raise FileNotFoundError(f"{f}: no provenance file to record the quality in")
+        raise MissingFileError(f"{f}: no provenance file to record the quality in")
     prov = json.loads(f.read_text())
     prov["quality"] = quality
     f.write_text(json.dumps(prov, indent=1))

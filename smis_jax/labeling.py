@@ -28,6 +28,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
+
+from smis_jax.errors import UserError
 
 __all__ = [
     "LabelingError",
@@ -62,7 +65,7 @@ _SPARSE_BLOCK_ELEMENTS = 2**27
 _ROUNDS_TOPK_MAX = 8
 
 
-class LabelingError(ValueError):
+class LabelingError(UserError, ValueError):
     """Features, masks or prototypes of inconsistent shapes; the message names the arrays and shapes."""
 
 
@@ -152,7 +155,7 @@ def _dense_prototypes(features_NHWC, masks64_NHWL) -> DensePrototypes:
 def _sparse_prototypes(features_NHWC: np.ndarray, masks64_NHWL: np.ndarray) -> SparsePrototypes:
     n_classes = masks64_NHWL.shape[-1]
     # np.nonzero walks its argument in C order: transposed to (L, K, H, W) that is class, shot, row, column.
-    cls, k, y, x = np.nonzero(np.transpose(masks64_NHWL, (3, 0, 1, 2)))
+    cls, k, y, x = np.nonzero(rearrange(masks64_NHWL, "n h w l -> l n h w"))
     keep = cls >= 1  # class 0 means "not annotated": its vectors would never be used (psp.py skips c = 0)
     v = features_NHWC[k[keep], y[keep], x[keep]]  # (N, C)
     v = v / (np.linalg.norm(v, axis=-1, keepdims=True) + np.float32(EPS))
@@ -167,8 +170,7 @@ def _sparse_prototypes(features_NHWC: np.ndarray, masks64_NHWL: np.ndarray) -> S
 
 def _normalise_pixels(features_NHWC):
     """(B, H, W, C) -> (B, H*W, C) unit feature vectors (``F / (||F|| + 1e-8)``, float32)."""
-    b, h, w, c = features_NHWC.shape
-    f = features_NHWC.astype(jnp.float32).reshape(b, h * w, c)
+    f = rearrange(features_NHWC.astype(jnp.float32), "b h w c -> b (h w) c")
     return f / (jnp.linalg.norm(f, axis=-1, keepdims=True) + EPS)
 
 
@@ -188,11 +190,11 @@ def cosine_scores(features_NHWC, protos: DensePrototypes, compat: bool = False):
     if not isinstance(protos, DensePrototypes):
         raise LabelingError(f"cosine_scores needs DensePrototypes, got {type(protos).__name__}")
     _check_features(features_NHWC, protos.vectors.shape[-1])
-    b, h, w, _ = features_NHWC.shape
+    h = features_NHWC.shape[1]
     cos_BPL = jnp.einsum("bpc,lc->bpl", _normalise_pixels(features_NHWC), protos.vectors, precision=_PRECISION)
     if not compat:
         cos_BPL = jnp.where(protos.present, cos_BPL, -jnp.inf)
-    return cos_BPL.reshape(b, h, w, -1)
+    return rearrange(cos_BPL, "b (h w) l -> b h w l", h=h)
 
 
 def _dense_labels(features_NHWC, protos: DensePrototypes, compat: bool):

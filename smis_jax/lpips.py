@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smis_jax.errors import UserError
 from smis_jax.safepickle import NUMPY_ARRAYS, RestrictedUnpickler
 
 __all__ = [
@@ -53,7 +54,7 @@ NORM_EPS = 1e-10
 MIN_SIZE = 31  # smallest H, W for which every tap is non-empty (conv1 must leave >= 7 pixels for two pools)
 
 
-class LPIPSWeightsError(ValueError):
+class LPIPSWeightsError(UserError, ValueError):
     """The LPIPS weights cannot be found or read; the message names the file and the reason."""
 
 

@@ -26,12 +26,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from smis_jax import torchfile
+from smis_jax.errors import UserError
 from smis_jax.safepickle import NUMPY_ARRAYS, NUMPY_SCALARS, RestrictedUnpickler
 
 __all__ = ["NvidiaPickleError", "PersistentObject", "TFNetwork", "EasyDict", "ALLOWED", "load", "is_pickle"]
 
 
-class NvidiaPickleError(ValueError):
+class NvidiaPickleError(UserError, ValueError):
     """The file is not an NVIDIA network pickle this reader accepts; the message says why in one line."""
 
 

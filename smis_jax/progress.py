@@ -1,24 +1,23 @@
-"""A dependency-free progress bar for long loops (tqdm-like).
+"""Progress bars: tqdm on a terminal, plain lines at a steady interval everywhere else.
 
-    for batch in progress(batches, total=len(batches), desc="synthesize"):
+    for batch in progress(batches, desc="synthesize", unit="batch"):
         ...
 
-On a terminal it redraws one line on stderr (at most every ``min_interval`` seconds); when stderr is not a
-terminal (logs, nohup, cluster jobs, pipes) it prints a plain line (count, rate, status) every ``log_interval``
-seconds (default ``$SMIS_PROGRESS_SECONDS`` or 30) and one final summary line. ``bar.postfix = "loss 0.12"``
-adds a short status; ``update(n)`` advances by hand when iterating is not the unit.
+On a terminal this is tqdm's bar. Off a terminal (logs, nohup, cluster jobs, pipes) the animated bar is disabled:
+the same tqdm object writes one plain line (``desc:  45% 9/20 [00:03<00:04, 2.50it/s, loss 0.12]``) every
+``log_interval`` seconds (default ``$SMIS_PROGRESS_SECONDS`` or 30) and one final line when it closes. ``bar.postfix
+= "loss 0.12"`` (or tqdm's ``set_postfix_str``) adds a short status; ``update(n)`` advances by hand.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import Iterable, Iterator, TextIO, TypeVar
+from typing import Iterable, TextIO
 
-__all__ = ["Progress", "progress"]
+from tqdm import tqdm
 
-T = TypeVar("T")
+__all__ = ["Progress", "progress", "default_log_interval"]
 
 
 def default_log_interval() -> float:
@@ -26,94 +25,60 @@ def default_log_interval() -> float:
     return float(os.environ.get("SMIS_PROGRESS_SECONDS", 30))
 
 
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+class _Lines:
+    """A file for tqdm off a terminal: each redraw (``"\\r" + line + padding``) becomes one line of its own."""
 
+    def __init__(self, file: TextIO):
+        self.file = file
 
-class Progress:
-    """Counts ``n`` of ``total`` (None = unknown) and renders ``desc: 45%|####      | 9/20 [00:03<00:04, 2.5it/s]``."""
+    def write(self, text: str) -> None:
+        line = text.lstrip("\r").rstrip()
+        if line:
+            self.file.write(line + "\n")
 
-    def __init__(self, iterable: Iterable[T] | None = None, total: int | None = None, desc: str = "",
-                 file: TextIO | None = None, width: int = 24, min_interval: float = 0.1, unit: str = "it",
-                 log_interval: float | None = None):
-        if total is None and iterable is not None and hasattr(iterable, "__len__"):
-            total = len(iterable)  # type: ignore[arg-type]
-        self.iterable, self.total, self.desc, self.width, self.unit = iterable, total, desc, width, unit
-        self.file = file if file is not None else sys.stderr
-        self.min_interval = min_interval
-        self.log_interval = default_log_interval() if log_interval is None else log_interval
-        self.interactive = bool(getattr(self.file, "isatty", lambda: False)())
-        self.n = 0
-        self.postfix = ""
-        self.start = time.perf_counter()
-        self._last_draw = 0.0
-        self._last_line = self.start
-        self._closed = False
-
-    def __iter__(self) -> Iterator[T]:
-        if self.iterable is None:
-            raise TypeError("Progress without an iterable: use update()")
-        try:
-            for item in self.iterable:
-                yield item
-                self.update(1)
-        finally:
-            self.close()
-
-    def __enter__(self) -> "Progress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.perf_counter()
-        if self.interactive and (now - self._last_draw >= self.min_interval or self.n == self.total):
-            self._last_draw = now
-            self.file.write("\r" + self.render(now) + "\x1b[K")
-            self.file.flush()
-        elif not self.interactive and now - self._last_line >= self.log_interval:
-            self._last_line = now
-            self.file.write(self.render(now, plain=True) + "\n")
-            self.file.flush()
-
-    def render(self, now: float | None = None, plain: bool = False) -> str:
-        """The bar line; ``plain``: without the bar (a line for a log file)."""
-        elapsed = (now if now is not None else time.perf_counter()) - self.start
-        rate = self.n / elapsed if elapsed > 0 else 0.0
-        head = f"{self.desc}: " if self.desc else ""
-        tail = f", {self.postfix}" if self.postfix else ""
-        if self.total:
-            frac = min(self.n / self.total, 1.0)
-            filled = int(frac * self.width)
-            bar = "" if plain else "|" + "#" * filled + " " * (self.width - filled) + "|"
-            eta = (self.total - self.n) / rate if rate > 0 else 0.0
-            return (f"{head}{frac * 100:3.0f}%{bar} {self.n}/{self.total} "
-                    f"[{_fmt_time(elapsed)}<{_fmt_time(eta)}, {rate:.2f}{self.unit}/s{tail}]")
-        return f"{head}{self.n}{self.unit} [{_fmt_time(elapsed)}, {rate:.2f}{self.unit}/s{tail}]"
-
-    def close(self) -> None:
-        """Finish the line (terminal) or print the one summary line (not a terminal). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        now = time.perf_counter()
-        if self.interactive:
-            self.file.write("\r" + self.render(now) + "\x1b[K\n")
-        else:
-            elapsed = now - self.start
-            total = f"/{self.total}" if self.total else ""
-            tail = f", {self.postfix}" if self.postfix else ""
-            head = f"{self.desc}: " if self.desc else ""
-            self.file.write(f"{head}{self.n}{total} {self.unit} in {elapsed:.1f}s "
-                            f"({self.n / elapsed if elapsed > 0 else 0.0:.2f} {self.unit}/s{tail})\n")
+    def flush(self) -> None:
         self.file.flush()
 
+    def __getattr__(self, name):
+        return getattr(self.file, name)
 
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **kwargs) -> Progress:
+
+class Progress(tqdm):
+    """:class:`tqdm.tqdm`; when ``file`` (default stderr) is not a terminal, plain lines every ``log_interval`` s."""
+
+    monitor_interval = 0  # no monitor thread: lines come from update() only, at the interval asked for
+
+    def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "",
+                 file: TextIO | None = None, unit: str = "it", log_interval: float | None = None, **kwargs):
+        file = sys.stderr if file is None else file
+        self.interactive = bool(getattr(file, "isatty", lambda: False)())
+        if not self.interactive:
+            interval = default_log_interval() if log_interval is None else log_interval
+            head = "{desc}: " if desc else ""
+            counts = ("{percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
+                      if total is not None or hasattr(iterable, "__len__") else "{n_fmt}{unit} [{elapsed}, ")
+            kwargs.update(file=_Lines(file), bar_format=head + counts + "{rate_plain}{unit}/s{postfix}]",
+                          mininterval=interval, miniters=1, delay=max(interval, 1e-9), ascii=True)
+        else:
+            kwargs.update(file=file, dynamic_ncols=True)
+        super().__init__(iterable, total=total, desc=desc, unit=unit, **kwargs)
+
+    @property
+    def format_dict(self):
+        """tqdm's fields plus ``rate_plain``: the rate as ``2.50`` (tqdm's own pads it and flips to s/it below 1)."""
+        d = super().format_dict
+        rate = d["rate"] or (d["n"] / d["elapsed"] if d["elapsed"] else None)
+        d["rate_plain"] = f"{rate:.2f}" if rate else "?"
+        return d
+
+    def close(self) -> None:
+        if not self.interactive and not self.disable:
+            if self.n == self.last_print_n and self.last_print_t >= self.start_t + self.delay:
+                self.leave = False  # the last line written already says where it stopped
+            self.delay = 0  # off a terminal the final line is written even for a run shorter than the interval
+        super().close()
+
+
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", **kwargs) -> Progress:
     """Wrap an iterable in a :class:`Progress` (iterate it as the iterable itself)."""
     return Progress(iterable, total=total, desc=desc, **kwargs)

@@ -40,6 +40,7 @@ import numpy as np
 from jax import lax
 
 from smis_jax import ops
+from smis_jax.errors import ConfigError, MissingFileError
 
 __all__ = [
     "INPUT_SIZE",
@@ -93,7 +94,7 @@ class EncoderConfig:
         if int(self.se_reduction) < 1 or any(w // max(int(self.se_reduction), 1) < 1 for w in self.widths):
             problems.append(f"se_reduction {self.se_reduction} leaves no SE channels for widths {self.widths}")
         if problems:
-            raise ValueError("EncoderConfig: " + "; ".join(problems))
+            raise ConfigError("EncoderConfig: " + "; ".join(problems))
 
     @classmethod
     def ir_se50(cls, input_nc: int, style_num: int = 18) -> "EncoderConfig":
@@ -137,7 +138,7 @@ class EncoderConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"EncoderConfig: unknown fields {sorted(unknown)}")
+            raise ConfigError(f"EncoderConfig: unknown fields {sorted(unknown)}")
         return cls(**d)
 
 
@@ -402,7 +403,7 @@ def _read(path: str | os.PathLike, with_generator: bool, units: Sequence[int] | 
             raise common.ConversionError(f"{path}/config.json: no 'encoder'/'generator' architecture")
         return config, loaded
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise MissingFileError(f"{path}: no such file or directory")
     from smis_jax.conversion.psp import convert_checkpoint
 
     config, all_trees = convert_checkpoint(path, units=units)
@@ -449,7 +450,7 @@ def load_pipeline(path: str | os.PathLike, units: Sequence[int] | None = None) -
                                               noises_from_tree(trees["generator_noises"]))
     except ConversionError:
         raise
-    except ValueError as e:
+    except ConfigError as e:
         raise ConversionError(f"{path}: generator: {e}") from None
     if gen_cfg.n_latent != encoder.config.style_num or gen_cfg.style_dim != encoder.config.style_dim:
         raise ConversionError(f"{path}: the encoder makes {encoder.config.style_num}x{encoder.config.style_dim} codes "

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import ops
+from smis_jax.errors import ConfigError
 
 __all__ = [
     "GeneratorConfig", "Generator", "LoadedGenerator", "Sample", "load", "make_noise", "truncate", "style_mix",
@@ -68,13 +69,13 @@ class GeneratorConfig:
 
     def __post_init__(self):
         if not _is_pow2(self.size) or self.size < FEATURE_RES:
-            raise ValueError(f"GeneratorConfig: size must be a power of two >= {FEATURE_RES}, got {self.size!r}")
+            raise ConfigError(f"GeneratorConfig: size must be a power of two >= {FEATURE_RES}, got {self.size!r}")
         if not isinstance(self.style_dim, (int, np.integer)) or self.style_dim < 1:
-            raise ValueError(f"GeneratorConfig: style_dim must be a positive int, got {self.style_dim!r}")
+            raise ConfigError(f"GeneratorConfig: style_dim must be a positive int, got {self.style_dim!r}")
         if not isinstance(self.n_mlp, (int, np.integer)) or self.n_mlp < 1:
-            raise ValueError(f"GeneratorConfig: n_mlp must be a positive int, got {self.n_mlp!r}")
+            raise ConfigError(f"GeneratorConfig: n_mlp must be a positive int, got {self.n_mlp!r}")
         if not float(self.lr_mlp) > 0:
-            raise ValueError(f"GeneratorConfig: lr_mlp must be > 0, got {self.lr_mlp!r}")
+            raise ConfigError(f"GeneratorConfig: lr_mlp must be > 0, got {self.lr_mlp!r}")
         channels = self.channels
         if channels is None:
             channels = _rosinality_channels(self.size, 2)
@@ -82,20 +83,22 @@ class GeneratorConfig:
         try:
             table = {int(r): int(c) for r, c in pairs}
         except (TypeError, ValueError):
-            raise ValueError(f"GeneratorConfig: channels must map resolution -> count, got {channels!r}") from None
+            raise ConfigError(f"GeneratorConfig: channels must map resolution -> count, got {channels!r}") from None
         want = [2**i for i in range(2, int(math.log2(self.size)) + 1)]
         if sorted(table) != want:
-            raise ValueError(f"GeneratorConfig: channels must give exactly the resolutions {want}, got {sorted(table)}")
+            raise ConfigError(
+                f"GeneratorConfig: channels must give exactly the resolutions {want}, got {sorted(table)}")
         bad = [r for r, c in table.items() if c < 1]
         if bad:
-            raise ValueError(f"GeneratorConfig: channel count at resolution {bad[0]} must be >= 1, got {table[bad[0]]}")
+            raise ConfigError(
+                f"GeneratorConfig: channel count at resolution {bad[0]} must be >= 1, got {table[bad[0]]}")
         object.__setattr__(self, "size", int(self.size))
         object.__setattr__(self, "style_dim", int(self.style_dim))
         object.__setattr__(self, "n_mlp", int(self.n_mlp))
         object.__setattr__(self, "lr_mlp", float(self.lr_mlp))
         if self.conv_clamp is not None:
             if not isinstance(self.conv_clamp, (int, float, np.number)) or not 0 < float(self.conv_clamp) < math.inf:
-                raise ValueError(
+                raise ConfigError(
                     f"GeneratorConfig: conv_clamp must be None or a positive number, got {self.conv_clamp!r}")
             object.__setattr__(self, "conv_clamp", float(self.conv_clamp))
         object.__setattr__(self, "channels", tuple(sorted(table.items())))
@@ -105,7 +108,7 @@ class GeneratorConfig:
                    lr_mlp: float = 0.01) -> "GeneratorConfig":
         """rosinality's ``Generator(size, style_dim, n_mlp, channel_multiplier)`` channel table."""
         if not _is_pow2(size) or size > 1024:
-            raise ValueError(f"GeneratorConfig.rosinality: size must be a power of two <= 1024, got {size!r}")
+            raise ConfigError(f"GeneratorConfig.rosinality: size must be a power of two <= 1024, got {size!r}")
         return cls(size, style_dim, n_mlp, _rosinality_channels(size, channel_multiplier), lr_mlp)
 
     @property
@@ -143,7 +146,7 @@ class GeneratorConfig:
         if until_res is None:
             return self.size
         if not _is_pow2(until_res) or not FEATURE_RES <= until_res <= self.size:
-            raise ValueError(
+            raise ConfigError(
                 f"until_res must be None or a power of two in [{FEATURE_RES}, {self.size}], got {until_res!r}")
         return int(until_res)
 
@@ -162,7 +165,7 @@ class GeneratorConfig:
             data = json.loads(data)
         missing = [k for k in ("size", "channels") if k not in data]
         if missing:
-            raise ValueError(f"GeneratorConfig.from_json: missing '{missing[0]}'")
+            raise ConfigError(f"GeneratorConfig.from_json: missing '{missing[0]}'")
         kw = {k: data[k] for k in ("size", "style_dim", "n_mlp", "channels", "lr_mlp", "conv_clamp") if k in data}
         return cls(**kw)
 
@@ -587,7 +590,7 @@ def load(path: str | Path) -> LoadedGenerator:
         cfg, trees = load_converted(path, "stylegan2", names)
         try:
             config = GeneratorConfig.from_json(cfg)
-        except ValueError as e:
+        except ConfigError as e:
             raise ConversionError(f"{path}/config.json: {e}") from None
         noises = conv.noises_from_tree(trees["noises"])
         return LoadedGenerator(config, trees["params"], noises, trees.get("latent_avg"))

@@ -13,7 +13,7 @@ With ``--styles N`` each mask gets N variants ``OUT/<name>_s{k}.png``: a random 
 W+ layers in ``--latent-mask`` (default 8..style_num-1, the README's recipe; ``--alpha`` blends instead of
 replacing; ``--truncation`` psi pulls that w towards the mean w), with fresh noise. Every random draw comes from
 ``--seed`` and the mask's position in the sorted input list, so results do not depend on ``--batch-size``.
-``--grid`` also writes ``OUT/grid/<name>.png`` = [colourised mask | outputs].
+``--grid`` also writes ``OUT/grid/<name>.png`` = [colourised mask | outputs], titled, with a class legend.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import data, ops, viz
+from smis_jax.config import DOMAINS
+from smis_jax.errors import InvalidValueError, UserError
 from smis_jax.files import check_writable
 from smis_jax.progress import progress
 
@@ -64,7 +66,7 @@ def latent_mask_array(latent_mask: Sequence[int] | None, style_num: int, warn: b
         latent_mask = default_latent_mask(style_num)
     idx = [int(i) for i in latent_mask]
     if any(i < 0 for i in idx):
-        raise ValueError(f"latent mask indices must be >= 0, got {idx}")
+        raise InvalidValueError(f"latent mask indices must be >= 0, got {idx}")
     dropped = sorted(i for i in idx if i >= style_num)
     if dropped and warn:
         warnings.warn(f"latent mask indices {dropped} are >= style_num {style_num} and are ignored", stacklevel=2)
@@ -147,13 +149,13 @@ def decode(pipeline, codes: jax.Array, key: jax.Array, styles: int = 0, latent_m
     """:func:`encode`'s codes (B, S, D) -> images, as :func:`synthesize` (one encoding can feed several decodes)."""
     gen = pipeline.generator
     if styles < 0:
-        raise ValueError(f"styles must be >= 0, got {styles}")
+        raise InvalidValueError(f"styles must be >= 0, got {styles}")
     if noise not in ("const", "random"):
-        raise ValueError(f"noise must be 'const' or 'random', got {noise!r}")
+        raise InvalidValueError(f"noise must be 'const' or 'random', got {noise!r}")
     if alpha is not None and not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InvalidValueError(f"alpha must be in [0, 1], got {alpha}")
     if not 0.0 <= truncation <= 1.0:
-        raise ValueError(f"truncation must be in [0, 1], got {truncation}")
+        raise InvalidValueError(f"truncation must be in [0, 1], got {truncation}")
     if latent_mask is None:
         latent_mask = domain_latent_mask(pipeline)
     mask = latent_mask_array(latent_mask, pipeline.encoder.config.style_num)
@@ -183,6 +185,13 @@ def collect_masks(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def _class_names(export_config: dict, n_classes: int) -> tuple[str, ...]:
+    """The export's domain's class names (its ``opts.dataset_type``), or () when unknown or of another length."""
+    domain = DOMAINS.get(str((export_config.get("opts") or {}).get("dataset_type")))
+    names = tuple(domain.class_names) if domain is not None else ()
+    return names if len(names) == n_classes else ()
+
+
 def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, styles: int = 0,
         latent_mask: Sequence[int] | None = None, alpha: float | None = None, seed: int = 0, batch_size: int = 8,
         write_grid: bool = False, noise: str | None = None, show_progress: bool = True,
@@ -191,11 +200,11 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
     from smis_jax import psp
 
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise InvalidValueError(f"batch size must be >= 1, got {batch_size}")
     if styles < 0:
-        raise ValueError(f"styles must be >= 0, got {styles}")
+        raise InvalidValueError(f"styles must be >= 0, got {styles}")
     if not 0.0 <= truncation <= 1.0:
-        raise ValueError(f"truncation must be in [0, 1], got {truncation}")
+        raise InvalidValueError(f"truncation must be in [0, 1], got {truncation}")
     files = collect_masks(masks)
     out = check_writable(out, "output folder")  # before the (slow) load, not after it
     pipeline = psp.load_pipeline(checkpoint)
@@ -207,6 +216,8 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
     batch = min(batch_size, len(files))  # one fixed shape: the last batch is padded, never retraced
     starts = list(range(0, len(files), batch))
     written: list[Path] = []
+    titles = ["mask"] + (["synthesis"] if not styles else [f"style {k}" for k in range(styles)])
+    legend = viz.class_legend(cfg.input_nc, _class_names(pipeline.config, cfg.input_nc))
 
     def write(start: int, labels: np.ndarray, images) -> None:
         images = viz.to_uint8(np.asarray(images))
@@ -216,13 +227,15 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
             for name, im in zip(names, outs):
                 written.append(viz.save_png(out / name, im))
             if write_grid:
-                written.append(viz.save_png(out / "grid" / f"{f.stem}.png", viz.grid([viz.colorize(labels[j])] + outs)))
+                cells = [viz.colorize(labels[j])] + outs
+                grid = viz.titled_grid(cells, titles, legend=legend)
+                written.append(viz.save_png(out / "grid" / f"{f.stem}.png", grid))
 
     t0 = time.perf_counter()
     pending = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the dropped-index warning was given above
-        bar = progress(starts, total=len(starts), desc="synthesize", unit="batch") if show_progress else starts
+        bar = progress(starts, desc="synthesize", unit="batch", disable=not show_progress)
         for start in bar:
             chunk = files[start:start + batch]
             labels = np.stack([data.read_label(f, cfg.input_nc) for f in chunk])  # (b, 256, 256) uint8
@@ -271,8 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grid", action="store_true", help="also write OUT/grid/<name>.png = [mask | outputs]")
     args = parser.parse_args(argv)
 
-    from smis_jax.torchfile import TorchFileError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -280,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = run(args.checkpoint, args.masks, args.out, styles=args.styles, latent_mask=args.latent_mask,
                           alpha=args.alpha, seed=args.seed, batch_size=args.batch_size, write_grid=args.grid,
                           noise=args.noise, truncation=args.truncation)
-    except (ValueError, TorchFileError, FileNotFoundError, FileExistsError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files to {args.out}")

@@ -24,6 +24,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from smis_jax.errors import UserError
 from smis_jax.safepickle import RestrictedUnpickler
 
 __all__ = ["TorchFileError", "Namespace", "load", "load_bytes", "TENSOR_GLOBALS"]
@@ -44,7 +45,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class TorchFileError(ValueError):
+class TorchFileError(UserError, ValueError):
     """The file is not a PyTorch checkpoint this reader accepts; the message says why in one line."""
 
 

@@ -26,10 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from einops import rearrange
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smis_jax import labeling, ops
 from smis_jax.config import TrainConfig
+from smis_jax.errors import ConfigError, MissingFileError, UserError
 from smis_jax.optim import ranger
 from smis_jax.psp import EncoderConfig, GradualStyleEncoder, init_variables
 from smis_jax.stylegan2 import Generator, GeneratorConfig, make_noise
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names the step."""
 
 
@@ -78,7 +80,7 @@ class StepConfig:
 
     def __post_init__(self):
         if self.encoder.style_num != self.generator.n_latent or self.encoder.style_dim != self.generator.style_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"encoder produces ({self.encoder.style_num}, {self.encoder.style_dim}) codes but the generator takes "
                 f"({self.generator.n_latent}, {self.generator.style_dim})")
 
@@ -125,7 +127,7 @@ def sample_latents(cfg: StepConfig, gen_params, key: jax.Array) -> jax.Array:
     if cfg.train_wplus:
         z = jax.random.normal(key, (b * g.n_latent, g.style_dim))
         w = generator.apply(gen_params, z, method=Generator.mapping)
-        return w.reshape(b, g.n_latent, g.style_dim)
+        return rearrange(w, "(b l) d -> b l d", b=b)  # W+: one mapped z per (sample, layer)
     z = jax.random.normal(key, (b, g.style_dim))
     w = generator.apply(gen_params, z, method=Generator.mapping)
     return jnp.broadcast_to(w[:, None, :], (b, g.n_latent, g.style_dim))
@@ -166,7 +168,7 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
     """
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")
+        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     tx = optimizer(cfg)
@@ -257,7 +259,7 @@ class Checkpointer:
         ocp = self._ocp
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise MissingFileError(f"no checkpoint in {self.directory}")
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             protos=ocp.args.StandardRestore(),

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["CELEBAMASK_COLORS", "palette", "colorize", "to_uint8", "grid", "save_png", "plot"]
+__all__ = ["CELEBAMASK_COLORS", "palette", "colorize", "to_uint8", "grid", "titled_grid", "class_legend", "save_png",
+           "plot"]
 
 CELEBAMASK_COLORS = np.array([
     [0, 0, 0], [204, 0, 0], [76, 153, 0], [204, 204, 0], [51, 51, 255], [204, 0, 204], [0, 255, 255],
@@ -82,6 +83,72 @@ def grid(rows: Sequence[Sequence[np.ndarray]] | Sequence[np.ndarray], pad: int =
             r = np.concatenate([r, np.full((r.shape[0], width - r.shape[1], 3), fill, np.uint8)], axis=1)
         out.append(r)
     return np.concatenate(out, axis=0)
+
+
+TITLE_HEIGHT = 16  # the title strip above a titled grid: the bitmap font's 11 px line, centred
+_LEGEND_LINE = 16  # one legend line: a 10 px swatch and the class name
+_INK = (0, 0, 0)
+
+
+def _font():
+    """PIL's built-in bitmap font (no font file is read or downloaded)."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default_imagefont()
+
+
+def class_legend(n_classes: int, names: Sequence[str] = ()) -> list[tuple[str, tuple[int, int, int]]]:
+    """``[(name, colour), ...]`` for class ids 0..n_classes-1 in :func:`colorize`'s colours; ``names`` (a domain's
+    ``class_names``) when given, else "class i"."""
+    colours = palette(n_classes)
+    if names and len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names for {n_classes} classes")
+    return [(f"{i} {names[i]}" if names else f"class {i}", tuple(int(v) for v in colours[i])) for i in range(n_classes)]
+
+
+def _legend_strip(entries: Sequence[tuple[str, Sequence[int]]], width: int, fill: int) -> np.ndarray:
+    """Swatch + name per entry, left to right, wrapped at ``width``: a uint8 (lines * 16, width, 3) strip."""
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    boxes, x, y = [], 4, 0
+    for name, _ in entries:
+        w = 14 + int(font.getlength(name))
+        if x > 4 and x + w > width - 4:
+            x, y = 4, y + _LEGEND_LINE
+        boxes.append((x, y))
+        x += w + 12
+    img = Image.new("RGB", (width, y + _LEGEND_LINE), (fill,) * 3)
+    draw = ImageDraw.Draw(img)
+    for (name, colour), (x, y) in zip(entries, boxes):
+        draw.rectangle([x, y + 3, x + 9, y + 12], fill=tuple(colour), outline=(128, 128, 128))
+        draw.text((x + 14, y + 2), name, fill=_INK, font=font)
+    return np.asarray(img)
+
+
+def titled_grid(rows: Sequence[Sequence[np.ndarray]] | Sequence[np.ndarray], titles: Sequence[str], pad: int = 0,
+                fill: int = 255, legend: Sequence[tuple[str, Sequence[int]]] = ()) -> np.ndarray:
+    """:func:`grid` with a title above each column (the first row's images set the columns) and, with ``legend``
+    (see :func:`class_legend`), colour swatches and class names below. The grid's pixels are unchanged: they sit at
+    rows ``TITLE_HEIGHT : TITLE_HEIGHT + grid height``."""
+    from PIL import Image, ImageDraw
+
+    body = grid(rows, pad=pad, fill=fill)
+    first = rows if len(rows) and isinstance(rows[0], np.ndarray) and rows[0].ndim == 3 else rows[0]
+    if len(titles) > len(first):
+        raise ValueError(f"{len(titles)} titles for {len(first)} columns")
+    width = body.shape[1]
+    head = Image.new("RGB", (width, TITLE_HEIGHT), (fill,) * 3)
+    draw, font = ImageDraw.Draw(head), _font()
+    x = 0
+    for title, im in zip(titles, first):
+        w = im.shape[1]
+        draw.text((x + max((w - font.getlength(title)) // 2, 0), 2), title, fill=_INK, font=font)
+        x += w + pad
+    parts = [np.asarray(head), body]
+    if legend:
+        parts.append(_legend_strip(legend, width, fill))
+    return np.concatenate(parts, axis=0)
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:

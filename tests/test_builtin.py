@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from smis_jax import builtin, gan_run, shapes, stylegan2
+from smis_jax import builtin, gan_run, shapes, stylegan2, viz
 from smis_jax.config import DOMAINS, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,9 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     record = json.loads((work / "config.json").read_text())
     assert record["data"] == "built-in" and record["shots"] == [f"scene{i:02d}" for i in range(5)]
     assert (work / "export" / "config.json").is_file() and (work / "images" / "step_0000004.png").is_file()
+    preview = np.asarray(Image.open(work / "images" / "step_0000004.png"))  # titled columns, legend below
+    assert preview.shape[1] == 3 * 256 and (preview.shape[0] - viz.TITLE_HEIGHT - 2 * 256) % 16 == 0
+    assert preview.shape[0] > viz.TITLE_HEIGHT + 2 * 256 and preview[:viz.TITLE_HEIGHT].min() < 128
 
     proc = _run(["-m", "smis_jax.evaluate", "--workdir", str(work), "--samples", "16"], timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -97,9 +97,9 @@ def test_progress_off_a_terminal_prints_plain_lines_at_an_interval():
         bar.update(1)
     bar.close()
     lines = out.getvalue().splitlines()
-    assert len(lines) == 5 and lines[1].startswith("train:  50% 2/4 [") and "step/s, loss 0.500]" in lines[1], lines
-    assert "|" not in "".join(lines[:4]) and "\r" not in out.getvalue()
-    assert lines[4].startswith("train: 4/4 step in ")  # the final summary, as before
+    assert len(lines) == 4 and lines[1].startswith("train:  50% 2/4 [") and "step/s, loss 0.500]" in lines[1], lines
+    assert "|" not in "".join(lines) and "\r" not in out.getvalue()
+    assert lines[3].startswith("train: 100% 4/4 [") and lines[3].endswith("step/s, loss 0.250]")  # not repeated at close
 
     quiet = io.StringIO()
     bar = Progress(total=4, desc="train", file=quiet, log_interval=3600.0)

@@ -65,7 +65,7 @@ def test_cli_masks_to_images(tiny_dir, masks, pipeline, tmp_path, compile_cache)
     proc = _cli(["--checkpoint", tiny_dir, "--masks", masks, "--out", out, "--grid", "--batch-size", "2"],
                 compile_cache)  # 3 masks in batches of 2: the last batch is padded
     assert "wrote 6 files" in proc.stdout
-    assert "synthesize: 2/2 batch" in proc.stderr  # the progress bar's one line when stderr is not a terminal
+    assert "synthesize: 100% 2/2 [" in proc.stderr  # the progress bar's one line when stderr is not a terminal
     names = ["28000", "28001", "28002"]
     assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in names]
     info = json.loads((out / "synthesize.json").read_text())
@@ -74,9 +74,11 @@ def test_cli_masks_to_images(tiny_dir, masks, pipeline, tmp_path, compile_cache)
     labels = np.stack([data.read_label(masks / f"{n}.png", 19) for n in names])
     for n, lab in zip(names, labels):
         image, g = _png(out / f"{n}.png"), _png(out / "grid" / f"{n}.png")
-        assert image.shape == (256, 256, 3) and g.shape == (256, 512, 3)
-        np.testing.assert_array_equal(g[:, :256], viz.colorize(lab))
-        np.testing.assert_array_equal(g[:, 256:], image)
+        top = viz.TITLE_HEIGHT  # titles above, the class legend (whole lines of 16 px) below
+        assert image.shape == (256, 256, 3) and g.shape[1:] == (512, 3) and (g.shape[0] - top - 256) % 16 == 0
+        assert g.shape[0] > top + 256
+        np.testing.assert_array_equal(g[top:top + 256, :256], viz.colorize(lab))
+        np.testing.assert_array_equal(g[top:top + 256, 256:], image)
 
     # The same images by composing the public pieces: encoder (eval) + latent_avg -> generator with the
     # stored noise (the original's inference) -> 2x2 pooling... here 128 -> 256, so pixel repetition.
@@ -98,7 +100,8 @@ def test_cli_styles_reproducible(tiny_dir, masks, tmp_path, compile_cache):
     assert files == ["28000_s0.png", "28000_s1.png", "28002_s0.png", "28002_s1.png"]
     for f in files:
         assert _png(tmp_path / "a" / f).shape == (256, 256, 3)
-    assert _png(tmp_path / "a" / "grid" / "28000.png").shape == (256, 768, 3)
+    grid = _png(tmp_path / "a" / "grid" / "28000.png")
+    assert grid.shape[1:] == (768, 3) and grid.shape[0] > viz.TITLE_HEIGHT + 256
     assert (tmp_path / "a/28000_s0.png").read_bytes() != (tmp_path / "a/28000_s1.png").read_bytes()
 
     # Same seed, same bytes: run again in this process (also proves the CLI is the library's `run`).
@@ -222,6 +225,28 @@ def test_grid_and_save_png(tmp_path):
         viz.save_png(tmp_path / "f.png", g.astype(np.float32))
 
 
+def test_titled_grid_adds_titles_and_a_legend_and_keeps_the_cells():
+    rng = np.random.default_rng(0)
+    rows = [[rng.integers(0, 256, (40, 100, 3), dtype=np.uint8) for _ in range(2)] for _ in range(2)]
+    plain = viz.grid(rows, pad=1)
+    legend = viz.class_legend(3, ("bg", "sky", "tree"))
+    assert [name for name, _ in legend] == ["0 bg", "1 sky", "2 tree"]
+    titled = viz.titled_grid(rows, ["pseudo-label", "sample"], pad=1, legend=legend)
+    # 16 px of titles, the grid, one 16 px legend line (three short names fit in 201 px).
+    assert titled.shape == (16 + 81 + 16, 201, 3)
+    np.testing.assert_array_equal(titled[16:16 + 81], plain)  # the image cells, pixel for pixel
+    head, foot = titled[:16], titled[16 + 81:]
+    assert head[:, :100].min() < 128 and head[:, 101:].min() < 128  # a title (black text) over each column
+    for colour in viz.palette(3):  # each class's swatch, in colorize's colour
+        assert np.all(foot == colour, axis=-1).sum() >= 64, colour
+
+    narrow = viz.titled_grid([np.zeros((8, 30, 3), np.uint8)], ["mask"], legend=viz.class_legend(3))
+    assert narrow.shape == (16 + 8 + 3 * 16, 30, 3)  # "class i" entries wrap one per line
+    assert viz.titled_grid([np.zeros((8, 30, 3), np.uint8)], ["mask"]).shape == (16 + 8, 30, 3)  # no legend
+    with pytest.raises(ValueError, match="2 class names for 3 classes"):
+        viz.class_legend(3, ("a", "b"))
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True
@@ -230,18 +255,20 @@ class _Terminal(io.StringIO):
 def test_progress_quiet_when_not_a_terminal():
     out = io.StringIO()
     assert list(progress(range(5), desc="work", file=out)) == list(range(5))
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("work: 5/5 it in ")
+    lines = out.getvalue().splitlines()  # no bar, no carriage returns: one line when it closes (within 30 s)
+    assert len(lines) == 1 and lines[0].startswith("work: 100% 5/5 [") and lines[0].endswith("it/s]"), lines
 
 
 def test_progress_draws_on_a_terminal():
     out = _Terminal()
-    bar = Progress(total=4, desc="steps", file=out, min_interval=0.0)
+    bar = Progress(total=4, desc="steps", file=out, mininterval=0.0)
     for _ in range(4):
         bar.update()
     bar.postfix = "loss 0.5"
     bar.close()
-    text = out.getvalue()
-    assert text.count("\r") == 5 and "steps:  50%|" in text and "4/4" in text and text.endswith("loss 0.5]\x1b[K\n")
+    text = out.getvalue()  # tqdm's bar, redrawn in place: the start, four updates and the close
+    assert text.count("\r") == 6 and "\n" not in text[:-1], text
+    last = text.split("\r")[-1]
+    assert "steps:  50%|#####" in text and last.startswith("steps: 100%|") and last.endswith(", loss 0.5]\n"), text
     bar.close()  # idempotent
     assert out.getvalue() == text

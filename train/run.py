@@ -88,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from smis_jax import experiment, interrupt
-    from smis_jax.training import TrainingError
+    from smis_jax.errors import UserError
 
     if args.distributed:
         import jax
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
                 generator_size=args.generator_size)
             experiment.train_and_evaluate(cfg, args.data, args.stylegan, args.workdir, resume=args.resume,
                                           overwrite_inversion=args.overwrite_inversion, lpips_weights=args.lpips)
-    except (ValueError, FileNotFoundError, TrainingError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import sys
 
+from smis_jax.errors import UserError
 from smis_jax.gan import GanConfig
 
 _HELP = {
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
             print(json.dumps(result, indent=1))
             if args.write:
                 gan_run.record_quality(args.generator, result)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -44,15 +44,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from smis_jax.app.editor import Editor
     from smis_jax.app.server import make_server
-    from smis_jax.torchfile import TorchFileError
+    from smis_jax.errors import UserError
 
     t0 = time.perf_counter()
     try:
         editor = Editor(checkpoint, variants=args.variants, examples=args.examples)
-        server = make_server(editor, args.host, args.port)
-    except (ValueError, TorchFileError, FileNotFoundError) as e:  # ConversionError, DataError are ValueErrors
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        server = make_server(editor, args.host, args.port)
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 2

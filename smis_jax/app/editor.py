@@ -27,6 +27,7 @@ from PIL import Image
 from smis_jax import config as domains
 from smis_jax import data, psp, viz
 from smis_jax import synthesize as syn
+from smis_jax.errors import ConfigError, InvalidValueError, UserError
 
 __all__ = ["InputError", "EditorDomain", "Update", "Editor", "domain_of", "png_bytes", "mask_png_bytes",
            "parse_update", "parse_mask_json", "parse_mask_request", "mask_from_png", "ids_json", "MAX_UPLOAD_PIXELS",
@@ -38,7 +39,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_SEED = 2**31 - 1
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A request the editor cannot use: ``status`` (a 4xx) and a one-line message naming the problem."""
 
     def __init__(self, status: int, message: str):
@@ -71,14 +72,14 @@ def domain_of(export_config: dict) -> EditorDomain:
     dataset_type = str((export_config.get("opts") or {}).get("dataset_type") or "unknown")
     domain = domains.DOMAINS.get(dataset_type)
     if domain is not None and domain.n_classes != n:
-        raise ValueError(f"the export's encoder takes {n} classes but its domain '{dataset_type}' has "
+        raise ConfigError(f"the export's encoder takes {n} classes but its domain '{dataset_type}' has "
                          f"{domain.n_classes}")
     mode = domain.mode if domain is not None else "dense"
     names = getattr(domain, "class_names", None)
     if not names:  # a domain without names (every preset but the built-in ones)
         names = ["not annotated" if mode == "sparse" and i == 0 else f"class {i}" for i in range(n)]
     if len(names) != n:
-        raise ValueError(f"domain '{dataset_type}' names {len(names)} classes, its model takes {n}")
+        raise ConfigError(f"domain '{dataset_type}' names {len(names)} classes, its model takes {n}")
     return EditorDomain(dataset_type, n, mode, viz.palette(n), tuple(str(s) for s in names))
 
 
@@ -106,7 +107,7 @@ class Editor:
 
     def __init__(self, checkpoint: str | Path, variants: int = 4, examples: str | Path | None = None):
         if not 0 <= variants <= 16:
-            raise ValueError(f"variants must be in 0..16, got {variants}")
+            raise InvalidValueError(f"variants must be in 0..16, got {variants}")
         self.checkpoint = Path(checkpoint)
         self.pipeline = psp.load_pipeline(checkpoint)
         self.domain = domain_of(self.pipeline.config)

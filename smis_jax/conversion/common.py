@@ -19,10 +19,12 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 
+from smis_jax.errors import OutputExistsError, UserError
+
 FORMAT_VERSION = 1
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint does not match the architecture; the message names the key and both shapes."""
 
 
@@ -103,7 +105,7 @@ def save_converted(out_dir: str | os.PathLike, config: Mapping[str, Any], **tree
         raise ValueError("config needs a 'kind'")
     out = Path(out_dir).absolute()
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new output directory")
+        raise OutputExistsError(f"{out} exists and is not empty; choose a new output directory")
     out.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         for name, tree in trees.items():

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from einops import rearrange
 
+from smis_jax.errors import ConfigError, MissingFileError
 from smis_jax.conversion.common import ConversionError, StateDict, check_tree, save_converted
 
 __all__ = [
@@ -93,7 +95,7 @@ def _torch_shape(shape: Sequence[int], transform: str) -> tuple[int, ...]:
 
 def _apply(value: np.ndarray, transform: str) -> np.ndarray:
     if transform == "conv":
-        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+        return np.ascontiguousarray(rearrange(value, "o i kh kw -> kh kw i o"))
     if transform == "linear":
         return np.ascontiguousarray(value.T)
     return value
@@ -166,7 +168,7 @@ def infer_encoder_config(sd: StateDict, prefix: str = "encoder.", input_nc: int 
     try:
         return EncoderConfig(input_nc=int(w_in[1]), style_num=n_styles, widths=widths, units=units,
                              style_dim=int(style_dim), se_reduction=int(reduction))
-    except ValueError as e:
+    except ConfigError as e:
         raise ConversionError(f"{src}: {e}") from None
 
 
@@ -231,7 +233,7 @@ def convert_checkpoint(in_path: str | os.PathLike, units: Sequence[int] | None =
 
     in_path = Path(in_path)
     if not in_path.is_file():
-        raise FileNotFoundError(f"{in_path}: no such file")
+        raise MissingFileError(f"{in_path}: no such file")
     ckpt = torchfile.load(in_path)
     src = str(in_path)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:

@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from einops import rearrange
 
 from smis_jax import nvidiafile, torchfile
 from smis_jax.conversion import nvidia
 from smis_jax.conversion.common import ConversionError, StateDict, check_tree, save_converted
+from smis_jax.errors import ConfigError, OutputExistsError
 from smis_jax.stylegan2 import GeneratorConfig, param_shapes
 
 __all__ = ["generator_from_state_dict", "read_rosinality", "read_nvidia", "read_checkpoint", "convert",
@@ -82,7 +84,7 @@ def infer_config(sd: StateDict, prefix: str = "", conv_clamp: float | None = Non
     try:
         return GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels, lr_mlp=lr_mlp,
                                conv_clamp=conv_clamp)
-    except ValueError as e:
+    except ConfigError as e:
         raise ConversionError(f"{sd.source}: {e}") from None
 
 
@@ -101,7 +103,7 @@ def generator_from_state_dict(sd: StateDict, prefix: str = "", conv_clamp: float
 
     def modconv(name, i, o, k, upsample=False):
         out = {
-            "weight": take(f"{name}.weight", (1, o, i, k, k))[0].transpose(2, 3, 1, 0),  # (k, k, I, O)
+            "weight": rearrange(take(f"{name}.weight", (1, o, i, k, k)), "1 o i kh kw -> kh kw i o"),
             "modulation": {"kernel": take(f"{name}.modulation.weight", (i, d)).T,  # (D, I)
                            "bias": take(f"{name}.modulation.bias", (i,))},
         }
@@ -127,7 +129,7 @@ def generator_from_state_dict(sd: StateDict, prefix: str = "", conv_clamp: float
                                  "bias": take(f"style.{i + 1}.bias", (d,))} for i in range(config.n_mlp)},
     }
     c4 = config.channel(4)
-    tree["input"] = take("input.input", (1, c4, 4, 4)).transpose(0, 2, 3, 1)
+    tree["input"] = rearrange(take("input.input", (1, c4, 4, 4)), "n c h w -> n h w c")
     tree["conv1"] = styled_conv("conv1", c4, c4, False)
     tree["to_rgb1"] = to_rgb("to_rgb1", c4, False)
     in_ch = c4
@@ -140,7 +142,7 @@ def generator_from_state_dict(sd: StateDict, prefix: str = "", conv_clamp: float
     noises = []
     for i in range(config.num_layers):
         r = 2 ** ((i + 5) // 2)
-        noises.append(take(f"noises.noise_{i}", (1, 1, r, r)).transpose(0, 2, 3, 1))
+        noises.append(rearrange(take(f"noises.noise_{i}", (1, 1, r, r)), "n c h w -> n h w c"))
     params = {"params": tree}
     # Our table against the module's own parameter tree: a mismatch here is a bug in this file, not the input.
     check_tree(param_shapes(config), params, "stylegan2 conversion table")
@@ -220,7 +222,7 @@ def convert(in_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     FileExistsError) before writing anything."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out.absolute()} exists and is not empty; choose a new output directory")
+        raise OutputExistsError(f"{out.absolute()} exists and is not empty; choose a new output directory")
     config, params, noises, latent_avg = read_checkpoint(in_path)
     trees = {"params": params, "noises": noises}
     if latent_avg is not None:
@@ -242,7 +244,7 @@ def state_dict_from_params(config: GeneratorConfig, params: Any, noises) -> dict
         sd[key] = np.ascontiguousarray(np.asarray(value, np.float32))
 
     def modconv(name, leaf):
-        put(f"{name}.weight", np.asarray(leaf["weight"]).transpose(3, 2, 0, 1)[None])  # (1, O, I, k, k)
+        put(f"{name}.weight", rearrange(np.asarray(leaf["weight"]), "kh kw i o -> 1 o i kh kw"))
         put(f"{name}.modulation.weight", np.asarray(leaf["modulation"]["kernel"]).T)
         put(f"{name}.modulation.bias", leaf["modulation"]["bias"])
         if "blur_kernel" in leaf:
@@ -262,7 +264,7 @@ def state_dict_from_params(config: GeneratorConfig, params: Any, noises) -> dict
     for i in range(config.n_mlp):
         put(f"style.{i + 1}.weight", np.asarray(tree["style"][f"dense_{i}"]["kernel"]).T)
         put(f"style.{i + 1}.bias", tree["style"][f"dense_{i}"]["bias"])
-    put("input.input", np.asarray(tree["input"]).transpose(0, 3, 1, 2))
+    put("input.input", rearrange(np.asarray(tree["input"]), "n h w c -> n c h w"))
     styled_conv("conv1", tree["conv1"])
     to_rgb("to_rgb1", tree["to_rgb1"])
     for k in range(len(config.resolutions) - 1):
@@ -272,7 +274,7 @@ def state_dict_from_params(config: GeneratorConfig, params: Any, noises) -> dict
     if len(noises) != config.num_layers:
         raise ValueError(f"expected {config.num_layers} noise buffers, got {len(noises)}")
     for i, n in enumerate(noises):
-        put(f"noises.noise_{i}", np.asarray(n).transpose(0, 3, 1, 2))
+        put(f"noises.noise_{i}", rearrange(np.asarray(n), "n h w c -> n c h w"))
     return sd
 
 
@@ -321,7 +323,7 @@ def discriminator_from_state_dict(sd: StateDict, prefix: str = "") -> tuple[tupl
         return np.asarray(sd.take(prefix + key, shape), np.float32)
 
     def conv(key):
-        return take(key).transpose(2, 3, 1, 0)
+        return rearrange(take(key), "o i kh kw -> kh kw i o")
 
     n = _count(sd, prefix + "convs.{}.conv1.0.weight", 1)
     if prefix + "convs.0.0.weight" not in sd or n == 0:
@@ -342,8 +344,8 @@ def discriminator_from_state_dict(sd: StateDict, prefix: str = "") -> tuple[tupl
         channels[size >> i] = tree[f"convs_{i}"]["conv2"]["weight"].shape[-1]
     c4 = channels[4]
     tree["final_conv"] = {"weight": conv("final_conv.0.weight"), "bias": take("final_conv.1.bias")}
-    w0 = take("final_linear.0.weight", (c4, c4 * 16))  # columns in (C, H, W) order
-    tree["final_linear_0"] = {"kernel": w0.reshape(c4, c4, 4, 4).transpose(2, 3, 1, 0).reshape(16 * c4, c4),
+    w0 = take("final_linear.0.weight", (c4, c4 * 16))  # torch flattens NCHW features, we flatten NHWC ones
+    tree["final_linear_0"] = {"kernel": rearrange(w0, "o (c h w) -> (h w c) o", c=c4, h=4, w=4),
                               "bias": take("final_linear.0.bias", (c4,))}
     tree["final_linear_1"] = {"kernel": take("final_linear.1.weight", (1, c4)).T, "bias": take("final_linear.1.bias")}
     return tuple(sorted(channels.items())), {"params": tree}
