@@ -86,14 +86,14 @@ def test_original_sparse_labels_match_golden(golden):
     g, cfg, masks = _golden_labels(golden, "label_sparse_celebalandmark")
     protos = labeling.prototypes(g["feats_fewshot"].transpose(0, 2, 3, 1), masks, mode="sparse")
     got = bench.original_sparse_labels(jnp.asarray(g["feats_query"].transpose(0, 2, 3, 1)),
-                                       bench._vectors_by_class(protos), cfg["topk"], cfg["cos_th"], cfg["out_size"])
+                                       bench.cli._vectors_by_class(protos), cfg["topk"], cfg["cos_th"], cfg["out_size"])
     np.testing.assert_array_equal(got, g["labels_query"])
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_torch_original_labels_match_golden(golden, mode):
     torch = pytest.importorskip("torch")
-    from smis_jax import bench_torch
+    from smis_jax.bench import reference as bench_torch
 
     name = {"dense": "label_dense_celebamask", "sparse": "label_sparse_celebalandmark"}[mode]
     g, cfg, masks = _golden_labels(golden, name)

@@ -14,7 +14,7 @@ the values). Each result is one JSON line (stdout, or appended to ``--json-out``
 
 Two versions of the original are measured. ``original-torch`` (labelling only) is the original itself: its
 PyTorch generator (rosinality's, as vendored by ``draggan``) and psp.py's labelling code, see
-:mod:`smis_jax.bench_torch`; it needs torch and draggan, runs in float32 on the CPU, and is what a user switching
+:mod:`smis_jax.bench.reference`; it needs torch and draggan, runs in float32 on the CPU, and is what a user switching
 from the original gains. ``original-jax`` keeps the original's algorithmic structure but runs on our
 (tested-equal) ops, so a ratio against it measures the structural change alone, and ``original-torch`` against
 ``original-jax`` measures the ops alone:
@@ -67,7 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import bench_torch, labeling
+from smis_jax import labeling
+from smis_jax.bench import reference
 from smis_jax.config import DOMAINS
 from smis_jax.conversion.common import ConversionError
 from smis_jax.psp import EncoderConfig
@@ -568,7 +569,7 @@ def generator_dtype_report(gcfg: GeneratorConfig, dtype) -> dict[str, Any]:
 
 
 def _torch_reference(gcfg: GeneratorConfig, weights: str | None, seed: int):
-    """The PyTorch original's generator (see :mod:`smis_jax.bench_torch`) or None: with ``weights``, only a
+    """The PyTorch original's generator (see :mod:`smis_jax.bench.reference`) or None: with ``weights``, only a
     rosinality ``.pt`` (its ``g_ema``) can be handed to it; a converted directory or an NVIDIA ``.pkl`` runs without it."""
     state_dict = None
     if weights is not None:
@@ -579,7 +580,7 @@ def _torch_reference(gcfg: GeneratorConfig, weights: str | None, seed: int):
         from smis_jax import torchfile
 
         state_dict = torchfile.load(weights)["g_ema"]
-    return bench_torch.load_reference(gcfg, _channel_multiplier(gcfg), seed, state_dict)
+    return reference.load_reference(gcfg, _channel_multiplier(gcfg), seed, state_dict)
 
 
 def _torch_original_path(ref, gcfg: GeneratorConfig, batch: int, mode: str, protos, keys, topk: int,
@@ -588,12 +589,12 @@ def _torch_original_path(ref, gcfg: GeneratorConfig, batch: int, mode: str, prot
     inputs = []
     for key in keys:
         z, noise = _z_and_noise(gcfg, key, batch, None, jnp.float32)
-        inputs.append(bench_torch.inputs(np.asarray(z), [np.asarray(n) for n in noise]))
+        inputs.append(reference.inputs(np.asarray(z), [np.asarray(n) for n in noise]))
     if mode == "dense":
-        tprotos = bench_torch.dense_prototypes(protos.vectors)
+        tprotos = reference.dense_prototypes(protos.vectors)
     else:
-        tprotos = bench_torch.sparse_vectors(_vectors_by_class(protos))
-    return _Path("original-torch", lambda r: bench_torch.labels(ref, *inputs[r], mode, tprotos, topk, cos_th,
+        tprotos = reference.sparse_vectors(_vectors_by_class(protos))
+    return _Path("original-torch", lambda r: reference.labels(ref, *inputs[r], mode, tprotos, topk, cos_th,
                                                                  LABEL_SIZE),
                  flops_source="as original-jax (the same work)")
 
@@ -696,7 +697,7 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
         for p in paths:
             row = _result("labeling", p, base, batch, "labels_per_s", dtype, device)
             if p is torch_path:
-                chunked = f", rendered in chunks of {bench_torch.MAX_CHUNK}" if batch > bench_torch.MAX_CHUNK else ""
+                chunked = f", rendered in chunks of {reference.MAX_CHUNK}" if batch > reference.MAX_CHUNK else ""
                 row.update(compile_s=0.0, note="PyTorch %s, rosinality's generator (draggan's copy) + psp.py's "
                            "labelling, torch threads=%d%s" % (ref.torch_version, ref.threads, chunked))
             by_name[p.name] = row
