@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from smis_jax import bench, labeling
+from smis_jax.bench import reference
 
 COMMON = {"bench", "path", "config", "batch", "resolution", "dtype", "device", "platform", "device_kind",
           "time_s_median", "times_s", "repeats", "compile_s", "first_call_s", "flops_per_item", "flops_source",
@@ -86,25 +87,24 @@ def test_original_sparse_labels_match_golden(golden):
     g, cfg, masks = _golden_labels(golden, "label_sparse_celebalandmark")
     protos = labeling.prototypes(g["feats_fewshot"].transpose(0, 2, 3, 1), masks, mode="sparse")
     got = bench.original_sparse_labels(jnp.asarray(g["feats_query"].transpose(0, 2, 3, 1)),
-                                       bench.cli._vectors_by_class(protos), cfg["topk"], cfg["cos_th"], cfg["out_size"])
+                                       reference.vectors_by_class(protos), cfg["topk"], cfg["cos_th"], cfg["out_size"])
     np.testing.assert_array_equal(got, g["labels_query"])
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_torch_original_labels_match_golden(golden, mode):
     torch = pytest.importorskip("torch")
-    from smis_jax.bench import reference as bench_torch
 
     name = {"dense": "label_dense_celebamask", "sparse": "label_sparse_celebalandmark"}[mode]
     g, cfg, masks = _golden_labels(golden, name)
     feats = torch.from_numpy(g["feats_query"].astype(np.float32))  # (B, C, 64, 64), the original's layout
     if mode == "dense":
-        protos = bench_torch.dense_prototypes(g["prototypes"])  # absent classes stay zero, as in the original
-        got = bench_torch.label_features(feats, "dense", protos, out_size=cfg["out_size"])
+        protos = reference.dense_prototypes(g["prototypes"])  # absent classes stay zero, as in the original
+        got = reference.label_features(feats, "dense", protos, out_size=cfg["out_size"])
     else:
         per_class = np.split(g["prototypes_concat"], np.cumsum(g["proto_counts"])[:-1])
-        protos = bench_torch.sparse_vectors(per_class)
-        got = bench_torch.label_features(feats, "sparse", protos, cfg["topk"], cfg["cos_th"], cfg["out_size"])
+        protos = reference.sparse_vectors(per_class)
+        got = reference.label_features(feats, "sparse", protos, cfg["topk"], cfg["cos_th"], cfg["out_size"])
     np.testing.assert_array_equal(got, g["labels_query"])
 
 

@@ -1,13 +1,17 @@
-"""The original's pseudo-labelling in PyTorch, for the benchmark's "original-torch" path (issue #4).
+"""The original's labelling, restated for the benchmark's two "original" paths (issue #4).
 
-rosinality's ``Generator`` (the copy vendored by the ``draggan`` package: the same ``model.py`` the original
-forks) renders every sample at full resolution, the 64x64 feature tap is read from the second StyledConv of the
-64x64 block (the original's ``return_feature_map``, here a forward hook), and the labels are computed as
-``models/psp.py`` computes them: dense by one matmul and an argmax, sparse by a loop over samples and classes
-with a sort, ``np.unique`` on the host and a running best (psp.py:221-277), written out again here in torch.
+``original-jax``: psp.py's sparse structure on our ops (psp.py:256-277): per sample, per class c >= 1, one jitted
+device call (similarity matmul, top-k, descending sort of the 3*N_c pairs), a device->host copy and ``np.unique``
+on the host (the original's ``.cpu()`` round trip), then the running-best update.
+
+``original-torch``: rosinality's ``Generator`` (the copy vendored by the ``draggan`` package: the same
+``model.py`` the original forks) renders every sample at full resolution, the 64x64 feature tap is read from the
+second StyledConv of the 64x64 block (the original's ``return_feature_map``, here a forward hook), and the labels
+are computed as ``models/psp.py`` computes them: dense by one matmul and an argmax, sparse by a loop over samples
+and classes with a sort, ``np.unique`` on the host and a running best (psp.py:221-277), in torch.
 The image is average-pooled to 256x256 as the original's ``face_pool`` does.
 
-Everything here is optional: :func:`load_reference` returns None when torch or draggan is not importable. torch
+The PyTorch side is optional: :func:`load_reference` returns None when torch or draggan is not importable. torch
 is imported lazily so the rest of the benchmark never needs it.
 """
 
@@ -16,10 +20,15 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from smis_jax import labeling
+from smis_jax.bench.presets import LABEL_SIZE
 from smis_jax.conversion.common import StateDict
 from smis_jax.conversion.stylegan2 import generator_from_state_dict
 from smis_jax.stylegan2 import FEATURE_RES, GeneratorConfig
@@ -161,3 +170,68 @@ def label_features(f, mode: str, protos, topk: int = 3, cos_th: float = 0.5, out
                 best[win] = d[win]
             out.append(F.interpolate(label.reshape(1, 1, h, w), size=(out_size, out_size)).long())
         return torch.cat(out)[:, 0].numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# original-jax: the original's sparse labelling structure (psp.py:256-277), per sample, per class, a host round trip.
+
+@partial(jax.jit, static_argnames=("topk",))
+def _class_pairs(v_nC, fn_PC, topk: int):
+    """One class, one sample, on the device: similarities (n, P), each vector's top-k pixels, and all 3n
+    (value, pixel) pairs sorted by value, descending (torch.mm + torch.topk + torch.sort)."""
+    sim = jnp.einsum("nc,pc->np", v_nC, fn_PC, precision=jax.lax.Precision.HIGHEST)
+    val, pix = jax.lax.top_k(sim, topk)
+    val, pix = val.ravel(), pix.ravel()
+    order = jnp.argsort(-val, stable=True)
+    return val[order], pix[order]
+
+
+@jax.jit
+def _unit_pixels(features_NHWC):
+    """(B, H, W, C) -> (B, H*W, C) float32 unit vectors (the original's ``F / (||F|| + 1e-8)``)."""
+    b, h, w, c = features_NHWC.shape
+    f = features_NHWC.astype(jnp.float32).reshape(b, h * w, c)
+    return f / (jnp.linalg.norm(f, axis=-1, keepdims=True) + labeling.EPS)
+
+
+def vectors_by_class(protos: labeling.SparsePrototypes) -> list[jax.Array]:
+    """The original's ``vecs``: one (N_c, C) device array per class (class 0 included, never used)."""
+    classes = np.asarray(protos.classes)
+    vectors = np.asarray(protos.vectors)
+    return [jnp.asarray(vectors[classes == c]) for c in range(protos.n_classes)]
+
+
+def original_sparse_labels(features_NHWC, vecs: Sequence[jax.Array], topk: int = 3, cos_th: float = 0.5,
+                           out_size: int = LABEL_SIZE) -> np.ndarray:
+    """psp.py's sparse pseudo-labelling loop: (B, H, W, C) features -> (B, out_size, out_size) int32 (host).
+
+    For each sample and each class c >= 1: the device call :func:`_class_pairs`, then the pairs come to the host
+    and ``np.unique`` keeps the first (best) pair per pixel; values <= cos_th become 0 and class c takes the
+    pixels where it beats the running best strictly."""
+    fn_BPC = _unit_pixels(features_NHWC)
+    b, p, _ = fn_BPC.shape
+    h = features_NHWC.shape[1]
+    out = np.zeros((b, p), np.int32)
+    for i in range(b):
+        fn_PC = fn_BPC[i]
+        label = np.zeros(p, np.int32)
+        best = np.zeros(p, np.float32)
+        for c in range(1, len(vecs)):
+            d = np.zeros(p, np.float32)
+            if vecs[c].shape[0]:
+                val, pix = _class_pairs(vecs[c], fn_PC, topk)
+                val, pix = np.asarray(val), np.asarray(pix)  # the original's .cpu() round trip
+                uniq, first = np.unique(pix, return_index=True)
+                d[uniq] = np.where(val[first] > cos_th, val[first], 0.0)
+            update = best < d
+            label[update] = c
+            best = np.maximum(best, d)
+        out[i] = label
+    s = out_size // h
+    return out.reshape(b, h, h).repeat(s, axis=1).repeat(s, axis=2)
+
+
+def class_pair_flops(vecs: Sequence[jax.Array], p: int) -> float:
+    """Similarity matmul FLOPs of one sample's per-class loop (top-k and sort ignored)."""
+    return sum(2.0 * v.shape[0] * v.shape[1] * p for v in vecs[1:])
+
