@@ -8,7 +8,10 @@ on the host (the original's ``.cpu()`` round trip), then the running-best update
 ``model.py`` the original forks) renders every sample at full resolution, the 64x64 feature tap is read from the
 second StyledConv of the 64x64 block (the original's ``return_feature_map``, here a forward hook), and the labels
 are computed as ``models/psp.py`` computes them: dense by one matmul and an argmax, sparse by a loop over samples
-and classes with a sort, ``np.unique`` on the host and a running best (psp.py:221-277), in torch.
+and classes with a sort, ``np.unique`` on the host and a running best (psp.py:221-277). Both sparse paths run
+:func:`smis_jax.labeling.original_sparse_loop`, the loop the parity tests check; only the per-class step (matmul,
+top-k, sort) is theirs. The running best is kept in numpy on the host in both (a few 4096-element updates per
+class; the original keeps it in torch).
 The image is average-pooled to 256x256 as the original's ``face_pool`` does.
 
 The PyTorch side is optional: :func:`load_reference` returns None when torch or draggan is not importable. torch
@@ -32,9 +35,6 @@ from smis_jax.bench.presets import LABEL_SIZE
 from smis_jax.conversion.common import StateDict
 from smis_jax.conversion.stylegan2 import generator_from_state_dict
 from smis_jax.stylegan2 import FEATURE_RES, GeneratorConfig
-
-EPS = 1e-8
-
 
 @dataclass
 class TorchReference:
@@ -124,7 +124,7 @@ MAX_CHUNK = 1
 
 def labels(ref: TorchReference, z, noise, mode: str, protos, topk: int = 3, cos_th: float = 0.5,
            out_size: int = 256) -> np.ndarray:
-    """Render z with the given noise and pseudo-label it the original's way: (B, out_size, out_size) int64."""
+    """Render z with the given noise and pseudo-label it the original's way: (B, out_size, out_size) integers."""
     import torch
     import torch.nn.functional as F
 
@@ -140,36 +140,30 @@ def labels(ref: TorchReference, z, noise, mode: str, protos, topk: int = 3, cos_
 
 def label_features(f, mode: str, protos, topk: int = 3, cos_th: float = 0.5, out_size: int = 256) -> np.ndarray:
     """psp.py's labelling of (B, C, H, W) torch features: ``protos`` is the (L, C) tensor (dense) or the list of
-    per-class (N_c, C) tensors (sparse). Returns (B, out_size, out_size) int64 (numpy)."""
+    per-class (N_c, C) tensors (sparse). Returns (B, out_size, out_size) numpy integers."""
     import torch
     import torch.nn.functional as F
 
     with torch.no_grad():
         b, c, h, w = f.shape
-        fn = f / (f.norm(dim=1)[:, None] + EPS)
+        fn = f / (f.norm(dim=1)[:, None] + labeling.EPS)
         if mode == "dense":
             cos = torch.matmul(protos, fn.reshape(b, c, h * w)).reshape(b, -1, h, w)
             label = cos.argmax(dim=1)[:, None].float()
             return F.interpolate(label, size=(out_size, out_size)).long()[:, 0].numpy()
-        out = []
-        for i in range(b):
-            label = torch.zeros(h * w)
-            best = torch.zeros(h * w)
-            for cid in range(1, len(protos)):  # class 0 ("unknown") is skipped
-                sim = torch.matmul(protos[cid], fn[i].reshape(c, h * w))  # (N_c, H*W)
-                val, pix = torch.topk(sim, topk, dim=1)
-                val, order = torch.sort(val.flatten(), descending=True)
-                pix = pix.flatten()[order]
-                _, first = np.unique(pix.cpu().numpy(), return_index=True)  # the best pair per pixel
-                pix, val = pix[first], val[first]
-                d = torch.zeros(h * w)
-                keep = val > cos_th
-                d[pix[keep]] = val[keep]
-                win = best < d
-                label[win] = cid
-                best[win] = d[win]
-            out.append(F.interpolate(label.reshape(1, 1, h, w), size=(out_size, out_size)).long())
-        return torch.cat(out)[:, 0].numpy()
+        return labeling.original_sparse_loop(fn.reshape(b, c, h * w), protos, _torch_class_pairs, topk, cos_th, h,
+                                             out_size)
+
+
+def _torch_class_pairs(v_nC, fn_CP, topk: int):
+    """psp.py's per-class step in torch: similarities, each vector's top-k pixels, all pairs sorted by value
+    (descending), brought to the host as the original's ``.cpu()`` does."""
+    import torch
+
+    sim = torch.matmul(v_nC, fn_CP)  # (N_c, H*W)
+    val, pix = torch.topk(sim, topk, dim=1)
+    val, order = torch.sort(val.flatten(), descending=True)
+    return val.cpu().numpy(), pix.flatten()[order].cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,34 +195,21 @@ def vectors_by_class(protos: labeling.SparsePrototypes) -> list[jax.Array]:
     return [jnp.asarray(vectors[classes == c]) for c in range(protos.n_classes)]
 
 
+def _device_class_pairs(v_nC, fn_PC, topk: int):
+    """:func:`_class_pairs` and the original's ``.cpu()`` round trip of its result."""
+    val, pix = _class_pairs(v_nC, fn_PC, topk)
+    return np.asarray(val), np.asarray(pix)
+
+
 def original_sparse_labels(features_NHWC, vecs: Sequence[jax.Array], topk: int = 3, cos_th: float = 0.5,
                            out_size: int = LABEL_SIZE) -> np.ndarray:
-    """psp.py's sparse pseudo-labelling loop: (B, H, W, C) features -> (B, out_size, out_size) int32 (host).
+    """psp.py's sparse pseudo-labelling loop on our ops: (B, H, W, C) features -> (B, out_size, out_size) int32.
 
-    For each sample and each class c >= 1: the device call :func:`_class_pairs`, then the pairs come to the host
-    and ``np.unique`` keeps the first (best) pair per pixel; values <= cos_th become 0 and class c takes the
-    pixels where it beats the running best strictly."""
-    fn_BPC = _unit_pixels(features_NHWC)
-    b, p, _ = fn_BPC.shape
-    h = features_NHWC.shape[1]
-    out = np.zeros((b, p), np.int32)
-    for i in range(b):
-        fn_PC = fn_BPC[i]
-        label = np.zeros(p, np.int32)
-        best = np.zeros(p, np.float32)
-        for c in range(1, len(vecs)):
-            d = np.zeros(p, np.float32)
-            if vecs[c].shape[0]:
-                val, pix = _class_pairs(vecs[c], fn_PC, topk)
-                val, pix = np.asarray(val), np.asarray(pix)  # the original's .cpu() round trip
-                uniq, first = np.unique(pix, return_index=True)
-                d[uniq] = np.where(val[first] > cos_th, val[first], 0.0)
-            update = best < d
-            label[update] = c
-            best = np.maximum(best, d)
-        out[i] = label
-    s = out_size // h
-    return out.reshape(b, h, h).repeat(s, axis=1).repeat(s, axis=2)
+    :func:`smis_jax.labeling.original_sparse_loop` (the loop the parity tests check) with the device call
+    :func:`_class_pairs` as its per-class step; the pairs come to the host for ``np.unique`` and the running best
+    (in numpy: on a CPU "device" that is host memory anyway, which favours the original)."""
+    return labeling.original_sparse_loop(_unit_pixels(features_NHWC), vecs, _device_class_pairs, topk, cos_th,
+                                         features_NHWC.shape[1], out_size)
 
 
 def class_pair_flops(vecs: Sequence[jax.Array], p: int) -> float:
