@@ -10,11 +10,14 @@
 Every comparison runs all its paths in one process on identical inputs: each path is compiled and warmed up
 once, then the paths take turns repeat by repeat (a shared, noisy machine slows both alike) and the median
 is reported; compile time is reported apart. Weights are random at the real shapes (speed does not depend on
-the values). Each result is one JSON line (stdout, or appended to ``--json-out``) and a row of a table.
+the values). Each result is one JSON line and a row of a table: without ``--json-out`` the JSON lines go to
+stdout and the table to stderr (``> results.jsonl`` keeps only JSON); with it the lines are appended to that file
+and the table goes to stdout.
 
 Two versions of the original are measured. ``original-torch`` (labelling only) is the original itself: its
 PyTorch generator (rosinality's, as vendored by ``draggan``) and psp.py's labelling code, see
-:mod:`smis_jax.bench.reference`; it needs torch and draggan, runs in float32 on the CPU, and is what a user switching
+:mod:`smis_jax.bench.reference`; it needs torch and draggan (when they are missing, one ``note:`` line on stderr
+says so and how to install them), runs in float32 on the CPU, and is what a user switching
 from the original gains. ``original-jax`` keeps the original's algorithmic structure but runs on our
 (tested-equal) ops, so a ratio against it measures the structural change alone, and ``original-torch`` against
 ``original-jax`` measures the ops alone:

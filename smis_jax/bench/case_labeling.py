@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -39,15 +40,21 @@ def _original_render(gcfg, batch, dtype, params, key):
 
 
 
-def _torch_reference(gcfg: GeneratorConfig, weights: str | None, seed: int):
-    """The PyTorch original's generator (see :mod:`smis_jax.bench.reference`) or None: with ``weights``, only a
-    rosinality ``.pt`` (its ``g_ema``) can be handed to it; a converted directory or an NVIDIA ``.pkl`` runs without it."""
+def _torch_reference(gcfg: GeneratorConfig, weights: str | None, seed: int) -> reference.TorchReference:
+    """The PyTorch original's generator (see :mod:`smis_jax.bench.reference`), or :class:`reference.Unavailable`
+    saying why not: torch or draggan missing, or ``weights`` it cannot take (only a rosinality ``.pt``, its
+    ``g_ema``; not a converted directory or an NVIDIA ``.pkl``), or a generator outside rosinality's layout."""
+    reference.import_generator()  # what is installed first: the other reasons only matter once it is
     state_dict = None
     if weights is not None:
-        if Path(weights).is_dir() or nvidiafile.is_pickle(weights):  # by content, not by name
-            return None
+        if Path(weights).is_dir():
+            raise reference.Unavailable(f"--weights {weights} is a converted directory; the PyTorch generator takes "
+                                        "a rosinality .pt")
+        if nvidiafile.is_pickle(weights):  # by content, not by name
+            raise reference.Unavailable(f"--weights {weights} is an NVIDIA pickle; the PyTorch generator takes a "
+                                        "rosinality .pt")
         state_dict = torchfile.load(weights)["g_ema"]
-    return reference.load_reference(gcfg, _channel_multiplier(gcfg), seed, state_dict)
+    return reference.load_reference(gcfg, channel_multiplier(gcfg), seed, state_dict)
 
 
 def _torch_original_path(ref, gcfg: GeneratorConfig, batch: int, mode: str, protos, keys, topk: int,
@@ -62,16 +69,20 @@ def _torch_original_path(ref, gcfg: GeneratorConfig, batch: int, mode: str, prot
     else:
         tprotos = reference.sparse_vectors(vectors_by_class(protos))
     return TimedPath("original-torch", lambda r: reference.labels(ref, *inputs[r], mode, tprotos, topk, cos_th,
-                                                                 LABEL_SIZE),
-                 flops_source="as original-jax (the same work)")
+                                                                  LABEL_SIZE),
+                     flops_source="as original-jax (the same work)")
 
 
 def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str = "float32", repeats: int = 3,
                    vectors_per_class: int = 9, topk: int = 3, cos_th: float = 0.5, max_memory_gb: float | None = None,
-                   torch_row: bool = True, seed: int = 0, weights: str | None = None) -> list[dict[str, Any]]:
+                   torch_row: bool | str = True, seed: int = 0, weights: str | None = None) -> list[dict[str, Any]]:
     """Pseudo-labels per second, the original's paths vs ours, for each batch size. Returns one dict per
     (batch, path): ``original-torch`` (when torch and draggan are importable, float32 only), ``original-jax``,
     ``ours``.
+
+    ``torch_row``: True includes original-torch where it can run and otherwise says why not (one ``note:`` line on
+    stderr, and ``original_torch_left_out`` in every row); a string leaves it out for that reason, said the same
+    way; False leaves it out silently (``--no-torch``).
 
     ``weights``: a rosinality checkpoint or converted directory whose generator replaces the random one (its
     shapes replace the preset's); the speed is the same, but bfloat16 agreement is only meaningful with trained
@@ -88,7 +99,18 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
     if weights is not None:
         loaded = stylegan2.load(weights)
         gcfg, params32 = loaded.config, loaded.params
-    ref = _torch_reference(gcfg, weights, seed) if (torch_row and dtype == "float32") else None
+    ref, left_out = None, None
+    if isinstance(torch_row, str):  # the caller already knows why the path is left out
+        left_out = torch_row
+    elif torch_row:
+        try:
+            if dtype != "float32":
+                raise reference.Unavailable(f"it runs in float32 only (--dtype {dtype})")
+            ref = _torch_reference(gcfg, weights, seed)
+        except reference.Unavailable as e:
+            left_out = str(e)
+    if left_out is not None:  # said once, before the long part, so nobody waits for a row that will not come
+        print(f"note: original-torch path left out: {left_out}", file=sys.stderr, flush=True)
     if weights is None:
         if ref is not None:
             params32, weights_desc = jax.tree.map(jnp.asarray, ref.params), "random (PyTorch initialisation)"
@@ -149,7 +171,7 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
         base = {"config": preset.name, "mode": mode, "batch": batch, "resolution": gcfg.size,
                 "feature_res": FEATURE_RES, "label_res": LABEL_SIZE, "n_classes": n_classes,
                 "n_prototype_vectors": n_vectors, "topk": topk if mode == "sparse" else None,
-                "weights": weights_desc, **host_context()}
+                "weights": weights_desc, "original_torch_left_out": left_out, **host_context()}
         skip = check_fits(paths, None if max_memory_gb is None else max_memory_gb * 2**30)
         if skip:
             rows.append({"bench": "labeling", "path": "skipped", **base, "dtype": dtype, **device, "skipped": skip})
@@ -207,6 +229,6 @@ def _dense_margins(gcfg: GeneratorConfig, params32, protos: labeling.DenseProtot
             "prototype_pairwise_cos_median": float(np.median(pair)) if pair.size else None}
 
 
-def _channel_multiplier(gcfg: GeneratorConfig) -> int:
+def channel_multiplier(gcfg: GeneratorConfig) -> int:
     return max(1, gcfg.channel(FEATURE_RES) // 256) if FEATURE_RES in gcfg.resolutions else 2
 

@@ -38,6 +38,15 @@ def _parse_batches(text: str) -> list[int]:
     return values
 
 
+def _torch_row(args) -> bool | str:
+    """bench_labeling's ``torch_row``: False (--no-torch: left out, nothing said), a reason, or True (try it)."""
+    if args.no_torch:
+        return False
+    if args.quick:
+        return "--quick runs the tiny shapes without it (drop --quick and use --config ffhq, church, car or ukiyoe)"
+    return True
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m smis_jax.bench", description=DESCRIPTION)
     ap.add_argument("bench", choices=["labeling", "train-step", "inversion", "app"])
@@ -59,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                     "directory) to use instead of random weights (its shapes replace the config's; the original-torch "
                     "path only takes a .pt)")
     ap.add_argument("--quick", action="store_true", help="tiny config, first default batch, 2 repeats")
-    ap.add_argument("--json-out", type=Path, help="append JSON lines here (the table goes to stdout)")
+    ap.add_argument("--json-out", type=Path, help="append the JSON lines to this file and print the table to stdout "
+                    "(without it: JSON lines to stdout, the table to stderr)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", help="app: the synthesis export the editor serves (default: the editor's)")
     ap.add_argument("--variants", type=int, default=4, help="app: variants per update (default 4, as the editor)")
@@ -102,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_gb = 12.0
         if args.bench == "labeling":
             rows = bench_labeling(preset, args.mode, batches, args.dtype, repeats, args.vectors_per_class,
-                                  max_memory_gb=max_gb, torch_row=not (args.no_torch or args.quick), seed=args.seed,
+                                  max_memory_gb=max_gb, torch_row=_torch_row(args), seed=args.seed,
                                   weights=args.weights)
         elif args.bench == "train-step":
             rows = bench_train_step(preset, args.mode, batches, repeats, args.vectors_per_class, max_gb, args.seed)

@@ -14,8 +14,9 @@ top-k, sort) is theirs. The running best is kept in numpy on the host in both (a
 class; the original keeps it in torch).
 The image is average-pooled to 256x256 as the original's ``face_pool`` does.
 
-The PyTorch side is optional: :func:`load_reference` returns None when torch or draggan is not importable. torch
-is imported lazily so the rest of the benchmark never needs it.
+The PyTorch side is optional: :func:`load_reference` raises :class:`Unavailable` (why, and how to install what is
+missing) when torch or draggan is not importable. torch is imported lazily so the rest of the benchmark never
+needs it.
 """
 
 from __future__ import annotations
@@ -58,27 +59,45 @@ class TorchReference:
         return torch.__version__
 
 
-def _import_generator():
+class Unavailable(Exception):
+    """The original-torch path cannot run here; the message says why (and, where it is an install, how)."""
+
+
+INSTALL = "pip install torch==2.13.0, then pip install --no-deps draggan==1.1.6 tqdm"
+
+
+def import_generator():
+    """(torch, rosinality's ``Generator`` class as draggan vendors it); :class:`Unavailable` naming the package
+    that failed to import, the error, and the install commands."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         os.environ.pop("CUDA_HOME", None)  # its CUDA ops must fall back to the native (CPU) ones
-        import torch
-        from draggan.deprecated.stylegan2.model import Generator
-
+        try:
+            import torch
+        except Exception as e:  # ImportError, or a broken install failing in its own way
+            raise Unavailable(f"torch is not importable ({_first_line(e)}); to include it: {INSTALL}") from None
+        try:
+            from draggan.deprecated.stylegan2.model import Generator
+        except Exception as e:
+            raise Unavailable(f"draggan is not importable ({_first_line(e)}); to include it: {INSTALL}") from None
     return torch, Generator
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
 def load_reference(gcfg: GeneratorConfig, channel_multiplier: int, seed: int = 0,
-                   state_dict: dict[str, Any] | None = None) -> TorchReference | None:
+                   state_dict: dict[str, Any] | None = None) -> TorchReference:
     """The PyTorch generator at ``gcfg``'s shapes, with rosinality's own (seeded) random initialisation or
-    ``state_dict`` (a ``g_ema``), and the same weights converted to ours by the shipped converter. None when
-    torch/draggan are missing or ``gcfg`` is not a rosinality layout (style_dim 512, its channel table)."""
+    ``state_dict`` (a ``g_ema``), and the same weights converted to ours by the shipped converter.
+    :class:`Unavailable` when torch/draggan are missing or ``gcfg`` is not a rosinality layout (style_dim 512,
+    its channel table)."""
+    torch, Generator = import_generator()
     if gcfg.style_dim != 512 or gcfg.channels != GeneratorConfig.rosinality(gcfg.size, channel_multiplier).channels:
-        return None
-    try:
-        torch, Generator = _import_generator()
-    except Exception:  # any import failure means: no PyTorch path
-        return None
+        raise Unavailable(f"the {gcfg.size}px generator (style_dim {gcfg.style_dim}) is not in rosinality's layout "
+                          "(style_dim 512, its channel table); the ffhq, church, car and ukiyoe configs are")
     torch.manual_seed(seed)
     g = Generator(gcfg.size, gcfg.style_dim, gcfg.n_mlp, channel_multiplier=channel_multiplier).eval()
     if state_dict is not None:
@@ -87,7 +106,7 @@ def load_reference(gcfg: GeneratorConfig, channel_multiplier: int, seed: int = 0
     config, params, _ = generator_from_state_dict(sd)
     sd.finish()
     if config != gcfg:
-        return None
+        raise Unavailable(f"the PyTorch generator converts to {config}, not to the benchmarked {gcfg}")
     tap: dict = {}
     feature_conv = 2 * int(np.log2(FEATURE_RES // 4)) - 1  # convs[7]: the 64x64 block's second StyledConv
     g.convs[feature_conv].register_forward_hook(lambda module, args, out: tap.__setitem__("features", out))
