@@ -78,7 +78,9 @@ def test_labeling_without_draggan_says_why_and_how(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text('raise ImportError("draggan made unimportable by the test")\n')
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(repo)])}
+    # highest: the precision conftest sets in this process, so the compiled programs are found in the cache
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(repo)]),
+           "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
     proc = subprocess.run([sys.executable, "-m", "smis_jax.bench", "labeling", "--config", "tiny", "--mode", "dense",
                            "--batch", "1", "--repeats", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
