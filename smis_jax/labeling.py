@@ -16,7 +16,9 @@ by repetition.
 
 :func:`pseudo_label` is one jitted function (static ``topk``, ``out_size``, ``compat``, ``chunk``), so a
 training loop compiles it once per batch shape. The ``_*_reference`` functions are slow numpy twins that
-mirror the original per-sample, per-class loops (``psp.py``); tests prove the fast paths agree with them.
+mirror the original per-sample, per-class loops (``psp.py``); tests prove the fast paths agree with them. The
+sparse twin's loop, :func:`original_sparse_loop`, is also what the benchmark's original paths run
+(:mod:`smis_jax.bench.reference`), with the per-class step on the device or in torch.
 """
 
 from __future__ import annotations
@@ -400,34 +402,56 @@ def _dense_label_reference(features_NHWC, proto_LC, present_L=None, out_size: in
     return out.reshape(b, h, w).repeat(s, axis=1).repeat(s, axis=2)
 
 
-def _sparse_label_reference(
-    features_NHWC, vecs_per_class, topk: int = 3, cos_th: float = 0.5, out_size: int = 256
-) -> np.ndarray:
-    """psp.py's sparse loop: per sample, per class c >= 1: top-k pixels per vector, best pair per pixel, update."""
-    f = np.asarray(features_NHWC, np.float32)
-    b, h, w, c = f.shape
-    out = np.zeros((b, h * w), np.int32)
-    for i in range(b):
-        fi = f[i].reshape(h * w, c).T
-        fn = fi / (np.linalg.norm(fi, axis=0, keepdims=True) + np.float32(EPS))
-        label = np.zeros(h * w, np.int32)
-        best = np.zeros(h * w, np.float32)
+def _numpy_class_pairs(v_nC, fn_CP, topk: int):
+    """One class of one sample in numpy: each vector's top-k pixels, all pairs sorted by value, descending."""
+    sim = np.asarray(v_nC, np.float32).reshape(-1, fn_CP.shape[0]) @ fn_CP  # (N_c, P)
+    # Each vector's top-k pixels; a stable sort puts the lower pixel first on ties (as lax.top_k).
+    pix = np.argsort(-sim, axis=1, kind="stable")[:, :topk]
+    val = np.take_along_axis(sim, pix, axis=1)
+    order = np.argsort(-val.ravel(), kind="stable")  # all pairs, highest cosine first
+    return val.ravel()[order], pix.ravel()[order]
+
+
+def original_sparse_loop(fn_per_sample, vecs_per_class, class_pairs, topk: int, cos_th: float, side: int,
+                         out_size: int) -> np.ndarray:
+    """psp.py's sparse pseudo-labelling loop (psp.py:256-277), the one restatement of it in this repository.
+
+    Per sample, per class c >= 1: ``class_pairs(vecs_per_class[c], fn_per_sample[i], topk)`` gives the
+    (value, pixel) pairs of the class's top-k pixels, highest value first, as host numpy arrays; ``np.unique``
+    keeps the best pair per pixel, values <= ``cos_th`` become 0 and class c takes the pixels where it beats the
+    running best strictly. ``fn_per_sample`` (B unit-feature blocks of ``side * side`` pixels) and the vectors are
+    in whatever layout and framework ``class_pairs`` computes with: numpy here (:func:`_sparse_label_reference`),
+    a jitted device call or torch in the benchmark's original paths. Returns (B, out_size, out_size) int32.
+    """
+    p = side * side
+    out = np.zeros((len(fn_per_sample), p), np.int32)
+    for i in range(len(fn_per_sample)):
+        label = np.zeros(p, np.int32)
+        best = np.zeros(p, np.float32)
         for cls in range(1, len(vecs_per_class)):
-            v = np.asarray(vecs_per_class[cls], np.float32).reshape(-1, c)
-            d = np.zeros(h * w, np.float32)
-            if len(v):
-                sim = v @ fn  # (N_c, P)
-                # Each vector's top-k pixels; a stable sort puts the lower pixel first on ties (as lax.top_k).
-                pix = np.argsort(-sim, axis=1, kind="stable")[:, :topk]
-                val = np.take_along_axis(sim, pix, axis=1)
-                order = np.argsort(-val.ravel(), kind="stable")  # all pairs, highest cosine first
-                pix_sorted, val_sorted = pix.ravel()[order], val.ravel()[order]
-                uniq_pix, first = np.unique(pix_sorted, return_index=True)  # best pair per pixel
-                uniq_val = val_sorted[first]
+            d = np.zeros(p, np.float32)
+            if len(vecs_per_class[cls]):
+                val, pix = class_pairs(vecs_per_class[cls], fn_per_sample[i], topk)
+                uniq_pix, first = np.unique(pix, return_index=True)  # best pair per pixel
+                uniq_val = val[first]
                 d[uniq_pix] = np.where(uniq_val > cos_th, uniq_val, 0.0)
             update = best < d
             label[update] = cls
             best = np.maximum(best, d)
         out[i] = label
-    s = out_size // h
-    return out.reshape(b, h, w).repeat(s, axis=1).repeat(s, axis=2)
+    s = out_size // side
+    return out.reshape(-1, side, side).repeat(s, axis=1).repeat(s, axis=2)
+
+
+def _sparse_label_reference(
+    features_NHWC, vecs_per_class, topk: int = 3, cos_th: float = 0.5, out_size: int = 256
+) -> np.ndarray:
+    """psp.py's sparse loop in numpy: per sample, per class c >= 1: top-k pixels per vector, best pair per pixel,
+    update (:func:`original_sparse_loop` with a numpy class step)."""
+    f = np.asarray(features_NHWC, np.float32)
+    b, h, w, c = f.shape
+    fn_per_sample = []
+    for i in range(b):
+        fi = f[i].reshape(h * w, c).T
+        fn_per_sample.append(fi / (np.linalg.norm(fi, axis=0, keepdims=True) + np.float32(EPS)))  # (C, P)
+    return original_sparse_loop(fn_per_sample, vecs_per_class, _numpy_class_pairs, topk, cos_th, h, out_size)

@@ -6,12 +6,17 @@ and ours, ~30 s each on 2 CPU cores), so it is marked slow.
 """
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from smis_jax import bench, labeling
+from smis_jax.bench import cli, reference
 
 COMMON = {"bench", "path", "config", "batch", "resolution", "dtype", "device", "platform", "device_kind",
           "time_s_median", "times_s", "repeats", "compile_s", "first_call_s", "flops_per_item", "flops_source",
@@ -64,6 +69,35 @@ def test_train_step_quick(tmp_path, capsys):
     assert rows[1]["batch"] == 2 and rows[1]["encoder"] == "tiny"
 
 
+def test_labeling_without_draggan_says_why_and_how(tmp_path):
+    """draggan made unimportable for real (a package of that name that raises ImportError, first on the path):
+    the CLI says in one line which path it leaves out, why and how to get it; without --json-out the JSON lines
+    are stdout (as --help says) and the table is on stderr. Same shapes as test_labeling_quick (dense): the
+    session's compilation cache serves its programs."""
+    fake = tmp_path / "fake" / "draggan"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("draggan made unimportable by the test")\n')
+    repo = Path(__file__).resolve().parents[1]
+    # highest: the precision conftest sets in this process, so the compiled programs are found in the cache
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(repo)]),
+           "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+    proc = subprocess.run([sys.executable, "-m", "smis_jax.bench", "labeling", "--config", "tiny", "--mode", "dense",
+                           "--batch", "1", "--repeats", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notes = [line for line in proc.stderr.splitlines() if "original-torch" in line and "left out" in line]
+    assert notes == [
+        "note: original-torch path left out: draggan is not importable (ImportError: draggan made unimportable by "
+        f"the test); to include it: {reference.INSTALL}"], proc.stderr[-3000:]
+    assert "pip install --no-deps draggan==1.1.6 tqdm" in notes[0]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]  # stdout is JSON lines only
+    assert [r["path"] for r in rows] == ["original-jax", "ours"]
+    assert all(r["original_torch_left_out"].startswith("draggan is not importable") for r in rows)
+    assert "x_vs_orig_jax" in proc.stderr and "original-jax" in proc.stderr.split("x_vs_orig_jax")[1]
+    assert "--json-out" in (help_text := cli._parser().format_help())
+    assert "JSON lines to stdout, the table to stderr" in " ".join(help_text.split())
+
+
 def test_bad_options_exit_2(capsys):
     assert bench.main(["labeling", "--batch", "1,x"]) == 2
     assert "error: --batch" in capsys.readouterr().err
@@ -86,25 +120,24 @@ def test_original_sparse_labels_match_golden(golden):
     g, cfg, masks = _golden_labels(golden, "label_sparse_celebalandmark")
     protos = labeling.prototypes(g["feats_fewshot"].transpose(0, 2, 3, 1), masks, mode="sparse")
     got = bench.original_sparse_labels(jnp.asarray(g["feats_query"].transpose(0, 2, 3, 1)),
-                                       bench._vectors_by_class(protos), cfg["topk"], cfg["cos_th"], cfg["out_size"])
+                                       reference.vectors_by_class(protos), cfg["topk"], cfg["cos_th"], cfg["out_size"])
     np.testing.assert_array_equal(got, g["labels_query"])
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_torch_original_labels_match_golden(golden, mode):
     torch = pytest.importorskip("torch")
-    from smis_jax import bench_torch
 
     name = {"dense": "label_dense_celebamask", "sparse": "label_sparse_celebalandmark"}[mode]
     g, cfg, masks = _golden_labels(golden, name)
     feats = torch.from_numpy(g["feats_query"].astype(np.float32))  # (B, C, 64, 64), the original's layout
     if mode == "dense":
-        protos = bench_torch.dense_prototypes(g["prototypes"])  # absent classes stay zero, as in the original
-        got = bench_torch.label_features(feats, "dense", protos, out_size=cfg["out_size"])
+        protos = reference.dense_prototypes(g["prototypes"])  # absent classes stay zero, as in the original
+        got = reference.label_features(feats, "dense", protos, out_size=cfg["out_size"])
     else:
         per_class = np.split(g["prototypes_concat"], np.cumsum(g["proto_counts"])[:-1])
-        protos = bench_torch.sparse_vectors(per_class)
-        got = bench_torch.label_features(feats, "sparse", protos, cfg["topk"], cfg["cos_th"], cfg["out_size"])
+        protos = reference.sparse_vectors(per_class)
+        got = reference.label_features(feats, "sparse", protos, cfg["topk"], cfg["cos_th"], cfg["out_size"])
     np.testing.assert_array_equal(got, g["labels_query"])
 
 
