@@ -79,16 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output", help="new directory to write")
     args = parser.parse_args(argv)
 
-    from smis_jax.conversion import ConversionError
     from smis_jax.errors import UserError
+    from smis_jax.io import ConversionError
 
     try:
         if args.what == "stylegan2":
-            from smis_jax.conversion.stylegan2 import convert
+            from smis_jax.io.stylegan2 import convert
 
             out = convert(args.input, args.output)
         elif args.what == "psp":
-            from smis_jax.conversion.psp import convert
+            from smis_jax.io.psp import convert
 
             units = None
             if args.units:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConversionError(f"--units must be comma-separated integers, got {args.units!r}") from None
             out = convert(args.input, args.output, units=units)
         else:
-            from smis_jax.conversion.lpips import convert
+            from smis_jax.io.lpips import convert
 
             out = convert(args.alexnet, args.lin, args.output)
     except UserError as e:

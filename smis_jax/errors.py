@@ -11,7 +11,7 @@ the raise site.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "InvalidValueError", "MissingFileError", "OutputExistsError"]
+__all__ = ["UserError", "ConfigError", "InvalidValueError", "MissingFileError", "OutputExistsError", "ConversionError"]
 
 
 class UserError(Exception):
@@ -32,3 +32,7 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class OutputExistsError(UserError, FileExistsError):
     """An output folder the user named already holds files."""
+
+
+class ConversionError(UserError, ValueError):
+    """A checkpoint does not match the architecture; the message names the key and both shapes."""

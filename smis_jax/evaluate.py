@@ -27,9 +27,9 @@ import numpy as np
 from smis_jax import builtin, export, groundtruth
 from smis_jax.config import TrainConfig, get_domain
 from smis_jax.errors import MissingFileError, UserError
-from smis_jax.experiment import load_generator, load_test_masks
+from smis_jax.experiment import domain_generator, load_test_masks
 from smis_jax.metrics import self_consistency
-from smis_jax.psp import EncoderConfig
+from smis_jax.nets.psp import EncoderConfig
 from smis_jax.training import Checkpointer, StepConfig, abstract_like, init_train_state
 
 __all__ = ["evaluate_export", "evaluate_checkpoint", "main"]
@@ -82,7 +82,7 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, masks: Seq
         pipeline = export.load(workdir / "export").pipeline
         generator, latent_avg = pipeline.generator, np.asarray(pipeline.latent_avg)
     else:
-        generator = load_generator(record["stylegan"], domain, cfg.generator_size)
+        generator = domain_generator(record["stylegan"], domain, cfg.generator_size)
         latent_avg = np.broadcast_to(generator.truncation_latent(),
                                      (generator.config.n_latent, generator.config.style_dim))
     enc_config = EncoderConfig.from_json(record["encoder"])

@@ -29,14 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import builtin, data, export, interrupt, labeling, lpips, stylegan2, viz
+from smis_jax import builtin, data, export, interrupt, labeling, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
-from smis_jax.files import FolderError, check_writable
 from smis_jax.export import ShotCodes
+from smis_jax.files import FolderError, check_writable
 from smis_jax.inversion import invert_cached, read_cache
+from smis_jax.io import load_generator, load_lpips
 from smis_jax.metrics import self_consistency
+from smis_jax.nets import stylegan2
+from smis_jax.nets.psp import EncoderConfig
 from smis_jax.progress import Progress, progress
-from smis_jax.psp import EncoderConfig
 from smis_jax.training import (
     Checkpointer,
     StepConfig,
@@ -48,7 +50,7 @@ from smis_jax.training import (
     make_train_step,
 )
 
-__all__ = ["Shots", "load_shots", "load_test_masks", "encoder_config", "load_generator", "train_and_evaluate"]
+__all__ = ["Shots", "load_shots", "load_test_masks", "encoder_config", "domain_generator", "train_and_evaluate"]
 
 # Fields that may change when a run is resumed (how long and how often); anything else must match.
 RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every", "image_every", "eval_every", "keep_checkpoints"}
@@ -133,10 +135,10 @@ def encoder_config(cfg: TrainConfig, generator: stylegan2.LoadedGenerator) -> En
                          widths=widths, units=units, style_dim=generator.config.style_dim)
 
 
-def load_generator(path: str | Path, domain: Domain, size: int | None = None) -> stylegan2.LoadedGenerator:
+def domain_generator(path: str | Path, domain: Domain, size: int | None = None) -> stylegan2.LoadedGenerator:
     """``stylegan2.load`` (a .pt, an NVIDIA .pkl or a converted folder), checked against the expected output size:
     ``size`` if given (a run's ``generator_size``), else the domain preset's default."""
-    g = stylegan2.load(path)
+    g = load_generator(path)
     if size is not None and size != g.config.size:
         raise ConfigError(f"--generator-size {size} given, but {path} is a {g.config.size}px generator")
     if size is None and g.config.size != domain.generator_size:
@@ -230,7 +232,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     if resume and existing is None:
         log(f"--resume: no checkpoint in {ckpt_dir} yet; starting at step 0 (finished inversions are reused)")
 
-    generator = load_generator(stylegan, domain, cfg.generator_size)
+    generator = domain_generator(stylegan, domain, cfg.generator_size)
     if data_dir is None:
         shots = Shots(*builtin.shots(domain, cfg.shots))
     else:
@@ -340,7 +342,7 @@ def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots,
                       overwrite_inversion: bool, lpips_weights, log):
     key = jax.random.key(cfg.seed)
     key_inv, key_proto = jax.random.split(jax.random.fold_in(key, 1))
-    lpips_params = lpips.load(lpips_weights).params if cfg.inversion_lpips_lambda else None
+    lpips_params = load_lpips(lpips_weights).params if cfg.inversion_lpips_lambda else None
     bar = Progress(total=cfg.inversion_steps, desc=f"invert {len(shots.names)} shots", unit="step")
 
     def on_chunk(done, losses, best):

@@ -23,8 +23,10 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from smis_jax import labeling, psp
-from smis_jax.conversion.common import ConversionError, load_converted, save_converted
+from smis_jax import labeling
+from smis_jax.io import load_pipeline
+from smis_jax.io.converted import ConversionError, load_converted, save_converted
+from smis_jax.nets import psp
 
 __all__ = ["write", "load", "RunExport", "ShotCodes"]
 
@@ -71,7 +73,7 @@ def load(path: str | Path) -> RunExport:
     """Read an export written by ``train.run``; a clear error names what is missing (e.g. an older export, or a
     converted pSp checkpoint, which has no prototypes)."""
     path = Path(path)
-    pipeline = psp.load_pipeline(path)
+    pipeline = load_pipeline(path)
     config = pipeline.config
     run = config.get("run")
     if not isinstance(run, dict) or not (path / "prototypes").is_dir():

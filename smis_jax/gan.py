@@ -1,6 +1,6 @@
 """Training a StyleGAN2 in JAX: rosinality's discriminator, the paper's losses, one jitted data-parallel step.
 
-The generator is the project's own :class:`smis_jax.stylegan2.Generator` (the tree users load); the discriminator is
+The generator is the project's own :class:`smis_jax.nets.stylegan2.Generator` (the tree users load); the discriminator is
 rosinality's ``Discriminator`` (1x1 FromRGB, residual blocks with blurred stride-2 convs, minibatch stddev, two
 equalised linear layers). Losses follow NVlabs' stylegan2-ada-pytorch ``training/loss.py``:
 
@@ -32,13 +32,12 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from smis_jax import ops
 from smis_jax.errors import ConfigError
-from smis_jax.stylegan2 import Generator, GeneratorConfig, init_params, make_noise, style_mix
+from smis_jax.nets import ops
+from smis_jax.nets.stylegan2 import Generator, GeneratorConfig, init_params, make_noise, style_mix
 
 __all__ = ["GanConfig", "Discriminator", "GanState", "init_state", "make_train_step", "ema_beta", "sample_images",
            "DEFAULT_CHANNELS"]

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import data, shapes, stylegan2, viz
+from smis_jax import data, shapes, viz
 from smis_jax.errors import ConfigError, MissingFileError
 from smis_jax.gan import GanConfig, GanState, init_state, make_train_step, sample_images
+from smis_jax.io.converted import save_converted
+from smis_jax.nets import stylegan2
 from smis_jax.training import data_mesh
 
 __all__ = ["RealData", "train", "export_generator", "generator_quality", "GanCheckpointer", "restore_latest",
@@ -305,8 +306,6 @@ def export_generator(workdir: str | Path, out_dir: str | Path, step: int | None 
                      provenance: dict[str, Any] | None = None) -> Path:
     """Write the run's EMA generator as a converted 'stylegan2' folder (what ``stylegan2.load`` reads): params,
     stored noise buffers (seeded) and latent_avg (the mean W of 4096 z), plus ``provenance.json``."""
-    from smis_jax.conversion.common import save_converted
-
     cfg, state, meta = restore_latest(workdir, step)
     g = cfg.generator
     params = jax.device_get(state.g_ema)

@@ -28,10 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, labeling, lpips, shapes, stylegan2, synthesize, viz
+from smis_jax import builtin, data, export, labeling, shapes, synthesize, viz
 from smis_jax.config import DOMAINS, ConfigError
-from smis_jax.metrics import confusion, iou_from_confusion
 from smis_jax.inversion import invert_cached
+from smis_jax.io import load_lpips
+from smis_jax.metrics import confusion, iou_from_confusion
+from smis_jax.nets import lpips, stylegan2
 
 __all__ = ["evaluate", "scores", "format_table"]
 
@@ -142,7 +144,7 @@ def evaluate(export_dir: str | Path, report_dir: str | Path | None = None, run_d
     names, images, masks256 = builtin.shots(DOMAINS["shapes"], 5)
     masks64 = shapes.downsample_mask(masks256, shapes.SIZE)
     scribbles64 = np.stack([shapes.scribbles(m, i) for i, m in enumerate(masks64)])
-    lpips_params = lpips.load().params
+    lpips_params = load_lpips().params
     key = jax.random.key(int(train["seed"]))
     key_inv, key_proto = jax.random.split(jax.random.fold_in(key, 1))
     inv = run_export.shots

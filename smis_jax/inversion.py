@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from smis_jax import lpips as lpips_lib
-from smis_jax import interrupt, ops
+from smis_jax import interrupt
 from smis_jax.files import savez_atomic
+from smis_jax.nets import lpips as lpips_lib, ops
+from smis_jax.nets.stylegan2 import Generator, GeneratorConfig, LoadedGenerator, make_sample_noise
 from smis_jax.optim import ranger
-from smis_jax.stylegan2 import Generator, GeneratorConfig, LoadedGenerator, make_sample_noise
 
 __all__ = ["InversionResult", "invert", "invert_cached", "read_cache", "image_loss"]
 
@@ -114,7 +114,7 @@ def invert(generator: LoadedGenerator, lpips_params, targets_NHWC, key: jax.Arra
     if keys.shape[0] != k:
         raise ValueError(f"{keys.shape[0]} keys for {k} images")
     if lpips_lambda and lpips_params is None:
-        raise ValueError("lpips_lambda > 0 needs LPIPS weights (smis_jax.lpips.load().params)")
+        raise ValueError("lpips_lambda > 0 needs LPIPS weights (smis_jax.load_lpips().params)")
     init_keys, noise_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)  # (K,) each
     start = initial_codes(generator, init_keys)
     carry = _Carry(start, ranger(lr, gc_axes=0).init(start), jnp.copy(start), jnp.full((k,), jnp.inf))  # donated

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import labeling
-from smis_jax.psp import EncoderConfig, GradualStyleEncoder
-from smis_jax.stylegan2 import Generator, GeneratorConfig
+from smis_jax.nets.psp import EncoderConfig, GradualStyleEncoder
+from smis_jax.nets.stylegan2 import Generator, GeneratorConfig
 
 __all__ = ["confusion", "iou_from_confusion", "self_consistency"]
 

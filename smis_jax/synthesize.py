@@ -31,10 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import data, ops, viz
+from smis_jax import data, viz
 from smis_jax.config import DOMAINS
 from smis_jax.errors import InvalidValueError, UserError
 from smis_jax.files import check_writable
+from smis_jax.io import load_pipeline
+from smis_jax.nets import ops, stylegan2
 from smis_jax.progress import progress
 
 __all__ = ["OUTPUT_SIZE", "default_latent_mask", "latent_mask_array", "mix_latents", "synthesize", "encode", "decode",
@@ -51,8 +53,6 @@ def default_latent_mask(style_num: int) -> list[int]:
 def domain_latent_mask(pipeline) -> list[int]:
     """The layers multi-modal synthesis replaces by default: the export's domain's (``Domain.latent_mask``; 6..9
     for the built-in 64 px domains), else :func:`default_latent_mask`."""
-    from smis_jax.config import DOMAINS
-
     style_num = pipeline.encoder.config.style_num
     domain = DOMAINS.get(str((pipeline.config or {}).get("opts", {}).get("dataset_type")))
     if domain is not None and domain.style_num == style_num:
@@ -88,10 +88,8 @@ def mix_latents(codes: jax.Array, w: jax.Array, mask: jax.Array, alpha) -> jax.A
 def _decode_fn(gen_cfg, styles: int, random_noise: bool):
     """One jitted codes -> images function per (generator, styles, noise mode); weights, masks, keys are arguments.
 
-    The encoder runs in its own jitted function (:meth:`smis_jax.psp.LoadedEncoder.encode`), shared by every mode.
+    The encoder runs in its own jitted function (:meth:`smis_jax.nets.psp.LoadedEncoder.encode`), shared by every mode.
     """
-    from smis_jax import stylegan2
-
     generator = stylegan2.Generator(gen_cfg)
 
     def fn(codes, latent_avg, gen_params, stored_noise, key, first_index, mask, alpha, psi):
@@ -123,7 +121,7 @@ def synthesize(pipeline, onehot: jax.Array, key: jax.Array, styles: int = 0, lat
                truncation: float = 1.0) -> jax.Array:
     """Masks -> images in [-1, 1]: :func:`encode` then :func:`decode`.
 
-    pipeline: :func:`smis_jax.psp.load_pipeline`'s result. onehot: (B, 256, 256, input_nc) float.
+    pipeline: :func:`smis_jax.nets.psp.load_pipeline`'s result. onehot: (B, 256, 256, input_nc) float.
     styles = 0: (B, 256, 256, 3) from the encoder's W+; ``noise`` 'const' (stored buffers, the original's
     inference) or 'random' (from ``key``). styles = N > 0: (B, N, 256, 256, 3); layers in ``latent_mask``
     (default 8..S-1) come from a random sample's w (``alpha``-blended with the encoder's if given, truncated
@@ -197,8 +195,6 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
         write_grid: bool = False, noise: str | None = None, show_progress: bool = True,
         truncation: float = 1.0) -> list[Path]:
     """The CLI's work: read masks, synthesise in fixed-shape batches, write PNGs (+ grids); returns written files."""
-    from smis_jax import psp
-
     if batch_size < 1:
         raise InvalidValueError(f"batch size must be >= 1, got {batch_size}")
     if styles < 0:
@@ -207,7 +203,7 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
         raise InvalidValueError(f"truncation must be in [0, 1], got {truncation}")
     files = collect_masks(masks)
     out = check_writable(out, "output folder")  # before the (slow) load, not after it
-    pipeline = psp.load_pipeline(checkpoint)
+    pipeline = load_pipeline(checkpoint)
     cfg = pipeline.encoder.config
     noise = noise or ("random" if styles else "const")
     if latent_mask is not None:

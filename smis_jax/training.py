@@ -29,12 +29,13 @@ import optax
 from einops import rearrange
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from smis_jax import labeling, ops
+from smis_jax import labeling
 from smis_jax.config import TrainConfig
 from smis_jax.errors import ConfigError, MissingFileError, UserError
+from smis_jax.nets import ops
+from smis_jax.nets.psp import EncoderConfig, GradualStyleEncoder, init_variables
+from smis_jax.nets.stylegan2 import Generator, GeneratorConfig, make_noise
 from smis_jax.optim import ranger
-from smis_jax.psp import EncoderConfig, GradualStyleEncoder, init_variables
-from smis_jax.stylegan2 import Generator, GeneratorConfig, make_noise
 
 __all__ = [
     "TrainState",

@@ -3,7 +3,7 @@
 Writer objects pickle under NVIDIA's global names (``torch_utils.persistence._reconstruct_persistent_obj``,
 ``dnnlib.tflib.network.Network``), registered as stand-in modules only while a pickle is written; tensors are
 real torch tensors, so they pickle exactly as in a stylegan2-ada-pytorch snapshot. :func:`rewrite` re-emits a
-golden pickle (read with ``smis_jax.nvidiafile``) with a change, for the refusal and side-effect tests;
+golden pickle (read with ``smis_jax.io.nvidiafile``) with a change, for the refusal and side-effect tests;
 :func:`ada_generator` builds a ``G_ema`` of any size (random weights) for the memory test.
 """
 
@@ -18,8 +18,8 @@ import types
 
 import numpy as np
 
-from smis_jax import nvidiafile
-from smis_jax.nvidiafile import PersistentObject, TFNetwork
+from smis_jax.io import nvidiafile
+from smis_jax.io.nvidiafile import PersistentObject, TFNetwork
 
 SIDE_EFFECT_SRC = "import os\nos.system('touch {marker}')\nopen({marker!r}, 'w').write('pickled code ran')\n"
 

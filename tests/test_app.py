@@ -27,10 +27,11 @@ import pytest
 from PIL import Image
 from test_synthesize import tiny_dir  # noqa: F401  (the converted tiny golden export, module-scoped)
 
-from smis_jax import data, export, psp, stylegan2
-from smis_jax import synthesize as syn
+from smis_jax import data, export, synthesize as syn
 from smis_jax.app import editor as ed
 from smis_jax.app.server import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, make_server
+from smis_jax.io import load_generator
+from smis_jax.nets import psp
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = 2
@@ -71,7 +72,7 @@ def server(editor):
 def sparse_export(golden, tmp_path_factory):
     """A 'tiny-sparse' export (71 classes, 0 = not annotated) as training writes it: the golden generator and an
     untrained tiny encoder with random weights (no tiny sparse encoder is in the goldens)."""
-    gen = stylegan2.load(golden / "stylegan2_tiny128.pt")
+    gen = load_generator(golden / "stylegan2_tiny128.pt")
     enc_cfg = psp.EncoderConfig.tiny(input_nc=71, style_num=gen.config.n_latent)
     shapes = psp.abstract_variables(enc_cfg)  # filled in numpy: compiling the encoder's init costs half a minute
     rng = np.random.default_rng(0)

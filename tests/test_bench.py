@@ -145,7 +145,7 @@ def test_torch_original_path_agrees_with_ours():
     """original-torch (rosinality's PyTorch generator, needs draggan) gets our weights, z and noise: its labels
     equal ours but for float near-ties (a wrong feature tap, noise layout or weight transfer agrees on a few %)."""
     pytest.importorskip("draggan.deprecated.stylegan2.model")
-    from smis_jax.stylegan2 import GeneratorConfig
+    from smis_jax.nets.stylegan2 import GeneratorConfig
 
     preset = bench.Preset("rosinality-64", GeneratorConfig.rosinality(64, 1), "faces", "faces-landmarks", "ir_se50")
     for mode in ("dense", "sparse"):

@@ -11,16 +11,16 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
-from conftest import FORWARD_TOL, REPO, rel_err
-
 import nvidia_pickles as nvp
-from smis_jax import nvidiafile
-from smis_jax import stylegan2 as sg
+import pytest
+
+from conftest import FORWARD_TOL, REPO, rel_err
 from smis_jax.config import ConfigError, TrainConfig, get_domain
-from smis_jax.conversion.common import ConversionError
-from smis_jax.experiment import load_generator
-from smis_jax.nvidiafile import NvidiaPickleError
+from smis_jax.experiment import domain_generator
+from smis_jax.io import load_generator, load_pipeline, nvidiafile
+from smis_jax.io.converted import ConversionError
+from smis_jax.io.nvidiafile import NvidiaPickleError
+from smis_jax.nets import stylegan2 as sg
 
 GOLDEN = REPO / "tests" / "golden_nvidia"
 CASES = ["ada_tiny64", "tf_tiny64"]
@@ -51,7 +51,7 @@ def cli_converted(tmp_path_factory):
 def loaded(request, cli_converted):
     case, route = request.param
     path = GOLDEN / f"{case}.pkl" if route == "pkl" else cli_converted / case
-    return case, sg.load(path), dict(np.load(GOLDEN / f"{case}.npz"))
+    return case, load_generator(path), dict(np.load(GOLDEN / f"{case}.npz"))
 
 
 def test_config_inferred(loaded):
@@ -94,7 +94,7 @@ def test_images_and_features(loaded, mode):
 
 
 def test_conv_clamp_really_clips():
-    g = sg.load(GOLDEN / "ada_tiny64.pkl")
+    g = load_generator(GOLDEN / "ada_tiny64.pkl")
     io = np.load(GOLDEN / "ada_tiny64.npz")
     free = sg.LoadedGenerator(dataclasses.replace(g.config, conv_clamp=None), g.params, g.noises, g.latent_avg)
     w_plus = jnp.repeat(jnp.asarray(io["w"])[:, None], g.config.n_latent, axis=1)
@@ -119,7 +119,7 @@ def test_embedded_source_is_not_run(tmp_path):
     marker = tmp_path / "ran"
     src = nvp.SIDE_EFFECT_SRC.format(marker=str(marker))
     path = nvp.rewrite(GOLDEN / "ada_tiny64.pkl", tmp_path / "side_effect.pkl", module_src=src)
-    g = sg.load(path)
+    g = load_generator(path)
     assert not marker.exists()
     assert g.config.conv_clamp == 0.8
     # NVIDIA's own loader would exec() this source: it is really in the file.
@@ -143,7 +143,7 @@ def test_other_globals_refused(tmp_path, module, name):
     path = tmp_path / "evil.pkl"
     path.write_bytes(data)
     with pytest.raises(NvidiaPickleError) as info:
-        sg.load(path)
+        load_generator(path)
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith(str(path))
     assert f"refusing to unpickle {module}.{name}" in msg
@@ -229,7 +229,7 @@ def test_refusals(tmp_path, case):
     src = GOLDEN / ("ada_tiny64.pkl" if fmt == "ada" else "tf_tiny64.pkl")
     path = nvp.rewrite(src, tmp_path / f"{case}.pkl", change, protocol=4 if fmt == "ada" else 3)
     with pytest.raises(ConversionError, match=pattern) as info:
-        sg.load(path)
+        load_generator(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
@@ -237,8 +237,8 @@ def test_rewrite_roundtrip_loads(tmp_path):
     """The writer used above re-emits a loadable pickle when nothing is changed (so each refusal is its change's)."""
     pytest.importorskip("torch")
     for case, protocol in [("ada_tiny64", 4), ("tf_tiny64", 3)]:
-        g = sg.load(nvp.rewrite(GOLDEN / f"{case}.pkl", tmp_path / f"{case}.pkl", protocol=protocol))
-        ref = sg.load(GOLDEN / f"{case}.pkl")
+        g = load_generator(nvp.rewrite(GOLDEN / f"{case}.pkl", tmp_path / f"{case}.pkl", protocol=protocol))
+        ref = load_generator(GOLDEN / f"{case}.pkl")
         assert g.config == ref.config
         np.testing.assert_array_equal(g.latent_avg, ref.latent_avg)
         np.testing.assert_array_equal(g.params["params"]["convs_3"]["conv"]["weight"],
@@ -254,7 +254,7 @@ def test_layer_without_noise(tmp_path):
         layer.state["use_noise"] = False
         del layer.state["_parameters"]["noise_strength"], layer.state["_buffers"]["noise_const"]
 
-    g = sg.load(nvp.rewrite(GOLDEN / "ada_tiny64.pkl", tmp_path / "no_noise.pkl", drop_noise))
+    g = load_generator(nvp.rewrite(GOLDEN / "ada_tiny64.pkl", tmp_path / "no_noise.pkl", drop_noise))
     assert g.params["params"]["convs_3"]["noise_weight"].tolist() == [0.0]  # b16.conv1: block k=1, convs_{2k+1}
     assert not np.asarray(g.noises[4]).any() and np.asarray(g.noises[3]).any()  # noise 2k+2
 
@@ -265,11 +265,11 @@ def test_layer_without_noise(tmp_path):
 def test_domain_size_is_checked_and_overridable():
     path = GOLDEN / "ada_tiny64.pkl"
     with pytest.raises(ConfigError, match=r"expects a 128px generator .* is 64px; pass --generator-size 64"):
-        load_generator(path, get_domain("tiny"))
-    g = load_generator(path, get_domain("tiny"), 64)
+        domain_generator(path, get_domain("tiny"))
+    g = domain_generator(path, get_domain("tiny"), 64)
     assert g.config.size == 64 and g.config.feature_channels == 8
     with pytest.raises(ConfigError, match="--generator-size 128 given, but .* is a 64px generator"):
-        load_generator(path, get_domain("tiny"), 128)
+        domain_generator(path, get_domain("tiny"), 128)
     assert TrainConfig(domain="cat", generator_size=512).generator_size == 512
     with pytest.raises(ConfigError, match="generator_size must be None .* or a power of two >= 64, got 500"):
         TrainConfig(domain="cat", generator_size=500)
@@ -296,17 +296,17 @@ def test_pipeline_export_keeps_the_nvidia_generator(tmp_path):
 
     import jax
 
-    from smis_jax import psp
     from smis_jax import export
+    from smis_jax.nets import psp
 
-    g = sg.load(GOLDEN / "ada_tiny64.pkl")
+    g = load_generator(GOLDEN / "ada_tiny64.pkl")
     c = g.config
     enc = psp.EncoderConfig(input_nc=19, style_num=c.n_latent, widths=(16, 16, 16, 16), units=(1, 1, 1, 1),
                             style_dim=c.style_dim)
     zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), psp.abstract_variables(enc))
     state = SimpleNamespace(**zeros)  # what export.write reads of a TrainState; the encoder is not under test
     out = export.write(tmp_path / "export", enc, state, g, np.zeros((c.n_latent, c.style_dim), np.float32), {})
-    pipe = psp.load_pipeline(out)
+    pipe = load_pipeline(out)
     assert pipe.generator.config == c and pipe.generator.config.conv_clamp == 0.8
     np.testing.assert_array_equal(pipe.generator.params["params"]["to_rgbs_3"]["bias"],
                                   g.params["params"]["to_rgbs_3"]["bias"])
@@ -320,7 +320,7 @@ def test_format_told_by_content(tmp_path):
     assert not nvidiafile.is_pickle(legacy)
     renamed = tmp_path / "generator.pt"
     renamed.write_bytes((GOLDEN / "tf_tiny64.pkl").read_bytes())
-    assert nvidiafile.is_pickle(renamed) and sg.load(renamed).config.style_dim == 40
+    assert nvidiafile.is_pickle(renamed) and load_generator(renamed).config.style_dim == 40
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def test_1024_ada_pickle_converts_within_memory(tmp_path):
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
     print(f"pickle {size_gb:.2f} GiB, converter peak RSS {peak_gb:.2f} GiB")
     assert peak_gb < 6, f"peak RSS {peak_gb:.2f} GiB converting a {size_gb:.2f} GiB pickle"
-    loaded = sg.load(tmp_path / "out")
+    loaded = load_generator(tmp_path / "out")
     c = loaded.config
     assert (c.size, c.n_mlp, c.conv_clamp, c.feature_channels, c.n_latent) == (1024, 8, 256.0, 512, 18)
     np.testing.assert_array_equal(loaded.latent_avg, g_ema.modules["mapping"].state["_buffers"]["w_avg"])

@@ -8,9 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from smis_jax import psp, stylegan2
-from smis_jax.conversion import ConversionError, StateDict
-from smis_jax.conversion.psp import (
+from smis_jax.io import ConversionError, StateDict, load_encoder, load_pipeline
+from smis_jax.io.psp import (
     _torch_shape,
     convert,
     convert_checkpoint,
@@ -18,6 +17,7 @@ from smis_jax.conversion.psp import (
     encoder_key_table,
     infer_encoder_config,
 )
+from smis_jax.nets import psp, stylegan2
 
 torch = pytest.importorskip("torch")
 
@@ -49,15 +49,15 @@ def test_converted_directory(tiny_pt, tmp_path):
     assert gen_cfg.size == 128 and gen_cfg.n_latent == 12
     assert cfg["opts"]["encoder_type"] == "GradualStyleEncoder" and cfg["opts"]["style_num"] == 12
 
-    pipe = psp.load_pipeline(out)
+    pipe = load_pipeline(out)
     assert pipe.encoder.config == psp.EncoderConfig.tiny(19, 12) and pipe.latent_avg.shape == (12, 64)
     assert pipe.generator.config == gen_cfg and len(pipe.generator.noises) == gen_cfg.num_layers
     # Loading the .pt directly (converted in memory) gives the same trees.
-    from_pt = psp.load_pipeline(tiny_pt, units=TINY_UNITS)
+    from_pt = load_pipeline(tiny_pt, units=TINY_UNITS)
     jax.tree.map(np.testing.assert_array_equal, from_pt.encoder.params, pipe.encoder.params)
     jax.tree.map(np.testing.assert_array_equal, from_pt.encoder.batch_stats, pipe.encoder.batch_stats)
     jax.tree.map(np.testing.assert_array_equal, from_pt.generator.params, pipe.generator.params)
-    np.testing.assert_array_equal(psp.load(tiny_pt, units=TINY_UNITS).latent_avg, pipe.latent_avg)
+    np.testing.assert_array_equal(load_encoder(tiny_pt, units=TINY_UNITS).latent_avg, pipe.latent_avg)
     with pytest.raises(FileExistsError):
         convert(tiny_pt, out, units=TINY_UNITS)
 
@@ -68,7 +68,7 @@ def test_equal_width_stages_need_explicit_units(tiny_pt, tmp_path):
     with pytest.raises(ConversionError, match="do not fit"):
         convert_checkpoint(tiny_pt, units=(2, 1, 2, 1))  # unit 1 (width 32) inside a width-16 stage
     with pytest.raises(ConversionError, match="cannot infer"):
-        psp.load(tiny_pt)
+        load_encoder(tiny_pt)
     # The CLI reports it as a one-line error, exit status 2.
     proc = subprocess.run([sys.executable, "-m", "convert", "psp", str(tiny_pt), str(tmp_path / "o")],
                           cwd=REPO, capture_output=True, text=True)
@@ -112,7 +112,7 @@ def real_pt(tmp_path_factory):
 
 
 def test_real_ir_se50_converts(real_pt):
-    from smis_jax import torchfile
+    from smis_jax.io import torchfile
 
     path, n_keys = real_pt
     assert n_keys == 621  # CONVERSION.md 3.2
@@ -132,7 +132,7 @@ def test_real_ir_se50_converts(real_pt):
 
 @pytest.mark.slow
 def test_real_ir_se50_forward(real_pt):
-    from smis_jax import torchfile
+    from smis_jax.io import torchfile
 
     path, _ = real_pt
     sd = StateDict(torchfile.load(path), source=str(path))

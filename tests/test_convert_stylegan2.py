@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from smis_jax import stylegan2 as sg
-from smis_jax.conversion.common import ConversionError
-from smis_jax.conversion.stylegan2 import convert, read_rosinality
-from smis_jax.torchfile import TorchFileError
+from smis_jax.io import load_generator
+from smis_jax.io.converted import ConversionError
+from smis_jax.io.stylegan2 import convert, read_rosinality
+from smis_jax.io.torchfile import TorchFileError
+from smis_jax.nets import stylegan2 as sg
 
 torch = pytest.importorskip("torch")
 
@@ -102,7 +103,7 @@ def test_ffhq_config_f_shapes(tmp_path):
     pt = save_pt(tmp_path / "stylegan2-ffhq-config-f.pt", {"g_ema": sd, "latent_avg": latent_avg})
     out = convert(pt, tmp_path / "ffhq")
 
-    g = sg.load(out)
+    g = load_generator(out)
     assert g.config == sg.GeneratorConfig.rosinality(1024, channel_multiplier=2)
     assert (g.config.n_latent, g.config.num_layers, g.config.feature_channels) == (18, 17, 512)
     np.testing.assert_array_equal(g.latent_avg, latent_avg)
@@ -121,7 +122,7 @@ def test_ukiyoe_256_cm1_shapes(tmp_path):
     """ukiyo-e (256, channel multiplier 1): 135 keys, 24,767,458 parameters; a checkpoint without latent_avg."""
     sd = rosinality_state_dict(256, 1, seed=2)
     assert len(sd) == 135 and n_params(sd) == 24_767_458
-    g = sg.load(save_pt(tmp_path / "ukiyoe-256.pt", {"g_ema": sd}))
+    g = load_generator(save_pt(tmp_path / "ukiyoe-256.pt", {"g_ema": sd}))
     assert g.config == sg.GeneratorConfig.rosinality(256, channel_multiplier=1)
     assert (g.config.n_latent, g.config.feature_channels, g.latent_avg) == (14, 256, None)
     w_plus = jnp.zeros((1, 14, 512))
@@ -132,7 +133,7 @@ def test_ukiyoe_256_cm1_shapes(tmp_path):
 @pytest.mark.slow
 def test_ffhq_config_f_full_forward(tmp_path):
     sd = rosinality_state_dict(1024, 2)
-    g = sg.load(save_pt(tmp_path / "ffhq.pt", {"g_ema": sd}))
+    g = load_generator(save_pt(tmp_path / "ffhq.pt", {"g_ema": sd}))
     w_plus = jnp.repeat(g.mapping(jnp.ones((1, 512)))[:, None], 18, axis=1)
     image, features = g.synthesize(w_plus, key=jax.random.key(0))
     _, stopped = g.synthesize(w_plus, key=jax.random.key(0), until_res=64)
@@ -225,7 +226,7 @@ def test_errors_through_api(bad_files, tmp_path, case):
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()  # nothing written on failure
     with pytest.raises(exc, match=pattern):
-        sg.load(path)
+        load_generator(path)
 
 
 def _cli(*args):
@@ -277,7 +278,7 @@ def test_parity_with_rosinality_code_256_cm1(tmp_path, monkeypatch):
         for name, p in ref.named_parameters():
             p.copy_(torch.randn_like(p) * (100 if name.startswith("style.") and name.endswith("weight") else 1))
     sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-    g = sg.load(save_pt(tmp_path / "ref.pt", {"g_ema": sd}))
+    g = load_generator(save_pt(tmp_path / "ref.pt", {"g_ema": sd}))
 
     feats = {}
     ref.convs[7].register_forward_hook(lambda m, i, o: feats.__setitem__("f", o))

@@ -31,10 +31,10 @@ def _error_classes():
 def test_every_error_class_of_the_package_is_a_user_error():
     classes = _error_classes()
     # The ones named in issue 12, so that a rename cannot make this test vacuous.
-    for name in ["smis_jax.errors.ConfigError", "smis_jax.conversion.common.ConversionError",
-                 "smis_jax.torchfile.TorchFileError", "smis_jax.nvidiafile.NvidiaPickleError",
+    for name in ["smis_jax.errors.ConfigError", "smis_jax.io.converted.ConversionError",
+                 "smis_jax.io.torchfile.TorchFileError", "smis_jax.io.nvidiafile.NvidiaPickleError",
                  "smis_jax.training.TrainingError", "smis_jax.files.FolderError", "smis_jax.data.DataError",
-                 "smis_jax.data.LabelError", "smis_jax.lpips.LPIPSWeightsError", "smis_jax.labeling.LabelingError",
+                 "smis_jax.data.LabelError", "smis_jax.LPIPSWeightsError", "smis_jax.labeling.LabelingError",
                  "smis_jax.bench.BenchError", "smis_jax.app.editor.InputError"]:
         assert name in classes, name
     not_user = sorted(name for name, cls in classes.items() if not issubclass(cls, UserError))
@@ -49,7 +49,7 @@ def test_config_error_keeps_its_import_paths():
 
 # A real CLI in a real process. The "bug" is injected by replacing the function the CLI calls with one that raises
 # a plain ValueError, as an internal mistake would; the CLI's own error handling is what runs and is checked.
-_BUGGY_CONVERT = ("import sys, smis_jax.conversion.stylegan2 as m\n"
+_BUGGY_CONVERT = ("import sys, smis_jax.io.stylegan2 as m\n"
                   "def convert(*a, **k):\n"
                   "    raise ValueError('an internal mistake')\n"
                   "m.convert = convert\n"

@@ -9,11 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FORWARD_TOL, GRAD_TOL, rel_err
-from smis_jax import gan, gan_run, ops, stylegan2
-from smis_jax.conversion.common import StateDict
-from smis_jax.conversion.stylegan2 import (discriminator_from_state_dict, read_rosinality, state_dict_from_params,
-                                           write_rosinality)
+from conftest import FORWARD_TOL, rel_err
+from smis_jax import gan, gan_run
+from smis_jax.io import load_generator
+from smis_jax.io.converted import StateDict
+from smis_jax.io.stylegan2 import (
+    discriminator_from_state_dict,
+    read_rosinality,
+    state_dict_from_params,
+    write_rosinality,
+)
+from smis_jax.nets import ops, stylegan2
 
 TINY = dict(channels={4: 32, 8: 32, 16: 16, 32: 16, 64: 8}, d_channels={4: 32, 8: 32, 16: 16, 32: 16, 64: 8},
             style_dim=32, n_mlp=2, batch_size=4, r1_every=4)
@@ -126,7 +132,7 @@ def test_trainer_learns_resumes_exactly_and_exports(tmp_path):
     assert record["gan"]["r1_gamma"] == 1.0 and _final_state(tmp_path / "split")[1]["step"] == 10
 
     out = gan_run.export_generator(tmp_path / "full", tmp_path / "export")
-    g = stylegan2.load(out)
+    g = load_generator(out)
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["params_sha256"] == gan_run.params_sha256(g.params) == gan_run.params_sha256(a.g_ema)
     assert prov["kimg"] == 0.032 and prov["step"] == 8 and g.latent_avg is not None

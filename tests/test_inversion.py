@@ -10,20 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smis_jax import data, lpips, stylegan2
+from smis_jax import data
 from smis_jax.inversion import generator_fingerprint, initial_codes, invert, invert_cached
+from smis_jax.io import load_generator, load_lpips
+from smis_jax.nets import stylegan2
 
 STEPS = 6
 
 
 @pytest.fixture(scope="module")
 def generator(golden):
-    return stylegan2.load(golden / "stylegan2_tiny128.pt")
+    return load_generator(golden / "stylegan2_tiny128.pt")
 
 
 @pytest.fixture(scope="module")
 def lpips_params():
-    return lpips.load().params
+    return load_lpips().params
 
 
 @pytest.fixture(scope="module")

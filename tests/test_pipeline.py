@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smis_jax import experiment, stylegan2, synthesize
-from smis_jax import evaluate as evaluate_cli
+from smis_jax import evaluate as evaluate_cli, experiment, synthesize
 from smis_jax.config import TrainConfig
+from smis_jax.io import load_generator
 from smis_jax.training import Checkpointer, StepConfig, abstract_like, init_train_state
 from train import run as train_cli
 
@@ -77,12 +77,13 @@ def test_run_writes_what_a_user_needs(run_dir):
 
 
 def test_resumed_run_equals_uninterrupted_run(run_dir, golden):
-    from smis_jax.training import data_mesh, make_train_step
     from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from smis_jax.training import data_mesh, make_train_step
 
     record = json.loads((run_dir / "config.json").read_text())
     cfg = TrainConfig.from_dict(record["train"])
-    generator = stylegan2.load(golden / "stylegan2_tiny128.pt")
+    generator = load_generator(golden / "stylegan2_tiny128.pt")
     step_cfg = StepConfig(generator=generator.config, encoder=experiment.encoder_config(cfg, generator),
                           batch_size=cfg.batch_size)
     ckpt = Checkpointer(run_dir / "checkpoints")

@@ -16,10 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FORWARD_TOL, GRAD_TOL, rel_err
 
-from smis_jax import data, psp
-from smis_jax.conversion.psp import convert, encoder_key_table
+from conftest import FORWARD_TOL, GRAD_TOL, rel_err
+from smis_jax import data
+from smis_jax.io import load_encoder
+from smis_jax.io.psp import convert, encoder_key_table
+from smis_jax.nets import psp
 
 TINY_UNITS = (1, 2, 2, 1)  # equal widths 32, 32 in stages 2 and 3: not inferable from the keys
 
@@ -36,7 +38,7 @@ def tiny_dir(golden, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(tiny_dir):
-    return psp.load(tiny_dir)
+    return load_encoder(tiny_dir)
 
 
 def _path_of(torch_key: str, cfg) -> tuple[str, tuple[str, ...]]:
@@ -175,7 +177,7 @@ def _torch_encoder(cfg, state_dict):
 def _torch_grad(golden, cfg, io, layout):
     """First-conv gradient (OIHW) of the latent MSE from PyTorch float32, the one-hot input in ``layout``."""
     torch = pytest.importorskip("torch")
-    from smis_jax import torchfile
+    from smis_jax.io import torchfile
 
     ckpt = torchfile.load(golden / "psp_tiny_celebamask.pt")
     sd = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}

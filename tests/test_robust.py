@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from smis_jax import stylegan2
 from smis_jax import synthesize as syn
 from smis_jax.inversion import invert_cached
+from smis_jax.io import load_generator
 from smis_jax.progress import Progress
 from train import run as train_cli
 
@@ -67,7 +67,7 @@ def test_synthesize_unwritable_out_is_one_line(tmp_path, samples, capsys):
 
 
 def test_damaged_inversion_cache_is_named_and_recomputed(tmp_path, golden):
-    generator = stylegan2.load(golden / "stylegan2_tiny128.pt")
+    generator = load_generator(golden / "stylegan2_tiny128.pt")
     targets = np.zeros((2, 256, 256, 3), np.float32)
     cache = tmp_path / "inversion"
     kwargs = dict(steps=0, lpips_lambda=0.0)  # steps=0: the starting codes, nothing compiled

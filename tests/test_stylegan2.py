@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FORWARD_TOL, GRAD_TOL, rel_err
 
-from smis_jax import stylegan2 as sg
-from smis_jax.conversion.stylegan2 import convert
+from conftest import FORWARD_TOL, GRAD_TOL, rel_err
+from smis_jax.io import load_generator
+from smis_jax.io.stylegan2 import convert
+from smis_jax.nets import stylegan2 as sg
 
 N_NOISE = 11  # golden generator: size 128
 
@@ -30,7 +31,7 @@ def converted_dir(golden, tmp_path_factory):
 @pytest.fixture(scope="module", params=["pt", "converted"])
 def gen(request, golden, converted_dir):
     path = golden / "stylegan2_tiny128.pt" if request.param == "pt" else converted_dir
-    return sg.load(path)
+    return load_generator(path)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_gradient_wrt_wplus(gen, io, noise):
 
 @pytest.fixture(scope="module")
 def gen_pt(golden):
-    return sg.load(golden / "stylegan2_tiny128.pt")
+    return load_generator(golden / "stylegan2_tiny128.pt")
 
 
 def test_until_res_features_bit_exact(gen_pt, io, noise):

@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FORWARD_TOL, rel_err
 from PIL import Image
 
-from smis_jax import data, psp, viz
-from smis_jax import synthesize as syn
-from smis_jax.conversion.psp import convert
+from conftest import FORWARD_TOL, rel_err
+from smis_jax import data, synthesize as syn, viz
+from smis_jax.io import load_pipeline
+from smis_jax.io.psp import convert
 from smis_jax.progress import Progress, progress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def tiny_dir(golden, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_dir):
-    return psp.load_pipeline(tiny_dir)
+    return load_pipeline(tiny_dir)
 
 
 @pytest.fixture(scope="module")

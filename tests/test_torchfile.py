@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from smis_jax import torchfile
+from smis_jax.io import torchfile
 
 
 def _assert_same(ours, theirs, where=""):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import data, labeling, stylegan2
-from smis_jax.psp import EncoderConfig
+from smis_jax import data, labeling
+from smis_jax.io import load_generator
+from smis_jax.nets.psp import EncoderConfig
 from smis_jax.training import (
     Checkpointer,
     StepConfig,
@@ -21,7 +22,7 @@ from smis_jax.training import (
 
 @pytest.fixture(scope="module")
 def generator(golden):
-    return stylegan2.load(golden / "stylegan2_tiny128.pt")
+    return load_generator(golden / "stylegan2_tiny128.pt")
 
 
 def _step_config(generator, n_classes):

@@ -19,6 +19,7 @@ import sys
 
 from smis_jax.errors import UserError
 from smis_jax.gan import GanConfig
+from smis_jax.io import load_generator
 
 _HELP = {
     "size": "output resolution (power of two >= 64)", "style_dim": "W dimension", "n_mlp": "mapping layers",
@@ -90,16 +91,15 @@ def main(argv=None) -> int:
             out = gan_run.export_generator(args.workdir, args.out, args.step)
             print(f"wrote {out}")
             if args.pt:
-                from smis_jax.conversion.stylegan2 import write_rosinality
+                from smis_jax.io.stylegan2 import write_rosinality
 
-                from smis_jax import stylegan2
 
-                g = stylegan2.load(out)
+                g = load_generator(out)
                 print(f"wrote {write_rosinality(args.pt, g.config, g.params, g.noises, g.latent_avg)}")
         else:
-            from smis_jax import stylegan2
+            pass
 
-            g = stylegan2.load(args.generator)
+            g = load_generator(args.generator)
             result = gan_run.generator_quality(g.config, g.params, n=args.n)
             print(json.dumps(result, indent=1))
             if args.write:

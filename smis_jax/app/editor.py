@@ -24,10 +24,10 @@ import jax
 import numpy as np
 from PIL import Image
 
-from smis_jax import config as domains
-from smis_jax import data, psp, viz
-from smis_jax import synthesize as syn
+from smis_jax import config as domains, data, synthesize as syn, viz
 from smis_jax.errors import ConfigError, InvalidValueError, UserError
+from smis_jax.io import load_pipeline
+from smis_jax.nets import psp
 
 __all__ = ["InputError", "EditorDomain", "Update", "Editor", "domain_of", "png_bytes", "mask_png_bytes",
            "parse_update", "parse_mask_json", "parse_mask_request", "mask_from_png", "ids_json", "MAX_UPLOAD_PIXELS",
@@ -109,7 +109,7 @@ class Editor:
         if not 0 <= variants <= 16:
             raise InvalidValueError(f"variants must be in 0..16, got {variants}")
         self.checkpoint = Path(checkpoint)
-        self.pipeline = psp.load_pipeline(checkpoint)
+        self.pipeline = load_pipeline(checkpoint)
         self.domain = domain_of(self.pipeline.config)
         self.variants = int(variants)
         self.size = MASK_SIZE

@@ -8,12 +8,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import lpips as lpips_lib
-from smis_jax.bench.harness import TimedPath, Memory, device_info, flops_of, host_context, jaxpr_flops, measure, median, result_row
+from smis_jax.bench.harness import (
+    Memory,
+    TimedPath,
+    device_info,
+    flops_of,
+    host_context,
+    jaxpr_flops,
+    measure,
+    median,
+    result_row,
+)
 from smis_jax.bench.inputs import init_params_jit, normal
 from smis_jax.bench.presets import LABEL_SIZE, Preset
 from smis_jax.inversion import image_loss, invert
-from smis_jax.stylegan2 import Generator, LoadedGenerator, make_noise
+from smis_jax.io import load_lpips
+from smis_jax.nets.stylegan2 import Generator, LoadedGenerator, make_noise
 
 __all__ = ["bench_inversion"]
 
@@ -31,7 +41,7 @@ def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, re
     params = init_params_jit(gcfg, key_params)
     noise1 = make_noise(gcfg, key_noise, 1)  # the stored buffers (unused: inversion draws fresh noise every step)
     gen = LoadedGenerator(gcfg, params, noise1, normal(seed + 1, (gcfg.style_dim,)))
-    lpips_params = lpips_lib.load().params
+    lpips_params = load_lpips().params
 
     # Model FLOPs of one image-step: generator forward + pooling + MSE + LPIPS, and the gradient (Ranger ignored).
     def one_step_loss(w_plus, noise, target):

@@ -12,15 +12,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import labeling, nvidiafile, stylegan2, torchfile
+from smis_jax import labeling
 from smis_jax.bench import reference
-from smis_jax.bench.harness import (TimedPath, Memory, aot_compile, check_fits, device_info, flops_of, host_context,
-                                    measure, median, result_row, xla_bytes)
-from smis_jax.bench.inputs import (cast_floats, generator_dtype_report, init_params_jit, make_prototypes, sample,
-                                   z_and_noise)
+from smis_jax.bench.harness import (
+    Memory,
+    TimedPath,
+    aot_compile,
+    check_fits,
+    device_info,
+    flops_of,
+    host_context,
+    measure,
+    median,
+    result_row,
+    xla_bytes,
+)
+from smis_jax.bench.inputs import (
+    cast_floats,
+    generator_dtype_report,
+    init_params_jit,
+    make_prototypes,
+    sample,
+    z_and_noise,
+)
 from smis_jax.bench.presets import LABEL_SIZE, Preset
 from smis_jax.bench.reference import class_pair_flops, original_sparse_labels, vectors_by_class
-from smis_jax.stylegan2 import FEATURE_RES, GeneratorConfig
+from smis_jax.io import load_generator, nvidiafile, torchfile
+from smis_jax.nets.stylegan2 import FEATURE_RES, GeneratorConfig
 
 __all__ = ["bench_labeling"]
 
@@ -97,7 +115,7 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
     key_params, key_protos, key_runs = jax.random.split(jax.random.key(seed), 3)
     weights_desc = weights or "random"
     if weights is not None:
-        loaded = stylegan2.load(weights)
+        loaded = load_generator(weights)
         gcfg, params32 = loaded.config, loaded.params
     ref, left_out = None, None
     if isinstance(torch_row, str):  # the caller already knows why the path is left out

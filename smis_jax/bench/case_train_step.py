@@ -14,15 +14,25 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from smis_jax import labeling
-from smis_jax.bench.harness import (TimedPath, Memory, aot_compile, check_fits, device_info, flops_of, host_context,
-                                    measure, median, result_row, xla_bytes)
+from smis_jax.bench.harness import (
+    Memory,
+    TimedPath,
+    aot_compile,
+    check_fits,
+    device_info,
+    flops_of,
+    host_context,
+    measure,
+    median,
+    result_row,
+    xla_bytes,
+)
 from smis_jax.bench.inputs import init_params_jit, make_prototypes, normal
 from smis_jax.bench.presets import LABEL_SIZE, Preset
 from smis_jax.bench.reference import class_pair_flops, original_sparse_labels, vectors_by_class
-from smis_jax.psp import abstract_variables
-from smis_jax.stylegan2 import FEATURE_RES, Generator, make_noise
-from smis_jax.training import (StepConfig, TrainState, data_mesh, latent_loss, make_train_step, optimizer,
-                               sample_latents)
+from smis_jax.nets.psp import abstract_variables
+from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, make_noise
+from smis_jax.training import StepConfig, TrainState, data_mesh, latent_loss, make_train_step, optimizer, sample_latents
 
 __all__ = ["bench_train_step", "random_train_state"]
 

@@ -13,7 +13,7 @@ from jax.extend.core import jaxprs_in_params
 
 from smis_jax import labeling
 from smis_jax.bench.presets import N_SHOTS, BenchError
-from smis_jax.stylegan2 import FEATURE_RES, Generator, GeneratorConfig, init_params, make_noise
+from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, GeneratorConfig, init_params, make_noise
 
 __all__ = ["cast_floats", "init_params_jit", "normal", "z_and_noise", "sample", "make_prototypes",
            "generator_dtype_report"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smis_jax.errors import UserError
 from smis_jax.config import DOMAINS
-from smis_jax.psp import EncoderConfig
-from smis_jax.stylegan2 import GeneratorConfig
+from smis_jax.errors import UserError
+from smis_jax.nets.psp import EncoderConfig
+from smis_jax.nets.stylegan2 import GeneratorConfig
 
 __all__ = ["BenchError", "LABEL_SIZE", "N_SHOTS", "Preset", "PRESETS"]
 

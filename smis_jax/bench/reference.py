@@ -33,9 +33,10 @@ import numpy as np
 
 from smis_jax import labeling
 from smis_jax.bench.presets import LABEL_SIZE
-from smis_jax.conversion.common import StateDict
-from smis_jax.conversion.stylegan2 import generator_from_state_dict
-from smis_jax.stylegan2 import FEATURE_RES, GeneratorConfig
+from smis_jax.io.converted import StateDict
+from smis_jax.io.stylegan2 import generator_from_state_dict
+from smis_jax.nets.stylegan2 import FEATURE_RES, GeneratorConfig
+
 
 @dataclass
 class TorchReference:

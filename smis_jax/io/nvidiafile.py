@@ -25,9 +25,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from smis_jax import torchfile
 from smis_jax.errors import UserError
-from smis_jax.safepickle import NUMPY_ARRAYS, NUMPY_SCALARS, RestrictedUnpickler
+from smis_jax.io import torchfile
+from smis_jax.io.safepickle import NUMPY_ARRAYS, NUMPY_SCALARS, RestrictedUnpickler
 
 __all__ = ["NvidiaPickleError", "PersistentObject", "TFNetwork", "EasyDict", "ALLOWED", "load", "is_pickle"]
 

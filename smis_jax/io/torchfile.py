@@ -8,7 +8,7 @@ its bytes). Both pickles only *reference* tensors; this module rebuilds them as 
 The unpickler (``safepickle.RestrictedUnpickler``) resolves a fixed allow-list of globals (ordered dicts, tensor
 and parameter rebuilders, storage types, ``argparse.Namespace``); anything else raises :class:`TorchFileError`
 naming the global, so a malicious or exotic file is refused instead of executed. :data:`TENSOR_GLOBALS` and
-:func:`load_bytes` also serve pickles that embed tensors (NVIDIA's network pickles, ``smis_jax.nvidiafile``).
+:func:`load_bytes` also serve pickles that embed tensors (NVIDIA's network pickles, ``smis_jax.io.nvidiafile``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from smis_jax.errors import UserError
-from smis_jax.safepickle import RestrictedUnpickler
+from smis_jax.io.safepickle import RestrictedUnpickler
 
 __all__ = ["TorchFileError", "Namespace", "load", "load_bytes", "TENSOR_GLOBALS"]
 

@@ -1,4 +1,4 @@
-"""rosinality ``stylegan2-pytorch`` generator state dict -> Flax tree of ``smis_jax.stylegan2.Generator``.
+"""rosinality ``stylegan2-pytorch`` generator state dict -> Flax tree of ``smis_jax.nets.stylegan2.Generator``.
 
 The table (PyTorch key -> Flax leaf under ``params``, transform); O out, I in, D style_dim, k kernel size:
 
@@ -29,6 +29,7 @@ this table's keys by ``conversion/nvidia.py``; :func:`read_checkpoint` tells the
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -37,13 +38,13 @@ from typing import Any
 import numpy as np
 from einops import rearrange
 
-from smis_jax import nvidiafile, torchfile
-from smis_jax.conversion import nvidia
-from smis_jax.conversion.common import ConversionError, StateDict, check_tree, save_converted
 from smis_jax.errors import ConfigError, OutputExistsError
-from smis_jax.stylegan2 import GeneratorConfig, param_shapes
+from smis_jax.io import nvidia, nvidiafile, torchfile
+from smis_jax.io.converted import ConversionError, StateDict, check_tree, is_converted, load_converted, save_converted
+from smis_jax.nets.ops import make_kernel
+from smis_jax.nets.stylegan2 import GeneratorConfig, LoadedGenerator, param_shapes
 
-__all__ = ["generator_from_state_dict", "read_rosinality", "read_nvidia", "read_checkpoint", "convert",
+__all__ = ["load", "generator_from_state_dict", "read_rosinality", "read_nvidia", "read_checkpoint", "convert",
            "noises_from_tree", "state_dict_from_params", "write_rosinality", "discriminator_from_state_dict"]
 
 def _count(sd: StateDict, fmt: str, start: int) -> int:
@@ -317,8 +318,6 @@ def discriminator_from_state_dict(sd: StateDict, prefix: str = "") -> tuple[tupl
 
     The blur buffers (``*.0.kernel``) must hold rosinality's fixed ``[1,3,3,1]`` kernel, which ours applies.
     """
-    from smis_jax.ops import make_kernel
-
     def take(key, shape=None):
         return np.asarray(sd.take(prefix + key, shape), np.float32)
 
@@ -349,3 +348,26 @@ def discriminator_from_state_dict(sd: StateDict, prefix: str = "") -> tuple[tupl
                               "bias": take("final_linear.0.bias", (c4,))}
     tree["final_linear_1"] = {"kernel": take("final_linear.1.weight", (1, c4)).T, "bias": take("final_linear.1.bias")}
     return tuple(sorted(channels.items())), {"params": tree}
+
+
+def load(path: str | Path) -> LoadedGenerator:
+    """Load a directory written by ``python -m convert stylegan2``, or convert in memory a rosinality ``.pt``, a
+    stylegan2-ada-pytorch network pickle or an original TensorFlow StyleGAN2 pickle (told apart by content).
+
+    Raises ConversionError / TorchFileError / NvidiaPickleError (ValueError subclasses) with a one-line reason.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not is_converted(path):
+            raise ConversionError(f"{path}: not a converted checkpoint (no config.json)")
+        meta = json.loads((path / "config.json").read_text())
+        names = ["params", "noises"] + (["latent_avg"] if meta.get("has_latent_avg") else [])
+        cfg, trees = load_converted(path, "stylegan2", names)
+        try:
+            config = GeneratorConfig.from_json(cfg)
+        except ConfigError as e:
+            raise ConversionError(f"{path}/config.json: {e}") from None
+        noises = noises_from_tree(trees["noises"])
+        return LoadedGenerator(config, trees["params"], noises, trees.get("latent_avg"))
+    config, params, noises, latent_avg = read_checkpoint(path)
+    return LoadedGenerator(config, params, noises, latent_avg)

@@ -11,7 +11,7 @@ Noise lists follow rosinality's layer order: entry 0 is the 4x4 conv, then two p
 styled conv of the 64x64 block (after noise and the fused leaky ReLU), the layer pseudo-labelling reads.
 
 Parameters are a Linen variables dict ``{'params': ...}`` of *raw* weights (equal to the PyTorch ones after
-layout transposes; see ``smis_jax/conversion/stylegan2.py`` for the table); equalised-lr scales are applied
+layout transposes; see ``smis_jax/io/stylegan2.py`` for the table); equalised-lr scales are applied
 at run time in ``ops``. rosinality's FIR buffers (``blur.kernel``, ``upsample.kernel``) are carried as
 ``blur_kernel`` / ``upsample_kernel`` leaves and used as stored, as PyTorch's ``load_state_dict`` makes the
 original do (they are ``outer([1,3,3,1])/64*4`` in every trained checkpoint; the golden file randomises
@@ -24,7 +24,6 @@ import json
 import math
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -32,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import ops
 from smis_jax.errors import ConfigError
+from smis_jax.nets import ops
+from smis_jax.nets.trees import check_tree
 
 __all__ = [
-    "GeneratorConfig", "Generator", "LoadedGenerator", "Sample", "load", "make_noise", "truncate", "style_mix",
+    "GeneratorConfig", "Generator", "LoadedGenerator", "Sample",  "make_noise", "truncate", "style_mix",
     "param_shapes", "init_params",
 ]
 
@@ -498,8 +498,6 @@ class LoadedGenerator:
     (1, r, r, 1) stored buffers), ``latent_avg`` ((D,) or None)."""
 
     def __init__(self, config: GeneratorConfig, params: Any, noises: Sequence[Any], latent_avg: Any = None):
-        from smis_jax.conversion.common import check_tree
-
         check_tree(param_shapes(config), params, "stylegan2 params")
         if len(noises) != config.num_layers:
             raise ValueError(f"stylegan2: expected {config.num_layers} noise buffers, got {len(noises)}")
@@ -570,29 +568,3 @@ class LoadedGenerator:
     def mean_latent(self, key: jax.Array, n: int = 4096) -> jax.Array:
         """rosinality ``mean_latent``: the mean of ``mapping(randn(n, D))``, (D,)."""
         return _mean_latent_fn(self.config, self.params, key, int(n))
-
-
-def load(path: str | Path) -> LoadedGenerator:
-    """Load a directory written by ``python -m convert stylegan2``, or convert in memory a rosinality ``.pt``, a
-    stylegan2-ada-pytorch network pickle or an original TensorFlow StyleGAN2 pickle (told apart by content).
-
-    Raises ConversionError / TorchFileError / NvidiaPickleError (ValueError subclasses) with a one-line reason.
-    """
-    from smis_jax.conversion import stylegan2 as conv
-    from smis_jax.conversion.common import ConversionError, is_converted, load_converted
-
-    path = Path(path)
-    if path.is_dir():
-        if not is_converted(path):
-            raise ConversionError(f"{path}: not a converted checkpoint (no config.json)")
-        meta = json.loads((path / "config.json").read_text())
-        names = ["params", "noises"] + (["latent_avg"] if meta.get("has_latent_avg") else [])
-        cfg, trees = load_converted(path, "stylegan2", names)
-        try:
-            config = GeneratorConfig.from_json(cfg)
-        except ConfigError as e:
-            raise ConversionError(f"{path}/config.json: {e}") from None
-        noises = conv.noises_from_tree(trees["noises"])
-        return LoadedGenerator(config, trees["params"], noises, trees.get("latent_avg"))
-    config, params, noises, latent_avg = conv.read_checkpoint(path)
-    return LoadedGenerator(config, params, noises, latent_avg)

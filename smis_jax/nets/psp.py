@@ -28,10 +28,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -39,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from smis_jax import ops
-from smis_jax.errors import ConfigError, MissingFileError
+from smis_jax.errors import ConfigError
+from smis_jax.nets import ops
+from smis_jax.nets.stylegan2 import LoadedGenerator
 
 __all__ = [
     "INPUT_SIZE",
@@ -52,8 +51,6 @@ __all__ = [
     "LoadedEncoder",
     "Pipeline",
     "abstract_variables",
-    "load",
-    "load_pipeline",
 ]
 
 INPUT_SIZE = 256  # the heads' conv counts (4/5/6 stride-2 convs from 16/32/64) assume a 256x256 input
@@ -380,79 +377,6 @@ class Pipeline(NamedTuple):
     """Everything mask-to-image synthesis needs from one pSp checkpoint."""
 
     encoder: LoadedEncoder
-    generator: Any  # smis_jax.stylegan2.LoadedGenerator
+    generator: LoadedGenerator
     latent_avg: jax.Array  # (S, D)
     config: dict  # the converted config.json (kind 'psp')
-
-
-def _read(path: str | os.PathLike, with_generator: bool, units: Sequence[int] | None = None):
-    """(config dict, trees) from a converted 'psp' directory or a pSp .pt (converted in memory)."""
-    from smis_jax.conversion import common
-
-    path = Path(path)
-    trees = ["params", "batch_stats", "latent_avg"]
-    if with_generator:
-        trees += ["generator_params", "generator_noises"]
-    if path.is_dir():
-        if not common.is_converted(path):
-            raise common.ConversionError(f"{path}: not a converted checkpoint (no config.json); "
-                                         f"convert a pSp .pt with `python -m convert psp IN.pt OUT`")
-        config, loaded = common.load_converted(path, "psp", trees)
-        needed = ["encoder", "generator"] if with_generator else ["encoder"]
-        if not all(isinstance(config.get(k), dict) for k in needed):
-            raise common.ConversionError(f"{path}/config.json: no 'encoder'/'generator' architecture")
-        return config, loaded
-    if not path.exists():
-        raise MissingFileError(f"{path}: no such file or directory")
-    from smis_jax.conversion.psp import convert_checkpoint
-
-    config, all_trees = convert_checkpoint(path, units=units)
-    return config, {k: all_trees[k] for k in trees}
-
-
-def _encoder_from(config: dict, trees: dict, where: str) -> LoadedEncoder:
-    from smis_jax.conversion.common import check_tree
-
-    enc_cfg = EncoderConfig.from_json(config["encoder"])
-    expected = abstract_variables(enc_cfg)
-    check_tree(expected["params"], trees["params"], f"{where}: encoder params")
-    check_tree(expected["batch_stats"], trees["batch_stats"], f"{where}: encoder batch_stats")
-    latent_avg = np.asarray(trees["latent_avg"], np.float32)
-    if latent_avg.shape != (enc_cfg.style_num, enc_cfg.style_dim):
-        from smis_jax.conversion.common import ConversionError
-
-        raise ConversionError(f"{where}: latent_avg has shape {latent_avg.shape}, "
-                              f"expected {(enc_cfg.style_num, enc_cfg.style_dim)}")
-    to_jax = functools.partial(jax.tree.map, lambda a: jnp.asarray(a, jnp.float32))
-    return LoadedEncoder(enc_cfg, to_jax(trees["params"]), to_jax(trees["batch_stats"]), jnp.asarray(latent_avg))
-
-
-def load(path: str | os.PathLike, units: Sequence[int] | None = None) -> LoadedEncoder:
-    """Load the encoder of a converted pSp directory (``python -m convert psp``) or of a pSp ``.pt`` file.
-
-    ``units`` is only needed for a .pt whose stage split the keys cannot show (see ``conversion/psp.py``).
-    """
-    config, trees = _read(path, with_generator=False, units=units)
-    return _encoder_from(config, trees, str(path))
-
-
-def load_pipeline(path: str | os.PathLike, units: Sequence[int] | None = None) -> Pipeline:
-    """Encoder + generator (the same checkpoint's decoder) + latent_avg, from a converted directory or a .pt."""
-    from smis_jax import stylegan2
-    from smis_jax.conversion.common import ConversionError
-    from smis_jax.conversion.stylegan2 import noises_from_tree
-
-    config, trees = _read(path, with_generator=True, units=units)
-    encoder = _encoder_from(config, trees, str(path))
-    try:
-        gen_cfg = stylegan2.GeneratorConfig.from_json(config["generator"])
-        generator = stylegan2.LoadedGenerator(gen_cfg, trees["generator_params"],
-                                              noises_from_tree(trees["generator_noises"]))
-    except ConversionError:
-        raise
-    except ConfigError as e:
-        raise ConversionError(f"{path}: generator: {e}") from None
-    if gen_cfg.n_latent != encoder.config.style_num or gen_cfg.style_dim != encoder.config.style_dim:
-        raise ConversionError(f"{path}: the encoder makes {encoder.config.style_num}x{encoder.config.style_dim} codes "
-                              f"but the generator takes {gen_cfg.n_latent}x{gen_cfg.style_dim}")
-    return Pipeline(encoder, generator, encoder.latent_avg, config)

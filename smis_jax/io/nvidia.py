@@ -59,11 +59,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+
 import numpy as np
 
-from smis_jax import nvidiafile
-from smis_jax.conversion.common import ConversionError, StateDict
-from smis_jax.nvidiafile import NvidiaPickleError, PersistentObject, TFNetwork
+from smis_jax.io import nvidiafile
+from smis_jax.io.converted import ConversionError, StateDict
+from smis_jax.io.nvidiafile import PersistentObject, TFNetwork
 
 __all__ = ["Extras", "read_pickle", "ada_to_rosinality", "tf_to_rosinality"]
 
