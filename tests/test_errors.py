@@ -31,11 +31,11 @@ def _error_classes():
 def test_every_error_class_of_the_package_is_a_user_error():
     classes = _error_classes()
     # The ones named in issue 12, so that a rename cannot make this test vacuous.
-    for name in ["smis_jax.errors.ConfigError", "smis_jax.io.converted.ConversionError",
+    for name in ["smis_jax.errors.ConfigError", "smis_jax.errors.ConversionError",
                  "smis_jax.io.torchfile.TorchFileError", "smis_jax.io.nvidiafile.NvidiaPickleError",
                  "smis_jax.training.TrainingError", "smis_jax.files.FolderError", "smis_jax.data.DataError",
-                 "smis_jax.data.LabelError", "smis_jax.LPIPSWeightsError", "smis_jax.labeling.LabelingError",
-                 "smis_jax.bench.BenchError", "smis_jax.app.editor.InputError"]:
+                 "smis_jax.data.LabelError", "smis_jax.io.lpips.LPIPSWeightsError", "smis_jax.labeling.LabelingError",
+                 "smis_jax.bench.presets.BenchError", "smis_jax.app.editor.InputError"]:
         assert name in classes, name
     not_user = sorted(name for name, cls in classes.items() if not issubclass(cls, UserError))
     assert not_user == [], not_user

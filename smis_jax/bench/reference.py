@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smis_jax.errors import UserError
 from smis_jax import labeling
 from smis_jax.bench.presets import LABEL_SIZE
 from smis_jax.io.converted import StateDict
@@ -60,7 +61,7 @@ class TorchReference:
         return torch.__version__
 
 
-class Unavailable(Exception):
+class Unavailable(UserError):
     """The original-torch path cannot run here; the message says why (and, where it is an install, how)."""
 
 
