@@ -45,7 +45,7 @@ run() {
 # --no-torch: the PyTorch original runs on the CPU only, see BENCHMARKS.md for its CPU numbers.
 # (--quick only changes defaults, and an explicit --config wins, so QUICK=1 swaps the config itself.)
 CFG=ffhq
-if [[ "${QUICK:-0}" == 1 ]]; then CFG=tiny; fi
+if [[ "${QUICK:-0}" == 1 ]]; then CFG=golden; fi
 run labeling --config "$CFG" --mode dense --batch 1,4,16 --dtype float32 --repeats 10 --no-torch
 run labeling --config "$CFG" --mode dense --batch 1,4,16 --dtype bfloat16 --repeats 10 --no-torch
 run labeling --config "$CFG" --mode sparse --batch 1,4,16 --dtype float32 --repeats 5 --no-torch

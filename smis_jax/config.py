@@ -1,6 +1,6 @@
 """Domain presets and the training configuration (frozen dataclasses, validated on construction).
 
-The seven domains are those of the original release (SPEC.md section 3); ``tiny`` and ``tiny-sparse`` pair the
+The seven domains are those of the original release (SPEC.md section 3); ``golden-faces`` and ``golden-landmarks`` pair the
 real CelebA masks with the small golden generator (size 128) so the whole pipeline runs in CI.
 """
 
@@ -85,9 +85,9 @@ DOMAINS: dict[str, Domain] = {
                class_names=("not annotated",) + SHAPES_CLASSES, builtin=True, train_defaults=BUILTIN_SCHEDULE,
                latent_start=6),
         # For tests and quick looks: the real CelebA masks with the golden 128px generator.
-        Domain("tiny", "CelebAMask-HQ", 19, "dense", 128, 2, "stylegan2_tiny128.pt (golden)",
+        Domain("golden-faces", "CelebAMask-HQ", 19, "dense", 128, 2, "stylegan2_tiny128.pt (golden)",
                "CelebAMask-HQ masks with a 128px generator (tests)"),
-        Domain("tiny-sparse", "CelebALandmark-HQ", 71, "sparse", 128, 2, "stylegan2_tiny128.pt (golden)",
+        Domain("golden-landmarks", "CelebALandmark-HQ", 71, "sparse", 128, 2, "stylegan2_tiny128.pt (golden)",
                "CelebA landmarks with a 128px generator (tests)"),
     ]
 }

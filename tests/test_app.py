@@ -70,10 +70,10 @@ def server(editor):
 
 @pytest.fixture(scope="module")
 def sparse_export(golden, tmp_path_factory):
-    """A 'tiny-sparse' export (71 classes, 0 = not annotated) as training writes it: the golden generator and an
+    """A 'golden-landmarks' export (71 classes, 0 = not annotated) as training writes it: the golden generator and an
     untrained tiny encoder with random weights (no tiny sparse encoder is in the goldens)."""
     gen = load_generator(golden / "stylegan2_tiny128.pt")
-    enc_cfg = psp.EncoderConfig.tiny(input_nc=71, style_num=gen.config.n_latent)
+    enc_cfg = psp.EncoderConfig.golden(input_nc=71, style_num=gen.config.n_latent)
     shapes = psp.abstract_variables(enc_cfg)  # filled in numpy: compiling the encoder's init costs half a minute
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda a: rng.normal(0.0, 0.05, a.shape).astype(np.float32), shapes["params"])
@@ -82,7 +82,7 @@ def sparse_export(golden, tmp_path_factory):
     latent_avg = np.broadcast_to(np.asarray(gen.truncation_latent()), (enc_cfg.style_num, enc_cfg.style_dim))
     state = types.SimpleNamespace(params=params, batch_stats=stats)
     return export.write(tmp_path_factory.mktemp("sparse") / "export", enc_cfg, state, gen, latent_avg,
-                        {"dataset_type": "tiny-sparse", "label_nc": 71})
+                        {"dataset_type": "golden-landmarks", "label_nc": 71})
 
 
 def request(server, method, path, body=None, headers=None):
@@ -278,14 +278,14 @@ def test_bad_requests_without_a_body(server):
 
 
 def test_domain_of_export_configs():
-    d = ed.domain_of({"label_nc": 19, "opts": {"dataset_type": "tiny"}})
-    assert (d.name, d.mode, d.n_classes, d.class_names[3]) == ("tiny", "dense", 19, "class 3")
-    d = ed.domain_of({"label_nc": 71, "opts": {"dataset_type": "tiny-sparse"}})
+    d = ed.domain_of({"label_nc": 19, "opts": {"dataset_type": "golden-faces"}})
+    assert (d.name, d.mode, d.n_classes, d.class_names[3]) == ("golden-faces", "dense", 19, "class 3")
+    d = ed.domain_of({"label_nc": 71, "opts": {"dataset_type": "golden-landmarks"}})
     assert d.mode == "sparse" and d.class_names[:2] == ("not annotated", "class 1") and d.colors.shape == (71, 3)
     d = ed.domain_of({"label_nc": 5, "opts": {"dataset_type": "celebs_seg_to_face"}})  # not ours: dense, class i
     assert (d.mode, d.n_classes) == ("dense", 5)
-    with pytest.raises(ValueError, match="encoder takes 19 classes but its domain 'tiny-sparse' has 71"):
-        ed.domain_of({"label_nc": 19, "opts": {"dataset_type": "tiny-sparse"}})
+    with pytest.raises(ValueError, match="encoder takes 19 classes but its domain 'golden-landmarks' has 71"):
+        ed.domain_of({"label_nc": 19, "opts": {"dataset_type": "golden-landmarks"}})
 
 
 # ---------------------------------------------------------------------------------------------------------------

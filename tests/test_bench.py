@@ -47,7 +47,7 @@ def _run(tmp_path, capsys, argv):
 def test_labeling_quick(tmp_path, capsys, mode, dtype):
     rows = _run(tmp_path, capsys, ["labeling", "--quick", "--mode", mode, "--dtype", dtype, "--repeats", "1"])
     ours = rows[1]
-    assert (ours["config"], ours["mode"], ours["dtype"], ours["label_res"]) == ("tiny", mode, dtype, 256)
+    assert (ours["config"], ours["mode"], ours["dtype"], ours["label_res"]) == ("golden", mode, dtype, 256)
     assert 0 <= ours["agree_with_original_jax"] <= 1
     if dtype == "bfloat16":
         assert 0 <= ours["agree_with_float32"] <= 1
@@ -81,7 +81,7 @@ def test_labeling_without_draggan_says_why_and_how(tmp_path):
     # highest: the precision conftest sets in this process, so the compiled programs are found in the cache
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(repo)]),
            "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
-    proc = subprocess.run([sys.executable, "-m", "smis_jax.bench", "labeling", "--config", "tiny", "--mode", "dense",
+    proc = subprocess.run([sys.executable, "-m", "smis_jax.bench", "labeling", "--config", "golden", "--mode", "dense",
                            "--batch", "1", "--repeats", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

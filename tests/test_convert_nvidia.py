@@ -265,11 +265,11 @@ def test_layer_without_noise(tmp_path):
 def test_domain_size_is_checked_and_overridable():
     path = GOLDEN / "ada_tiny64.pkl"
     with pytest.raises(ConfigError, match=r"expects a 128px generator .* is 64px; pass --generator-size 64"):
-        domain_generator(path, get_domain("tiny"))
-    g = domain_generator(path, get_domain("tiny"), 64)
+        domain_generator(path, get_domain("golden-faces"))
+    g = domain_generator(path, get_domain("golden-faces"), 64)
     assert g.config.size == 64 and g.config.feature_channels == 8
     with pytest.raises(ConfigError, match="--generator-size 128 given, but .* is a 64px generator"):
-        domain_generator(path, get_domain("tiny"), 128)
+        domain_generator(path, get_domain("golden-faces"), 128)
     assert TrainConfig(domain="cat", generator_size=512).generator_size == 512
     with pytest.raises(ConfigError, match="generator_size must be None .* or a power of two >= 64, got 500"):
         TrainConfig(domain="cat", generator_size=500)
@@ -281,7 +281,7 @@ def test_train_cli_takes_a_pkl(tmp_path, capsys):
     missing data folder, which is read after the generator)."""
     from train import run as train_cli
 
-    args = ["--domain", "tiny", "--data", str(tmp_path / "nodata"), "--stylegan", str(GOLDEN / "ada_tiny64.pkl"),
+    args = ["--domain", "golden-faces", "--data", str(tmp_path / "nodata"), "--stylegan", str(GOLDEN / "ada_tiny64.pkl"),
             "--workdir", str(tmp_path / "work")]
     assert train_cli.main(args) == 2
     assert "is 64px; pass --generator-size 64" in capsys.readouterr().err

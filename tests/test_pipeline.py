@@ -29,7 +29,7 @@ STEPS, SAVE_EVERY = 20, 10
 
 
 def _train_args(workdir, samples, golden, *extra):
-    return ["--domain", "tiny", "--data", str(samples / "CelebAMask-HQ"),
+    return ["--domain", "golden-faces", "--data", str(samples / "CelebAMask-HQ"),
             "--stylegan", str(golden / "stylegan2_tiny128.pt"), "--workdir", str(workdir), "--encoder", "tiny",
             "--max-steps", str(STEPS), "--inversion-steps", "2", "--save-every", str(SAVE_EVERY), "--log-every", "5",
             "--image-every", "10", "--eval-every", "20", *extra]
@@ -63,7 +63,7 @@ def run_dir(tmp_path_factory, samples, golden):
 
 def test_run_writes_what_a_user_needs(run_dir):
     record = json.loads((run_dir / "config.json").read_text())
-    assert record["train"]["domain"] == "tiny" and record["shots"] == ["0", "1", "10", "100", "1000"]
+    assert record["train"]["domain"] == "golden-faces" and record["shots"] == ["0", "1", "10", "100", "1000"]
     assert len(record["devices"]) == 2  # the batch was split over both (forced) CPU devices
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [m for m in lines if "loss" in m]
@@ -141,7 +141,7 @@ def test_a_copied_export_synthesises_and_evaluates_alone(run_dir, samples, tmp_p
         assert synthesize.main(["--checkpoint", str(copy), "--masks", str(masks), "--out", str(tmp_path / "o")]) == 0
         assert len(list((tmp_path / "o").glob("*.png"))) == 3
         config = json.loads((copy / "config.json").read_text())
-        assert config["run"]["domain"] == "tiny" and config["run"]["shot_names"] == ["0", "1", "10", "100", "1000"]
+        assert config["run"]["domain"] == "golden-faces" and config["run"]["shot_names"] == ["0", "1", "10", "100", "1000"]
         # An export without its prototypes cannot be evaluated; the error says what is missing.
         shutil.rmtree(copy / "prototypes")
         capsys.readouterr()
@@ -171,7 +171,7 @@ def _copy_pairs(src: Path, dst: Path, names, label_names=None):
 def test_bad_input_is_one_line_error(problem, tmp_path, samples, golden, capsys):
     data_dir = tmp_path / "data"
     extra = []
-    domain = "tiny"
+    domain = "golden-faces"
     if problem == "no-data":
         expected = f"{data_dir}: data folder not found"
     elif problem == "unpaired":

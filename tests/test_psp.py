@@ -255,7 +255,7 @@ def test_config_presets_and_taps():
     assert real.taps == (6, 20, 23) and real.n_units == 24
     strides = [s for _, _, s in real.unit_specs()]
     assert [i for i, s in enumerate(strides) if s == 2] == [0, 3, 7, 21]
-    tiny = psp.EncoderConfig.tiny()
+    tiny = psp.EncoderConfig.golden()
     assert tiny.taps == (2, 4, 5)
     assert psp.EncoderConfig.from_json(tiny.to_json()) == tiny
     assert hash(psp.EncoderConfig.from_json(tiny.to_json())) == hash(tiny)

@@ -18,7 +18,7 @@ from train import run as train_cli
 
 
 def _args(workdir, samples, golden, *extra):
-    return ["--domain", "tiny", "--data", str(samples / "CelebAMask-HQ"),
+    return ["--domain", "golden-faces", "--data", str(samples / "CelebAMask-HQ"),
             "--stylegan", str(golden / "stylegan2_tiny128.pt"), "--workdir", str(workdir), "--encoder", "tiny",
             "--max-steps", "4", "--inversion-steps", "2", *extra]
 
@@ -183,14 +183,14 @@ def test_shots_warn_about_distorted_or_dense_masks(tmp_path, samples):
     label = tmp_path / "train" / "labels" / "0.png"
     Image.open(src / "labels" / "0.png").convert("L").resize((300, 200), Image.NEAREST).save(label)
     lines = []
-    experiment.load_shots(tmp_path, get_domain("tiny"), 1, log=lines.append)
+    experiment.load_shots(tmp_path, get_domain("golden-faces"), 1, log=lines.append)
     assert lines == [f"warning: {label}: label is 300x200 but its image 0.jpg is 1024x1024; both are resized to a "
                      f"square, so their aspect ratios no longer match"]
 
     Image.new("L", (1024, 1024), 1).save(label)  # every pixel annotated: a dense mask
     lines = []
-    experiment.load_shots(tmp_path, get_domain("tiny-sparse"), 1, log=lines.append)
+    experiment.load_shots(tmp_path, get_domain("golden-landmarks"), 1, log=lines.append)
     assert len(lines) == 1 and lines[0].startswith(f"warning: {label}: every pixel is annotated (no class 0)")
     lines = []
-    experiment.load_shots(tmp_path, get_domain("tiny"), 1, log=lines.append)
+    experiment.load_shots(tmp_path, get_domain("golden-faces"), 1, log=lines.append)
     assert lines == []  # a dense domain: nothing to say

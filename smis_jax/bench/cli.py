@@ -42,7 +42,7 @@ def _torch_row(args) -> bool | str:
     if args.no_torch:
         return False
     if args.quick:
-        return "--quick runs the tiny shapes without it (drop --quick and use --config ffhq, church, car or ukiyoe)"
+        return "--quick runs the golden (tiny) shapes without it (drop --quick and use --config ffhq, church, car or ukiyoe)"
     return True
 
 
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m smis_jax.bench", description=DESCRIPTION)
     ap.add_argument("bench", choices=["labeling", "train-step", "inversion", "app"])
     ap.add_argument("--config", choices=sorted(PRESETS), help="generator shapes and class counts (default ffhq; "
-                    "tiny with --quick)")
+                    "golden with --quick)")
     ap.add_argument("--mode", choices=["dense", "sparse"], default="dense")
     ap.add_argument("--batch", help="comma-separated batch sizes (inversion: K images). Defaults: labeling 1,4,16; "
                     "train-step 2; inversion 5")
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--weights", help="labeling: a StyleGAN2 checkpoint (rosinality .pt, NVIDIA .pkl or converted "
                     "directory) to use instead of random weights (its shapes replace the config's; the original-torch "
                     "path only takes a .pt)")
-    ap.add_argument("--quick", action="store_true", help="tiny config, first default batch, 2 repeats")
+    ap.add_argument("--quick", action="store_true", help="golden (tiny) config, first default batch, 2 repeats")
     ap.add_argument("--json-out", type=Path, help="append the JSON lines to this file and print the table to stdout "
                     "(without it: JSON lines to stdout, the table to stderr)")
     ap.add_argument("--seed", type=int, default=0)
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr if args.json_out is None else sys.stdout)
         return 0
     try:
-        preset = PRESETS[args.config or ("tiny" if args.quick else "ffhq")]
+        preset = PRESETS[args.config or ("golden" if args.quick else "ffhq")]
         batches = _parse_batches(args.batch or (_QUICK_BATCH if args.quick else _DEFAULT_BATCH)[args.bench])
         repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
         steps = args.steps if args.steps is not None else (2 if args.quick else 5)

@@ -20,7 +20,7 @@ class BenchError(UserError, ValueError):
 
 
 
-def _tiny_generator() -> GeneratorConfig:
+def _golden_generator() -> GeneratorConfig:
     """The golden test generator's shapes (size 128, style_dim 64): compiles in seconds."""
     return GeneratorConfig(128, style_dim=64, n_mlp=4, channels={4: 64, 8: 64, 16: 48, 32: 48, 64: 32, 128: 16})
 
@@ -38,8 +38,8 @@ class Preset:
 
     def encoder_config(self, mode: str) -> EncoderConfig:
         n_latent = self.generator.n_latent
-        if self.encoder == "tiny":
-            return EncoderConfig.tiny(self.n_classes(mode), n_latent)
+        if self.encoder == "golden":
+            return EncoderConfig.golden(self.n_classes(mode), n_latent)
         return EncoderConfig.ir_se50(self.n_classes(mode), n_latent)
 
 
@@ -52,5 +52,5 @@ PRESETS: dict[str, Preset] = {
     "car": Preset("car", GeneratorConfig.rosinality(512, 2), "car", "anime", "ir_se50"),
     # ukiyo-e 256, channel multiplier 1 (8 classes, sparse in the original; dense runs use the same count).
     "ukiyoe": Preset("ukiyoe", GeneratorConfig.rosinality(256, 1), "ukiyoe", "ukiyoe", "ir_se50"),
-    "tiny": Preset("tiny", _tiny_generator(), "tiny", "tiny-sparse", "tiny"),
+    "golden": Preset("golden", _golden_generator(), "golden-faces", "golden-landmarks", "golden"),
 }

@@ -99,7 +99,7 @@ class EncoderConfig:
         return cls(input_nc=input_nc, style_num=style_num)
 
     @classmethod
-    def tiny(cls, input_nc: int = 19, style_num: int = 12) -> "EncoderConfig":
+    def golden(cls, input_nc: int = 19, style_num: int = 12) -> "EncoderConfig":
         """The golden test config (psp_tiny_celebamask): widths 16,32,32,64, units 1,2,2,1, 64-d styles."""
         return cls(input_nc=input_nc, style_num=style_num, widths=(16, 32, 32, 64), units=(1, 2, 2, 1), style_dim=64)
 
