@@ -24,12 +24,23 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-    """Wait until every process has reached ``barrier(name)`` (the same name everywhere); no-op with one process."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+BARRIER_TIMEOUT_S = 24 * 3600  # a barrier may wait for the writer's whole inversion
+_barriers = [0]
 
-        multihost_utils.sync_global_devices(name)
+
+def barrier(name: str) -> None:
+    """Wait until every process has reached ``barrier(name)`` (the same calls in the same order everywhere);
+    no-op with one process.
+
+    A barrier of jax's coordination service (through orbax), not a device collective: on CPU the first collective
+    sets up gloo, which gives up when the processes arrive more than 30 s apart (``Gloo context initialization
+    failed: ... GetKeyValue() timed out``), and a process waiting here may wait minutes (the writer inverting)."""
+    if jax.process_count() > 1:
+        import orbax.checkpoint as ocp
+
+        _barriers[0] += 1  # coordination-service barrier ids are used once
+        ocp.multihost.get_barrier_sync_fn()(key=f"smis-jax {_barriers[0]}: {name}",
+                                            timeout_ms=BARRIER_TIMEOUT_S * 1000)
 
 
 def from_writer(tree: Any) -> Any:
@@ -39,6 +50,7 @@ def from_writer(tree: Any) -> Any:
         return tree
     from jax.experimental import multihost_utils
 
+    barrier("from_writer")  # the broadcast is a collective: arrive together (see barrier)
     return multihost_utils.broadcast_one_to_all(jax.tree.map(np.asarray, tree), is_source=is_writer())
 
 
