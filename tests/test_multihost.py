@@ -155,7 +155,8 @@ def test_two_processes_train_resume_and_match_one_process_on_two_devices(tmp_pat
 
 
 # The default suite's variant: no training step (its compile is what makes the test above slow), but the same two
-# processes, the real Checkpointer saving on both and restoring onto the global mesh, and the writer-only files.
+# processes, the real Checkpointer saving on both, a fresh one restoring onto the global mesh, and the files only
+# the writer writes.
 DRIVER = """
 import json, sys
 from pathlib import Path
@@ -167,7 +168,7 @@ hosts.barrier("started")
 from smis_jax.experiment import export_pipeline
 from smis_jax.psp import EncoderConfig
 from smis_jax.training import Checkpointer, StepConfig, abstract_like, data_mesh, init_train_state, state_sharding
-work, save = Path(sys.argv[3]), sys.argv[4] == "save"
+work = Path(sys.argv[3])
 g = stylegan2.load(builtin.generator_path())
 enc = EncoderConfig(input_nc=3, style_num=g.config.n_latent, widths=(8, 8, 8, 8), units=(1, 1, 1, 1),
                     style_dim=g.config.style_dim, se_reduction=8)
@@ -177,43 +178,40 @@ fresh = init_train_state(StepConfig(generator=g.config, encoder=enc, batch_size=
 # Process 1 would build other prototypes; from_writer makes them the writer's everywhere.
 vectors = hosts.from_writer(np.full((3, 4), 1.0 + jax.process_index(), np.float32))
 protos = labeling.DensePrototypes(vectors=vectors, present=np.ones(3, bool))
+
 checkpointer = Checkpointer(work / "checkpoints")
-if save:
-    state = jax.jit(lambda s: s.replace(step=s.step + 5, params=jax.tree.map(lambda p: p + 1, s.params)),
-                    out_shardings=sharding)(hosts.replicate(fresh, mesh))
-    checkpointer.save(state, protos, {"who": jax.process_index()})
-    checkpointer.wait()
-    if hosts.is_writer():
-        (work / "written.json").write_text(json.dumps({"by": jax.process_index()}))
-        export_pipeline(work / "export", enc, jax.device_get(state), g, np.zeros((g.config.n_latent,
-                        g.config.style_dim), np.float32), {"steps": 5})
-    hosts.barrier("written")
-    assert json.loads((work / "written.json").read_text()) == {"by": 0}
-else:
-    state, restored, meta = checkpointer.restore(abstract_like(fresh, sharding))
-    leaves = jax.tree.leaves(state)
-    assert all(x.sharding == sharding and len(x.sharding.device_set) == 2 for x in leaves), leaves[0].sharding
-    assert int(jax.device_get(state.step)) == 5 and meta == {"who": 0, "step": 5}, meta
-    for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(fresh.params))):
-        np.testing.assert_array_equal(a, b + 1)
-    np.testing.assert_array_equal(restored.vectors, np.ones((3, 4)))
+state = jax.jit(lambda s: s.replace(step=s.step + 5, params=jax.tree.map(lambda p: p + 1, s.params)),
+                out_shardings=sharding)(hosts.replicate(fresh, mesh))
+checkpointer.save(state, protos, {"who": jax.process_index()})
+checkpointer.wait()
 checkpointer.close()
+if hosts.is_writer():
+    (work / "written.json").write_text(json.dumps({"by": jax.process_index()}))
+    export_pipeline(work / "export", enc, jax.device_get(state), g,
+                    np.zeros((g.config.n_latent, g.config.style_dim), np.float32), {"steps": 5})
+hosts.barrier("written")
+assert json.loads((work / "written.json").read_text()) == {"by": 0}
+
+checkpointer = Checkpointer(work / "checkpoints")
+state, restored, meta = checkpointer.restore(abstract_like(fresh, sharding))
+checkpointer.close()
+leaves = jax.tree.leaves(state)
+assert all(x.sharding == sharding and len(x.sharding.device_set) == 2 for x in leaves), leaves[0].sharding
+assert int(jax.device_get(state.step)) == 5 and meta == {"who": 0, "step": 5}, meta
+for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(fresh.params))):
+    np.testing.assert_array_equal(a, b + 1)
+np.testing.assert_array_equal(restored.vectors, np.ones((3, 4)))
 print("ok", jax.process_index(), flush=True)
 """
-
-
-def _driver_pair(work: Path, what: str) -> list[str]:
-    address = f"127.0.0.1:{_free_port()}"
-    return _wait([_popen([sys.executable, "-c", DRIVER, address, str(i), str(work), what],
-                         work.parent / f"{what}{i}.log", devices=1) for i in range(2)])
 
 
 def test_two_processes_checkpoint_on_both_and_restore_onto_the_global_mesh(tmp_path):
     work = tmp_path / "run"
     work.mkdir()
-    for what in ("save", "restore"):
-        logs = _driver_pair(work, what)
-        assert "ok 0" in logs[0] and "ok 1" in logs[1]
+    address = f"127.0.0.1:{_free_port()}"
+    logs = _wait([_popen([sys.executable, "-c", DRIVER, address, str(i), str(work)], tmp_path / f"p{i}.log",
+                         devices=1) for i in range(2)])
+    assert "ok 0" in logs[0] and "ok 1" in logs[1]
     assert [p.name for p in (work / "checkpoints").iterdir()] == ["5"]
     from smis_jax.conversion.common import load_converted
 
