@@ -9,7 +9,9 @@ and optionally test/labels (held-out masks for the self-consistency metric). Dom
 
 Multi-host (e.g. a TPU pod slice or several GPU hosts): start the same command on every host with
 --distributed; jax.distributed.initialize() reads the coordinator from the environment (TPU, SLURM, Open MPI) or
-from --coordinator/--num-processes/--process-id. The batch is split over every device of every host.
+from --coordinator/--num-processes/--process-id. The batch is split over every device of every host; --workdir
+must be a folder every host sees (process 0 alone writes config, metrics, images, inversion cache and export;
+every process takes part in the checkpoints).
 
 Interrupts and resuming: Ctrl-C ends the run within seconds (exit status 130); checkpoints already written are
 intact. --resume continues the run in --workdir from its newest intact checkpoint (a damaged newer one is named and
@@ -107,7 +109,10 @@ def main(argv=None) -> int:
     if args.distributed:
         import jax
 
+        from smis_jax import hosts
+
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        hosts.barrier("started")  # set off together: the first collective (gloo on CPU) waits only 30 s for peers
     shots = None
     if args.shots is not None:
         shots = int(args.shots) if args.shots.isdigit() else tuple(s for s in args.shots.split(",") if s)
