@@ -104,8 +104,6 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     assert (work / "groundtruth.png").is_file() and (work / "curves.png").is_file()
 
     mask = tmp_path / "mask.png"
-    from PIL import Image
-
     Image.fromarray(builtin.test_masks(DOMAINS["shapes"], 1)[1][0]).save(mask)
     proc = _run(["-m", "smis_jax.synthesize", "--checkpoint", str(work / "export"), "--masks", str(mask),
                  "--out", str(tmp_path / "out")], timeout=900)

@@ -165,7 +165,7 @@ jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, pro
 import numpy as np
 from smis_jax import builtin, hosts, labeling, stylegan2
 hosts.barrier("started")
-from smis_jax.experiment import export_pipeline
+from smis_jax import export
 from smis_jax.psp import EncoderConfig
 from smis_jax.training import Checkpointer, StepConfig, abstract_like, data_mesh, init_train_state, state_sharding
 work = Path(sys.argv[3])
@@ -187,7 +187,7 @@ checkpointer.wait()
 checkpointer.close()
 if hosts.is_writer():
     (work / "written.json").write_text(json.dumps({"by": jax.process_index()}))
-    export_pipeline(work / "export", enc, jax.device_get(state), g,
+    export.write(work / "export", enc, jax.device_get(state), g,
                     np.zeros((g.config.n_latent, g.config.style_dim), np.float32), {"steps": 5})
 hosts.barrier("written")
 assert json.loads((work / "written.json").read_text()) == {"by": 0}
