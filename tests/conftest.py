@@ -1,5 +1,6 @@
 """Shared test set-up: two forced CPU devices (real data-parallel runs), full fp32 matmuls, golden paths."""
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -53,3 +54,22 @@ def rel_err(actual, expected) -> float:
 # Tolerances from golden/README.md, stated once.
 FORWARD_TOL = 1e-4
 GRAD_TOL = 1e-3
+
+
+_TRACES = [0]  # every jaxpr trace of this process, counted through JAX's public monitoring events
+
+
+def _on_event(event: str, _duration: float, **_) -> None:
+    if event == "/jax/core/compile/jaxpr_trace_duration":
+        _TRACES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+@contextlib.contextmanager
+def count_traces():
+    """``with count_traces() as traced: ...; traced()`` is how many functions JAX traced inside the block (its public
+    monitoring events, not jit's private cache): 0 when every call reused a compiled function."""
+    start = _TRACES[0]
+    yield lambda: _TRACES[0] - start

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import rel_err
+from conftest import rel_err, count_traces
 from smis_jax.optim import RangerState, _radam_scalars, centralise_gradient, ranger
 
 # Per-step tolerance on max|a-b|/max|b| for each parameter. Both sides are float32 from the same start; they differ
@@ -143,10 +143,13 @@ def test_jit_schedule_and_state_round_trip(tmp_path):
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5) + jnp.arange(p.shape[-1]), params)
 
     step = jax.jit(lambda g, s, p: opt.update(g, s, p))
-    for _ in range(7):  # crosses a Lookahead sync (step 6) and the rectification switch
-        updates, state = step(grads, state, params)
-        params = optax.apply_updates(params, updates)
-    assert step._cache_size() == 1  # one compilation: no Python branching on the traced step count
+    updates, state = step(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    with count_traces() as traced:
+        for _ in range(6):  # crosses a Lookahead sync (step 6) and the rectification switch
+            updates, state = step(grads, state, params)
+            params = optax.apply_updates(params, updates)
+    assert traced() == 0  # one compilation: no Python branching on the traced step count
     assert isinstance(state, RangerState) and int(state.count) == 7
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
 

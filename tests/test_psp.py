@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FORWARD_TOL, GRAD_TOL, rel_err
+from conftest import FORWARD_TOL, GRAD_TOL, rel_err, count_traces
 from smis_jax import data
 from smis_jax.io import load_encoder
 from smis_jax.io.psp import convert, encoder_key_table
@@ -287,8 +287,8 @@ def test_encode_api(encoder, results, io):
     assert codes.shape == (2, 12, 64)
     np.testing.assert_array_equal(codes, results["codes_eval"])
     np.testing.assert_allclose(encoder.wplus(x), codes + encoder.latent_avg, rtol=0, atol=1e-6)
-    traced = psp._encode_fn(encoder.config, False)._cache_size()  # other tests may have traced other batch sizes
-    encoder.encode(x[::-1].copy())  # same shape: no new trace
-    assert psp._encode_fn(encoder.config, False)._cache_size() == traced
+    with count_traces() as traced:
+        encoder.encode(x[::-1].copy())  # same shape: no new trace
+    assert traced() == 0
     with pytest.raises(ValueError, match="256, 256, 19"):
         encoder.encode(x[:, :128])
