@@ -190,6 +190,27 @@ def _check_run_folder(workdir: Path, resume: bool) -> dict[str, Any] | None:
     return record
 
 
+def _forget_metrics_after(path: Path, step: int, log: Callable[[str], None]) -> None:
+    """Drop the metrics lines of steps after ``step`` (logged by a run that stopped before saving them), so that the
+    resumed run's lines are the only ones for those steps; rewritten atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            later = int(json.loads(line).get("step", 0)) > step
+        except (ValueError, AttributeError):
+            later = False  # a torn last line of a killed run: dropped below if it follows a later step
+        if not later and line.endswith("\n"):
+            keep.append(line)
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+        log(f"metrics.jsonl: dropped {len(lines) - len(keep)} line(s) after step {step} (not in any checkpoint)")
+
+
 class _JsonlWriter:
     """Appends one JSON line per record, on the writer process only (the others drop their identical records)."""
 
@@ -279,6 +300,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         state, protos, meta = checkpointer.restore_intact(abstract_like(state, state_sharding(mesh)), log)
         _check_resume(meta["train"], cfg, ckpt_dir)
         log(f"resuming from step {int(state.step)} ({ckpt_dir})")
+        if hosts.is_writer():
+            _forget_metrics_after(workdir / "metrics.jsonl", int(state.step), log)
         cached = read_cache(workdir / "inversion", shots.names, generator, cfg.inversion_steps, log) \
             if hosts.is_writer() else None  # the writer alone writes the export that holds them
         shot_codes = None if cached is None else ShotCodes(shots.names, cached.w_plus, cached.loss, cached.history)
@@ -308,6 +331,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
             steps_since += 1
             done = step + 1
             save_now = done % cfg.save_every == 0 or done == cfg.max_steps
+            if save_now:  # on disk before its metrics line: metrics.jsonl never claims a step a failed save lost
+                checkpointer.save_now(state, protos, meta)
             if done % cfg.log_every == 0 or save_now:
                 last = _mean_metrics(pending, done - len(pending))
                 pending = []
@@ -326,11 +351,12 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
                 metrics_log.write({"step": done, "eval/miou": evaluation["miou"],
                                    "eval/per_class": evaluation["per_class"]})
                 log(f"step {done}: self-consistency mIoU {evaluation['miou']:.4f} on {len(eval_names)} masks")
-            if save_now:
-                checkpointer.save(state, protos, meta)
     finally:
-        checkpointer.wait()
-        checkpointer.close()
+        try:
+            checkpointer.wait()
+            checkpointer.close()
+        except Exception:  # noqa: BLE001 - a failed save already raised its one line; do not mask it
+            pass
         metrics_log.close()
         bar.close()
 

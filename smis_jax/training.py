@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -313,6 +315,34 @@ class Checkpointer:
                             f"{', '.join(map(str, damaged)) or 'none found'}); delete that folder to start over, "
                             f"or use another --workdir")
 
+    def save_now(self, state: TrainState, protos, meta: dict[str, Any]) -> None:
+        """:meth:`save` and wait until it is on disk; a failure (a full or read-only disk, ...) is one TrainingError
+        naming the step, the folder, the reason and the newest checkpoint that is intact."""
+        step = int(jax.device_get(state.step))
+        # orbax logs a failed background write as tracebacks, and tensorstore's callbacks into orbax's closed event
+        # loops print one "Event loop is closed" traceback each; the one line below says all they say.
+        absl, hook, unraisable = logging.getLogger("absl"), sys.excepthook, sys.unraisablehook
+        level = absl.level
+        absl.setLevel(logging.CRITICAL)
+        closed = lambda v: isinstance(v, RuntimeError) and "Event loop is closed" in str(v)  # noqa: E731
+        sys.excepthook = lambda t, v, tb: None if closed(v) else hook(t, v, tb)
+        sys.unraisablehook = lambda u: None if closed(u.exc_value) else unraisable(u)
+        try:
+            self.save(state, protos, meta)
+            self.manager.wait_until_finished()
+            absl.setLevel(level)
+            sys.excepthook, sys.unraisablehook = hook, unraisable
+        except Exception as e:  # noqa: BLE001 - orbax raises many kinds (OSError, ValueError, its own, ...)
+            try:
+                intact = self.manager.reload() or self.manager.latest_step()
+            except Exception:  # noqa: BLE001
+                intact = None
+            newest = f"the newest intact checkpoint is step {intact}" if intact is not None and intact != step \
+                else "no earlier checkpoint was written"
+            raise TrainingError(f"saving checkpoint {step} in {self.directory} failed ({_one_line(e)}); the run "
+                                f"stopped at step {step}, {newest}; make room or fix the folder's permissions, "
+                                f"then run again with --resume") from None
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -323,7 +353,9 @@ class Checkpointer:
 def _one_line(e: BaseException, limit: int = 200) -> str:
     """An exception as one short line (orbax messages can hold whole tree dumps)."""
     text = " ".join(str(e).split()) or type(e).__name__
-    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+    if len(text) > limit:  # the head names the operation, the tail the operating system's reason
+        text = f"{text[:limit * 3 // 5]} ... {text[-(limit * 2 // 5):]}"
+    return f"{type(e).__name__}: {text}"
 
 
 def abstract_like(state: TrainState, sharding=None) -> TrainState:

@@ -68,6 +68,8 @@ def test_run_writes_what_a_user_needs(run_dir):
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [m for m in lines if "loss" in m]
     assert [m["step"] for m in train_lines][-2:] == [15, 20] and all(np.isfinite(m["loss"]) for m in train_lines)
+    # Lines the killed run logged after its last checkpoint were dropped on --resume: each step once, in order.
+    assert [m["step"] for m in train_lines] == sorted({m["step"] for m in train_lines})
     evals = [m for m in lines if "eval/miou" in m]
     assert evals and evals[-1]["step"] == STEPS and 0.0 <= evals[-1]["eval/miou"] <= 1.0
     grid = Image.open(run_dir / "images" / f"step_{STEPS:07d}.png")
@@ -315,3 +317,31 @@ def test_ctrl_c_during_training_and_inversion_exits_130(run_dir, samples, golden
     assert (work / "config.json").is_file()
     for sub in ("inversion", "checkpoints"):
         assert not (work / sub).exists() or not any((work / sub).iterdir()), sub
+
+
+def test_a_failed_save_stops_the_run_in_one_line(tmp_path, samples, golden):
+    """A checkpoint the disk refuses stops the run at that step with one line, and metrics.jsonl claims no step that
+    no checkpoint holds. The refusal is real: the process's file-size limit (RLIMIT_FSIZE, EFBIG), which lets the
+    small files through and refuses the checkpoint's data as a full disk would (root ignores permissions)."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    workdir = tmp_path / "run"
+    args = [*_train_args(workdir, samples, golden)]
+    for flag, value in (("--max-steps", "4"), ("--save-every", "2"), ("--log-every", "1"), ("--inversion-steps", "0")):
+        args[args.index(flag) + 1] = value
+    env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}  # the cache's own writes would meet the limit
+    proc = subprocess.run([sys.executable, "-m", "train.run", *args], cwd=REPO, env=env, preexec_fn=limit,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"error: saving checkpoint 2 in {workdir / 'checkpoints'} failed (") and \
+        "File too large" in lines[-1] and "no earlier checkpoint was written" in lines[-1], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr) < 2000, proc.stderr[-3000:]
+    logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1], logged  # step 2's line waits for its checkpoint, which never came
+    assert not (workdir / "checkpoints" / "2").exists() and not (workdir / "export").exists()
+
