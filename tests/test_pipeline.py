@@ -319,23 +319,74 @@ def test_ctrl_c_during_training_and_inversion_exits_130(run_dir, samples, golden
         assert not (work / sub).exists() or not any((work / sub).iterdir()), sub
 
 
+
+def _kill_when(proc: subprocess.Popen, log: Path, ready, timeout: float = 900) -> None:
+    """SIGKILL ``proc`` the moment ``ready()`` is true (polled every few milliseconds)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the moment never came (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.003)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_9_during_a_checkpoint_write_or_the_export_loses_nothing(run_dir, samples, golden, tmp_path):
+    import shutil
+
+    from smis_jax import export
+
+    work = _copy_run(run_dir, tmp_path / "run")
+    shutil.rmtree(work / "export")
+    # kill -9 while checkpoint 30 is being written (orbax writes into a temporary folder, then renames it).
+    log = tmp_path / "a.log"
+    proc = _start([sys.executable, "-m", "train.run", *_train_args(work, samples, golden, "--resume",
+                                                                    "--max-steps", "40")], log)
+    _kill_when(proc, log, lambda: any("tmp" in p.name for p in (work / "checkpoints").iterdir()))
+    ckpt = Checkpointer(work / "checkpoints")
+    assert ckpt.latest_step() in (STEPS, STEPS + SAVE_EVERY)  # 30 only if its rename won the race
+    ckpt.close()
+    # --resume continues from the newest whole checkpoint and finishes; its export is whole.
+    resumed = subprocess.run([sys.executable, "-m", "train.run", *_train_args(work, samples, golden, "--resume",
+                                                                              "--max-steps", "40")],
+                             cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert export.load(work / "export").run["step"] == 40
+
+    # kill -9 while the export is being written (its config.json comes last): the half export is refused in one
+    # line, and the same command with --resume (nothing left to train) writes it again, whole.
+    log = tmp_path / "b.log"
+    proc = _start([sys.executable, "-m", "train.run", *_train_args(work, samples, golden, "--resume",
+                                                                    "--max-steps", "40")], log)
+    _kill_when(proc, log, lambda: (work / "export").is_dir() and not (work / "export" / "config.json").exists()
+               and any((work / "export").iterdir()))
+    if not (work / "export" / "config.json").exists():  # caught in the middle (not after the last file)
+        bad = subprocess.run([sys.executable, "-m", "smis_jax.evaluate", "--checkpoint", str(work / "export")],
+                             cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no config.json" in bad.stderr, bad.stderr
+    again = subprocess.run([sys.executable, "-m", "train.run", *_train_args(work, samples, golden, "--resume",
+                                                                            "--max-steps", "40")],
+                           cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert export.load(work / "export").run["step"] == 40
+
 def test_a_failed_save_stops_the_run_in_one_line(tmp_path, samples, golden):
     """A checkpoint the disk refuses stops the run at that step with one line, and metrics.jsonl claims no step that
     no checkpoint holds. The refusal is real: the process's file-size limit (RLIMIT_FSIZE, EFBIG), which lets the
     small files through and refuses the checkpoint's data as a full disk would (root ignores permissions)."""
-    import resource
-
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-
     workdir = tmp_path / "run"
     args = [*_train_args(workdir, samples, golden)]
     for flag, value in (("--max-steps", "4"), ("--save-every", "2"), ("--log-every", "1"), ("--inversion-steps", "0")):
         args[args.index(flag) + 1] = value
+    # The limit is set by the child itself (no fork-time hook in this multithreaded process); SIGXFSZ ignored, so
+    # write() fails with EFBIG instead of killing.
+    limited = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); sys.argv = ['train.run', *sys.argv[1:]]; "
+               "runpy.run_module('train.run', run_name='__main__')")
     env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}  # the cache's own writes would meet the limit
-    proc = subprocess.run([sys.executable, "-m", "train.run", *args], cwd=REPO, env=env, preexec_fn=limit,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-c", limited, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith(f"error: saving checkpoint 2 in {workdir / 'checkpoints'} failed (") and \
