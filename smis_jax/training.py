@@ -321,16 +321,20 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         # orbax logs a failed background write as tracebacks, and tensorstore's callbacks into orbax's closed event
         # loops print one "Event loop is closed" traceback each; the one line below says all they say.
-        absl, hook, unraisable = logging.getLogger("absl"), sys.excepthook, sys.unraisablehook
-        level = absl.level
+        # asyncio reports the failed write tasks again ("Task exception was never retrieved") when they are collected.
+        absl, aio, hook, unraisable = (logging.getLogger("absl"), logging.getLogger("asyncio"), sys.excepthook,
+                                       sys.unraisablehook)
+        levels = absl.level, aio.level
         absl.setLevel(logging.CRITICAL)
+        aio.setLevel(logging.CRITICAL)
         closed = lambda v: isinstance(v, RuntimeError) and "Event loop is closed" in str(v)  # noqa: E731
         sys.excepthook = lambda t, v, tb: None if closed(v) else hook(t, v, tb)
         sys.unraisablehook = lambda u: None if closed(u.exc_value) else unraisable(u)
         try:
             self.save(state, protos, meta)
             self.manager.wait_until_finished()
-            absl.setLevel(level)
+            absl.setLevel(levels[0])
+            aio.setLevel(levels[1])
             sys.excepthook, sys.unraisablehook = hook, unraisable
         except Exception as e:  # noqa: BLE001 - orbax raises many kinds (OSError, ValueError, its own, ...)
             try:

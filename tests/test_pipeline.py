@@ -371,28 +371,37 @@ def test_kill_9_during_a_checkpoint_write_or_the_export_loses_nothing(run_dir, s
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert export.load(work / "export").run["step"] == 40
 
-def test_a_failed_save_stops_the_run_in_one_line(tmp_path, samples, golden):
-    """A checkpoint the disk refuses stops the run at that step with one line, and metrics.jsonl claims no step that
-    no checkpoint holds. The refusal is real: the process's file-size limit (RLIMIT_FSIZE, EFBIG), which lets the
-    small files through and refuses the checkpoint's data as a full disk would (root ignores permissions)."""
-    workdir = tmp_path / "run"
-    args = [*_train_args(workdir, samples, golden)]
-    for flag, value in (("--max-steps", "4"), ("--save-every", "2"), ("--log-every", "1"), ("--inversion-steps", "0")):
-        args[args.index(flag) + 1] = value
-    # The limit is set by the child itself (no fork-time hook in this multithreaded process); SIGXFSZ ignored, so
-    # write() fails with EFBIG instead of killing.
+def test_a_disk_that_fills_mid_run_stops_it_in_one_line_and_loses_nothing(run_dir, samples, golden, tmp_path):
+    """A checkpoint the disk refuses stops the run at that step with one line; the earlier checkpoints stay intact and
+    resumable, and metrics.jsonl claims no step that no checkpoint holds. The refusal is real: the process's file-size
+    limit (RLIMIT_FSIZE, EFBIG), which lets the small files through and refuses the checkpoint's data as a full disk
+    would (root ignores permissions)."""
+    import shutil
+
+    work = _copy_run(run_dir, tmp_path / "run")
+    shutil.rmtree(work / "export")
+    before = {p: p.read_bytes() for p in (work / "checkpoints").rglob("*") if p.is_file()}
+    args = _train_args(work, samples, golden, "--resume", "--max-steps", str(STEPS + SAVE_EVERY))
+    # The child sets the limit itself (no fork-time hook in this multithreaded process); with SIGXFSZ ignored,
+    # write() fails with EFBIG instead of killing it.
     limited = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-               "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); sys.argv = ['train.run', *sys.argv[1:]]; "
-               "runpy.run_module('train.run', run_name='__main__')")
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); "
+               "sys.argv = ['train.run', *sys.argv[1:]]; runpy.run_module('train.run', run_name='__main__')")
     env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}  # the cache's own writes would meet the limit
     proc = subprocess.run([sys.executable, "-c", limited, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 2, proc.stderr[-3000:]
+    failed = STEPS + SAVE_EVERY
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith(f"error: saving checkpoint 2 in {workdir / 'checkpoints'} failed (") and \
-        "File too large" in lines[-1] and "no earlier checkpoint was written" in lines[-1], proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and len(proc.stderr) < 2000, proc.stderr[-3000:]
-    logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert logged == [1], logged  # step 2's line waits for its checkpoint, which never came
-    assert not (workdir / "checkpoints" / "2").exists() and not (workdir / "export").exists()
+    assert lines[-1].startswith(f"error: saving checkpoint {failed} in {work / 'checkpoints'} failed (") and \
+        "File too large" in lines[-1] and f"the newest intact checkpoint is step {STEPS}" in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr) < 3000, proc.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) < failed, steps  # the failed step's line waited for its checkpoint, which never came
+    # Every file of the earlier checkpoints is as it was, and the run resumes from them to the end.
+    assert all(p.read_bytes() == data for p, data in before.items())
+    resumed = subprocess.run([sys.executable, "-m", "train.run", *args], cwd=REPO, capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming from step {STEPS}" in resumed.stdout and (work / "export" / "config.json").is_file()
 
