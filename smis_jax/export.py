@@ -65,7 +65,9 @@ def write(out_dir: str | Path, enc_config: psp.EncoderConfig, state, generator, 
     if shots is not None:
         config.setdefault("run", {})["shot_names"] = list(shots.names)
         trees["shots"] = {"w_plus": np.asarray(shots.w_plus, np.float32), "loss": np.asarray(shots.loss, np.float32),
-                          **({} if shots.history is None else {"history": np.asarray(shots.history, np.float32)})}
+                          # orbax cannot store an empty array: no curve when the shots were not inverted (0 steps)
+                          **({} if shots.history is None or np.size(shots.history) == 0
+                             else {"history": np.asarray(shots.history, np.float32)})}
     return save_converted(out_dir, config, **trees)
 
 
