@@ -54,12 +54,13 @@ def _masks(masks: Sequence[str | Path] | None, domain_name: str, data: str | Non
     return names, labels
 
 
-def evaluate_export(path: str | Path, masks: Sequence[str | Path] | None = None,
+def evaluate_export(path: str | Path | export.RunExport, masks: Sequence[str | Path] | None = None,
                     batch_size: int = 4) -> dict[str, Any]:
-    """Self-consistency of an export on ``masks`` (default: the domain's held-out masks)."""
-    run_export = export.load(path)
+    """Self-consistency of an export (a folder, or one already loaded) on ``masks`` (default: the domain's held-out
+    masks)."""
+    run_export = path if isinstance(path, export.RunExport) else export.load(path)
     run, pipeline = run_export.run, run_export.pipeline
-    names, labels = _masks(masks, run["domain"], run.get("data"), Path(path))
+    names, labels = _masks(masks, run["domain"], run.get("data"), run_export.path)
     enc = pipeline.encoder
     g = pipeline.generator
     result = self_consistency(enc.config, {"params": enc.params, "batch_stats": enc.batch_stats}, g.config,
@@ -124,11 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_dir = Path(args.checkpoint) if args.checkpoint else run_dir / "export"
         use_export = args.checkpoint is not None or (args.step is None and (export_dir / "config.json").is_file())
         if use_export:
-            result = evaluate_export(export_dir, masks=args.masks, batch_size=args.batch_size)
-            run = export.load(export_dir).run
-            if get_domain(run["domain"]).builtin and not args.masks:
+            run_export = export.load(export_dir)  # once: both evaluations read it
+            result = evaluate_export(run_export, masks=args.masks, batch_size=args.batch_size)
+            if get_domain(run_export.run["domain"]).builtin and not args.masks:
                 report = args.report or run_dir
-                truth = groundtruth.evaluate(export_dir, report_dir=report, run_dir=run_dir,
+                truth = groundtruth.evaluate(run_export, report_dir=report, run_dir=run_dir,
                                              n_samples=args.samples, log=log)
                 result["groundtruth"] = truth
                 print(groundtruth.format_table(truth), file=sys.stderr)

@@ -120,7 +120,8 @@ def _synthesis_quality(pipeline, labels256, truth64, styles: int, seed: int, bat
     return scores(preds, truth64), scores(preds_styles, multi_truth), np.concatenate(images)
 
 
-def evaluate(export_dir: str | Path, report_dir: str | Path | None = None, run_dir: str | Path | None = None,
+def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path | None = None,
+             run_dir: str | Path | None = None,
              n_samples: int = 256, styles: int = 4, seed: int = 0,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Ground-truth evaluation of a built-in-domain export (see the module docstring).
@@ -128,11 +129,11 @@ def evaluate(export_dir: str | Path, report_dir: str | Path | None = None, run_d
     ``report_dir``: where ``groundtruth.json``/``.png`` and ``curves.png`` go (None: nowhere, the result is
     returned). ``run_dir``: the training run the export came from, when at hand: its ``metrics.jsonl`` gets the
     result and draws the training curves, and its inversion cache serves exports that carry no shot codes."""
-    run_export = export.load(export_dir)
+    run_export = export_dir if isinstance(export_dir, export.RunExport) else export.load(export_dir)
     run, train = run_export.run, run_export.run["train"]
     domain = DOMAINS.get(run.get("domain", train["domain"]))
     if domain is None or not domain.builtin:
-        raise ConfigError(f"{export_dir}: ground-truth evaluation needs a built-in domain, not "
+        raise ConfigError(f"{run_export.path}: ground-truth evaluation needs a built-in domain, not "
                           f"'{train['domain']}'")
     pipeline = run_export.pipeline
     # The run's generator as it was loaded for training (its truncation latent is the export's latent_avg row).
