@@ -271,7 +271,8 @@ def _fake(cfg: GanConfig, g_params, key, batch: int, shard):
 @functools.lru_cache(maxsize=8)
 def make_train_step(cfg: GanConfig, mesh: Mesh):
     """``step(state, reals (B, S, S, 3), do_r1) -> (state, metrics)``: one D update, [one R1 D update,] one G
-    update and the EMA, jitted per ``do_r1`` (static), state donated, the batch sharded over ``mesh``'s data axis."""
+    update and the EMA, jitted once (``do_r1`` is a traced flag), state donated, the batch sharded over ``mesh``'s
+    data axis."""
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:
         raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")
@@ -283,7 +284,7 @@ def make_train_step(cfg: GanConfig, mesh: Mesh):
     def shard(x):
         return jax.lax.with_sharding_constraint(x, batched)
 
-    def step(state: GanState, reals, do_r1: bool):
+    def step(state: GanState, reals, do_r1):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         k_d, k_g = jax.random.split(key)
         reals = shard(reals)
@@ -299,7 +300,7 @@ def make_train_step(cfg: GanConfig, mesh: Mesh):
         d_params = optax.apply_updates(state.d_params, updates)
         metrics = {"loss_d": loss_d, "real_score": real_score, "fake_score": fake_score}
 
-        if do_r1:
+        def r1_update(d_params, d_opt):
             def r1_loss(d_params):
                 grad_x = jax.grad(lambda x: jnp.sum(disc.apply(d_params, x)))(reals)
                 penalty = jnp.mean(jnp.sum(grad_x ** 2, axis=(1, 2, 3)))
@@ -307,8 +308,11 @@ def make_train_step(cfg: GanConfig, mesh: Mesh):
 
             (_, penalty), grads = jax.value_and_grad(r1_loss, has_aux=True)(d_params)
             updates, d_opt = d_tx.update(grads, d_opt, d_params)
-            d_params = optax.apply_updates(d_params, updates)
-            metrics["r1"] = penalty
+            return optax.apply_updates(d_params, updates), d_opt, penalty
+
+        # One program for both kinds of step: lax.cond runs only the taken branch, and the step compiles once.
+        d_params, d_opt, metrics["r1"] = jax.lax.cond(
+            do_r1, r1_update, lambda d_params, d_opt: (d_params, d_opt, jnp.float32(jnp.nan)), d_params, d_opt)
 
         def g_loss(g_params):
             logits = disc.apply(d_params, _fake(cfg, g_params, k_g, b, shard))
@@ -322,11 +326,14 @@ def make_train_step(cfg: GanConfig, mesh: Mesh):
         metrics["loss_g"] = loss_g
         return GanState(state.step + 1, g_params, d_params, g_ema, g_opt, d_opt, state.key), metrics
 
-    jitted = {r1: jax.jit(partial(step, do_r1=r1), in_shardings=(replicated, batched),
-                          out_shardings=(replicated, replicated), donate_argnums=(0,)) for r1 in (False, True)}
+    jitted = jax.jit(step, in_shardings=(replicated, batched, replicated), out_shardings=(replicated, replicated),
+                     donate_argnums=(0,))
 
     def run(state: GanState, reals, do_r1: bool):
-        return jitted[bool(do_r1)](state, reals)
+        state, metrics = jitted(state, reals, jnp.asarray(bool(do_r1)))
+        if not do_r1:
+            del metrics["r1"]  # a step without R1 reports no penalty
+        return state, metrics
 
     return run
 

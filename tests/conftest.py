@@ -12,8 +12,13 @@ from pathlib import Path
 # the inversion about 100x slower on XLA:CPU.)
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent XLA compilation cache per test session, shared with the CLIs the tests start: a resumed run, an
-# evaluation or a replay compiles what an earlier process already compiled, so it is loaded instead.
+# One persistent XLA compilation cache per test session, shared by the xdist workers and the CLIs the tests start: a
+# resumed run, an evaluation or a replay compiles what an earlier process already compiled, so it is loaded instead.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of one session
+if _RUN:
+    _CACHE = Path(tempfile.gettempdir()) / f"smis-jax-xla-cache-{_RUN}"
+    _CACHE.mkdir(exist_ok=True)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="smis-jax-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")

@@ -1,5 +1,8 @@
 """The training step: data parallelism, one compile, exact resume from an orbax checkpoint, W+ sampling."""
 
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +22,8 @@ from smis_jax.training import (
     sample_latents,
 )
 from conftest import count_traces
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +63,8 @@ def _run(cfg, generator, protos, devices, steps, state=None):
     return jax.device_get(state), losses, retraced
 
 
-@pytest.mark.parametrize("mode", ["dense", "sparse"])
+# Sparse labelling under the mesh is the slow variant: the data-parallel step is the same code for both modes.
+@pytest.mark.parametrize("mode", ["dense", pytest.param("sparse", marks=pytest.mark.slow)])
 def test_two_devices_match_one(generator, samples, mode):
     assert jax.device_count() >= 2, "conftest forces two CPU devices"
     protos, n_classes = _prototypes(generator, samples, mode)
@@ -135,3 +141,50 @@ def test_non_finite_loss_stops_and_names_the_step():
     with pytest.raises(TrainingError, match="non-finite loss nan at step 13"):
         _mean_metrics(metrics, first_step=10)
     assert _mean_metrics(metrics[:2], first_step=10) == {"loss": pytest.approx(0.45)}
+
+
+_FAILING_SAVE = """
+import resource, signal, sys
+from pathlib import Path
+import numpy as np
+from smis_jax import labeling
+from smis_jax.training import Checkpointer, TrainingError, TrainState
+
+def state(step):  # a training state's shape, with 300 KB of parameters (numpy: nothing to compile)
+    params = {"w": np.random.default_rng(step).standard_normal((300, 256), np.float32)}  # incompressible
+    return TrainState(np.int32(step), params, {}, {"mu": params}, np.zeros(2, np.uint32))
+
+protos = labeling.DensePrototypes(np.eye(2, 32, dtype=np.float32), np.ones(2, bool))
+ckpt = Checkpointer(Path(sys.argv[1]))
+ckpt.save_now(state(10), protos, {})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    ckpt.save_now(state(20), protos, {})
+except TrainingError as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_a_save_the_disk_refuses_is_one_line_and_keeps_the_earlier_checkpoint(tmp_path):
+    """A Checkpointer save that the operating system refuses (the process's file-size limit: EFBIG, as a full disk
+    would refuse it) is one TrainingError line naming the step, the folder, the reason and the intact checkpoint,
+    with no background tracebacks; the earlier checkpoint is byte for byte as it was. (test_pipeline's slow test does
+    this to a real train.run mid-run and resumes it.)"""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}  # the cache's own writes would meet the limit
+    proc = subprocess.run([sys.executable, "-c", _FAILING_SAVE, str(tmp_path / "ckpt")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[0].startswith(f"saving checkpoint 20 in {tmp_path / 'ckpt'} failed (") and \
+        "File too large" in lines[0] and "the newest intact checkpoint is step 10" in lines[0], lines[0]
+    before = {p: p.read_bytes() for p in (tmp_path / "ckpt" / "10").rglob("*") if p.is_file()}
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    assert ckpt.latest_step() == 10
+    ckpt.close()
+    assert before and all(p.read_bytes() == data for p, data in before.items())
