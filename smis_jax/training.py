@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
+import re
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -355,11 +357,14 @@ class Checkpointer:
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
-    """An exception as one short line (orbax messages can hold whole tree dumps)."""
+    """An exception as one short line (orbax messages can hold whole tree dumps), led by the operating system's
+    reason when tensorstore gives only its number (``os_error_code='27'`` -> ``File too large``)."""
     text = " ".join(str(e).split()) or type(e).__name__
     if len(text) > limit:  # the head names the operation, the tail the operating system's reason
         text = f"{text[:limit * 3 // 5]} ... {text[-(limit * 2 // 5):]}"
-    return f"{type(e).__name__}: {text}"
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    reason = f"{os.strerror(int(code.group(1)))}; " if code and os.strerror(int(code.group(1))) not in text else ""
+    return f"{reason}{type(e).__name__}: {text}"
 
 
 def abstract_like(state: TrainState, sharding=None) -> TrainState:
