@@ -363,8 +363,8 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
     if len(text) > limit:  # the head names the operation, the tail the operating system's reason
         text = f"{text[:limit * 3 // 5]} ... {text[-(limit * 2 // 5):]}"
     code = re.search(r"os_error_code='?(\d+)", str(e))
-    reason = f"{os.strerror(int(code.group(1)))}; " if code and os.strerror(int(code.group(1))) not in text else ""
-    return f"{reason}{type(e).__name__}: {text}"
+    reason = os.strerror(int(code.group(1))) if code else ""
+    return f"{reason}; {type(e).__name__}: {text}" if reason and reason not in text else f"{type(e).__name__}: {text}"
 
 
 def abstract_like(state: TrainState, sharding=None) -> TrainState:

@@ -332,7 +332,7 @@ def _kill_when(proc: subprocess.Popen, log: Path, ready, timeout: float = 900) -
     proc.wait()
 
 
-@pytest.mark.slow  # four training processes; the in-process save-failure tests are quick
+@pytest.mark.slow  # several train.run processes; test_training's quick subprocess test covers a refused save
 def test_kill_9_during_a_checkpoint_write_or_the_export_loses_nothing(run_dir, samples, golden, tmp_path):
     import shutil
 
@@ -372,7 +372,7 @@ def test_kill_9_during_a_checkpoint_write_or_the_export_loses_nothing(run_dir, s
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert export.load(work / "export").run["step"] == 40
 
-@pytest.mark.slow  # four training processes; the in-process save-failure tests are quick
+@pytest.mark.slow  # several train.run processes; test_training's quick subprocess test covers a refused save
 def test_a_disk_that_fills_mid_run_stops_it_in_one_line_and_loses_nothing(run_dir, samples, golden, tmp_path):
     """A checkpoint the disk refuses stops the run at that step with one line; the earlier checkpoints stay intact and
     resumable, and metrics.jsonl claims no step that no checkpoint holds. The refusal is real: the process's file-size
