@@ -56,7 +56,7 @@ class Domain:
 
 SHAPES_CLASSES = ("sky", "mountain", "sun", "grass", "water", "tree", "house")  # smis_jax.shapes.CLASS_NAMES
 # The built-in domains' schedule: a small encoder and a short run that finish on 2 CPU cores in minutes.
-BUILTIN_SCHEDULE = (("encoder", "tiny"), ("batch_size", 4), ("learning_rate", 1e-3), ("max_steps", 500),
+BUILTIN_SCHEDULE = (("encoder", "tiny"), ("batch_size", 4), ("learning_rate", 1e-3), ("max_steps", 1000),
                     ("inversion_steps", 300), ("save_every", 250), ("image_every", 250), ("eval_every", 250),
                     ("log_every", 50))
 

@@ -521,9 +521,17 @@ SHAPES_EXPORT = Path(os.environ.get("SMIS_SHAPES_EXPORT") or Path(__file__).reso
                     reason=f"no built-in model at {SHAPES_EXPORT}: run `python -m train.run --domain shapes "
                            f"--workdir runs/shapes` first (or set SMIS_SHAPES_EXPORT)")
 def test_browser_builtin_oracle_finds_the_painted_classes():
-    """On the built-in domain: paint sky over the top, grass below, a lake in the grass; the oracle segmenter,
-    run on the image the page shows, finds each painted class where it was painted (its majority label there)."""
+    """On the built-in domain: paint sky over the top and grass below; the oracle segmenter, run on the image the
+    page shows, finds each painted class where it was painted (its majority label there). Then paint the sky further
+    down: the band that was grass must turn to sky in the image, so the image follows the paint, not a habit.
+
+    Only sky and grass: the shipped model draws the horizon where it is painted, but a painted lake comes out as a
+    red (house-coloured) blob and small objects rarely follow the paint (README, "The built-in domain")."""
     from smis_jax import shapes
+
+    def majority(image, region):
+        seg = shapes.segment(image.astype(np.float32) / 127.5 - 1)
+        return np.bincount(seg[region], minlength=len(shapes.CLASS_NAMES))
 
     built = ed.Editor(SHAPES_EXPORT, variants=0)
     assert built.domain.name == "shapes"
@@ -534,14 +542,23 @@ def test_browser_builtin_oracle_finds_the_painted_classes():
         page.click('button[data-tool="fill"]')
         box = page.locator("#canvas").bounding_box()
         page.mouse.click(box["x"] + 3, box["y"] + box["height"] - 3)
-        for y in range(8, 120, 24):  # sky: the top half, in broad strokes
+        for y in range(8, 100, 24):  # sky: the top 40%, in broad strokes
             paint(page, 0, [(0, y), (255, y)], brush=32)
-        paint(page, 4, [(70, 190), (180, 190)], brush=32)  # a lake
         wait_idle(page, shown)
         mask, image = painted_state(page)
-        seg = shapes.segment(image.astype(np.float32) / 127.5 - 1)
-        for cls in (0, 3, 4):
+        for cls in (0, 3):
             region = mask == cls
-            assert region.sum() > 2000
-            found = np.bincount(seg[region], minlength=7)
+            assert region.sum() > 10_000
+            found = majority(image, region)
             assert found.argmax() == cls, (shapes.CLASS_NAMES[cls], found)
+
+        band = (mask == 3) & (np.arange(256)[:, None] < 160)  # grass now, sky next
+        assert band.sum() > 10_000 and majority(image, band).argmax() == 3
+        shown = page.evaluate("window.smisEditor.updates")
+        for y in range(104, 160, 24):
+            paint(page, 0, [(0, y), (255, y)], brush=32)
+        wait_idle(page, shown)
+        mask, image = painted_state(page)
+        assert (mask[band] == 0).all()
+        found = majority(image, band)
+        assert found.argmax() == 0, ("sky", found)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from smis_jax import builtin, gan_run, shapes, viz
+from smis_jax.app import editor
 from smis_jax.config import DOMAINS, TrainConfig
 from smis_jax.io import load_generator
 
@@ -110,6 +111,12 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
                  "--out", str(tmp_path / "out")], timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list((tmp_path / "out").glob("*.png"))
+
+    # the editor offers the held-out masks as examples, with no files
+    shown = editor.Editor(work / "export", variants=0)
+    names, labels, _ = builtin.test_masks(DOMAINS["shapes"])
+    assert sorted(shown.examples) == names
+    np.testing.assert_array_equal(shown.example(names[3]), labels[3])
 
 
 def test_non_builtin_domains_still_need_data_and_a_generator():

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from smis_jax import config as domains, data, synthesize as syn, viz
+from smis_jax import builtin, config as domains, data, synthesize as syn, viz
 from smis_jax.errors import ConfigError, InvalidValueError, UserError
 from smis_jax.io import load_pipeline
 from smis_jax.nets import psp
@@ -119,11 +119,17 @@ class Editor:
         self.update(np.zeros((self.size, self.size), np.uint8))  # compiles every function the page will call
         self.compile_s = time.perf_counter() - t0
 
-    def _list_examples(self, folder) -> dict[str, Path]:
+    def _list_examples(self, folder) -> dict[str, Path | np.ndarray]:
+        """``folder``'s label PNGs by name; without one, the export's ``examples/``, or for a built-in domain its
+        held-out test masks (drawn from their fixed seed, no files)."""
         if folder is None:
             folder = self.checkpoint / "examples"
             if not folder.is_dir():
-                return {}
+                preset = domains.DOMAINS.get(self.domain.name)
+                if preset is None or not preset.builtin:
+                    return {}
+                names, labels, _ = builtin.test_masks(preset)
+                return dict(zip(names, labels))
         return {p.stem: p for p in data.list_images(folder)}
 
     def info(self) -> dict[str, Any]:
@@ -133,8 +139,11 @@ class Editor:
     def example(self, name: str) -> np.ndarray:
         if name not in self.examples:
             raise InputError(404, f"no example mask named {name!r}")
+        example = self.examples[name]
+        if isinstance(example, np.ndarray):
+            return example
         try:
-            return data.read_label(self.examples[name], self.domain.n_classes, self.size)
+            return data.read_label(example, self.domain.n_classes, self.size)
         except data.DataError as e:
             raise InputError(422, str(e)) from None
 
