@@ -80,6 +80,7 @@ def _run(args, **kw):
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
 
 
+@pytest.mark.e2e
 def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     """The README's main job with nothing but the package: train.run --domain shapes (no --data, no --stylegan),
     then evaluate (ground truth) and synthesize on its export."""

@@ -102,6 +102,7 @@ def _final_state(workdir):
     return jax.device_get(state), meta
 
 
+@pytest.mark.e2e
 def test_trainer_learns_resumes_exactly_and_exports(tmp_path):
     cfg = gan.GanConfig(**TINY)
     kw = dict(log_every=2, image_every=4, save_every=4, eval_every=8)

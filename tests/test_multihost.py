@@ -204,6 +204,7 @@ print("ok", jax.process_index(), flush=True)
 """
 
 
+@pytest.mark.e2e
 def test_two_processes_checkpoint_on_both_and_restore_onto_the_global_mesh(tmp_path):
     work = tmp_path / "run"
     work.mkdir()

@@ -61,6 +61,7 @@ def run_dir(tmp_path_factory, samples, golden):
     return workdir
 
 
+@pytest.mark.e2e
 def test_run_writes_what_a_user_needs(run_dir):
     record = json.loads((run_dir / "config.json").read_text())
     assert record["train"]["domain"] == "golden-faces" and record["shots"] == ["0", "1", "10", "100", "1000"]
@@ -79,6 +80,7 @@ def test_run_writes_what_a_user_needs(run_dir):
                                                                           ["0", "1", "10", "100", "1000"]]
 
 
+@pytest.mark.e2e
 def test_resumed_run_equals_uninterrupted_run(run_dir, golden):
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -106,6 +108,7 @@ def test_resumed_run_equals_uninterrupted_run(run_dir, golden):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.e2e
 def test_synthesis_and_evaluation_from_the_run(run_dir, samples, tmp_path, capsys):
     masks = samples / "CelebAMask-HQ" / "test" / "labels"
     out = tmp_path / "synth"
@@ -124,6 +127,7 @@ def test_synthesis_and_evaluation_from_the_run(run_dir, samples, tmp_path, capsy
     assert result["miou"] == pytest.approx([m for m in lines if "eval/miou" in m][-1]["eval/miou"], rel=1e-6)
 
 
+@pytest.mark.e2e
 def test_a_copied_export_synthesises_and_evaluates_alone(run_dir, samples, tmp_path, capsys):
     """export/ copied elsewhere, the run folder renamed away: synthesis and evaluation need nothing else."""
     import shutil
@@ -155,6 +159,7 @@ def test_a_copied_export_synthesises_and_evaluates_alone(run_dir, samples, tmp_p
         moved.rename(run_dir)
 
 
+@pytest.mark.e2e
 def test_existing_run_needs_resume(run_dir, samples, golden, capsys):
     assert train_cli.main(_train_args(run_dir, samples, golden)) == 2
     err = capsys.readouterr().err
@@ -207,6 +212,7 @@ def test_bad_input_is_one_line_error(problem, tmp_path, samples, golden, capsys)
 # Interrupts, damaged checkpoints and changed settings (issue 13), on copies of the run above.
 
 
+@pytest.mark.e2e
 def test_resume_with_changed_settings_writes_nothing(run_dir, samples, golden, capsys):
     before = {p: p.read_bytes() for p in (run_dir / "config.json", run_dir / "metrics.jsonl")}
     args = _train_args(run_dir, samples, golden, "--resume", "--seed", "3")
@@ -226,6 +232,7 @@ def _copy_run(run_dir: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.e2e
 def test_resume_falls_back_past_a_damaged_checkpoint(run_dir, samples, golden, tmp_path, capsys):
     import shutil
 
@@ -245,6 +252,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint(run_dir, samples, golden, t
     assert err.count("\n") == 1 and f"error: no usable checkpoint in {work / 'checkpoints'} (damaged: 10)" in err, err
 
 
+@pytest.mark.e2e
 def test_damaged_export_is_one_line(run_dir, samples, tmp_path, capsys):
     export = _copy_run(run_dir / "export", tmp_path / "export")
     chunks = [p for p in (export / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
@@ -290,6 +298,7 @@ def _interrupt(proc: subprocess.Popen, log: Path) -> tuple[float, str]:
     return time.monotonic() - t0, text
 
 
+@pytest.mark.e2e
 def test_ctrl_c_during_training_and_inversion_exits_130(run_dir, samples, golden, tmp_path):
     # Training (resumed at 20 for 100000 steps, everything compiled already): stopped within seconds, the
     # checkpoints intact, and the log shows plain progress lines with the step, the loss and the rate.
