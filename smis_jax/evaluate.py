@@ -31,7 +31,7 @@ from smis_jax.errors import MissingFileError, UserError
 from smis_jax.experiment import domain_generator, load_test_masks
 from smis_jax.metrics import self_consistency
 from smis_jax.nets.psp import EncoderConfig
-from smis_jax.training import Checkpointer, StepConfig, abstract_like, data_mesh, init_train_state, state_sharding
+from smis_jax.training import Checkpointer, StepConfig, abstract_train_state, data_mesh, state_sharding
 
 __all__ = ["evaluate_export", "evaluate_checkpoint", "main"]
 
@@ -92,7 +92,7 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, masks: Seq
     checkpointer = Checkpointer(workdir / "checkpoints")
     try:
         sharding = state_sharding(data_mesh(jax.local_devices()[:1]))
-        state, protos, _ = checkpointer.restore(abstract_like(init_train_state(step_cfg, cfg.seed), sharding), step)
+        state, protos, _ = checkpointer.restore(abstract_train_state(step_cfg, sharding), step)
     finally:
         checkpointer.close()
     names, labels = _masks(masks, cfg.domain, record.get("data"), workdir)

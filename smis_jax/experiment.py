@@ -46,7 +46,7 @@ from smis_jax.training import (
     Checkpointer,
     StepConfig,
     TrainingError,
-    abstract_like,
+    abstract_train_state,
     data_mesh,
     init_train_state,
     make_preview,
@@ -295,9 +295,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     latent_avg = jnp.broadcast_to(generator.truncation_latent(), (generator.config.n_latent, generator.config.style_dim))
 
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=cfg.keep_checkpoints)
-    state = init_train_state(step_cfg, cfg.seed)
     if existing is not None:
-        state, protos, meta = checkpointer.restore_intact(abstract_like(state, state_sharding(mesh)), log)
+        state, protos, meta = checkpointer.restore_intact(abstract_train_state(step_cfg, state_sharding(mesh)), log)
         _check_resume(meta["train"], cfg, ckpt_dir)
         log(f"resuming from step {int(state.step)} ({ckpt_dir})")
         if hosts.is_writer():
@@ -308,6 +307,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     else:
         protos, shot_codes = _build_prototypes(cfg, domain, generator, shots, workdir, overwrite_inversion,
                                                lpips_weights, log)
+        state = init_train_state(step_cfg, cfg.seed)
 
     state, gen_params, protos, latent_avg = hosts.replicate((state, generator.params, protos, latent_avg), mesh)
     step_fn = make_train_step(step_cfg, mesh)

@@ -367,6 +367,12 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
     return f"{reason}; {type(e).__name__}: {text}" if reason and reason not in text else f"{type(e).__name__}: {text}"
 
 
+def abstract_train_state(cfg: StepConfig, sharding=None) -> TrainState:
+    """What ``init_train_state(cfg, seed)`` returns, as ShapeDtypeStructs with ``sharding`` (computes nothing): the
+    target to restore a checkpoint into."""
+    return abstract_like(jax.eval_shape(lambda: _init_state(cfg, jax.random.key(0))), sharding)
+
+
 def abstract_like(state: TrainState, sharding=None) -> TrainState:
     """ShapeDtypeStructs of ``state`` to restore into, with ``sharding`` (one for every leaf; None: restore as
     numpy arrays)."""

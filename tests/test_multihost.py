@@ -27,7 +27,7 @@ import pytest
 from smis_jax.io.converted import load_converted
 from smis_jax.nets import stylegan2
 from smis_jax.nets.psp import EncoderConfig
-from smis_jax.training import Checkpointer, StepConfig, abstract_like, data_mesh, init_train_state, state_sharding
+from smis_jax.training import Checkpointer, StepConfig, abstract_train_state, data_mesh, state_sharding
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_FIRST, STEPS_TOTAL = 2, 3
@@ -89,7 +89,7 @@ def _restore(workdir: Path):
                      encoder=EncoderConfig.from_json(record["encoder"]), batch_size=record["train"]["batch_size"])
     checkpointer = Checkpointer(workdir / "checkpoints")
     try:
-        abstract = abstract_like(init_train_state(cfg, record["train"]["seed"]), state_sharding(data_mesh()))
+        abstract = abstract_train_state(cfg, state_sharding(data_mesh()))
         return checkpointer.restore(abstract)
     finally:
         checkpointer.close()

@@ -21,7 +21,7 @@ from PIL import Image
 from smis_jax import evaluate as evaluate_cli, experiment, synthesize
 from smis_jax.config import TrainConfig
 from smis_jax.io import load_generator
-from smis_jax.training import Checkpointer, StepConfig, abstract_like, init_train_state
+from smis_jax.training import Checkpointer, StepConfig, abstract_train_state, init_train_state
 from train import run as train_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_resumed_run_equals_uninterrupted_run(run_dir, golden):
                           batch_size=cfg.batch_size)
     ckpt = Checkpointer(run_dir / "checkpoints")
     assert ckpt.latest_step() == STEPS
-    final, protos, _ = ckpt.restore(abstract_like(init_train_state(step_cfg, cfg.seed)))
+    final, protos, _ = ckpt.restore(abstract_train_state(step_cfg))
     ckpt.close()
 
     mesh = data_mesh()

@@ -292,3 +292,36 @@ def test_encode_api(encoder, results, io):
     assert traced() == 0
     with pytest.raises(ValueError, match="256, 256, 19"):
         encoder.encode(x[:, :128])
+
+
+def test_init_draws_what_each_layer_initialiser_draws():
+    """``init_variables`` cuts every leaf from two draws; Flax's own ``init`` runs each layer's initialiser. Same
+    tree, same constants, and each random leaf from the same distribution (a kernel with the wrong fan-in, a bias
+    left at zero or a normal weight drawn uniform would be off by 2x or more)."""
+    cfg = psp.EncoderConfig(input_nc=3, style_num=1, widths=(8, 16, 16, 32), units=(1, 1, 1, 1), style_dim=16,
+                            se_reduction=8)
+    x = jnp.zeros((1, psp.INPUT_SIZE, psp.INPUT_SIZE, 3))
+    theirs = jax.jit(lambda k: psp.GradualStyleEncoder(cfg).init(k, x, False))(jax.random.key(0))
+    ours = psp.init_variables(cfg, jax.random.key(0))
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    checked = 0
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs)):
+        a, b = np.asarray(a), np.asarray(b)
+        name = jax.tree_util.keystr(path)
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        if np.all(b == b.flat[0]):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+            continue
+        assert np.unique(a).size > a.size // 2, name  # drawn, not a constant
+        # The largest value tracks the range (a bias of 16 draws reaches 2/3 of it with probability 1 - 0.67^16);
+        # the spread of a few hundred draws is within 3% of the distribution's.
+        assert 1 / 1.5 < np.abs(a).max() / np.abs(b).max() < 1.5, (name, np.abs(a).max(), np.abs(b).max())
+        if b.size >= 256:
+            assert 1 / 1.1 < a.std() / b.std() < 1.1, (name, a.std(), b.std())
+        checked += 1
+    assert checked >= 30  # every conv kernel and bias, the EqualLinear weight
+    # Different keys draw different encoders; the same key the same one.
+    again, other = psp.init_variables(cfg, jax.random.key(0)), psp.init_variables(cfg, jax.random.key(1))
+    for a, b, c in zip(jax.tree.leaves(ours["params"]), jax.tree.leaves(again["params"]), jax.tree.leaves(other["params"])):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, c) for a, c in zip(jax.tree.leaves(ours["params"]), jax.tree.leaves(other["params"])))

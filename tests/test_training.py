@@ -15,7 +15,7 @@ from smis_jax.nets.psp import EncoderConfig
 from smis_jax.training import (
     Checkpointer,
     StepConfig,
-    abstract_like,
+    abstract_train_state,
     data_mesh,
     init_train_state,
     make_train_step,
@@ -93,7 +93,7 @@ def test_resume_from_checkpoint_is_exact(generator, samples, tmp_path):
 
     ckpt = Checkpointer(tmp_path / "checkpoints")
     assert ckpt.latest_step() == 2
-    restored, restored_protos, meta = ckpt.restore(abstract_like(init_train_state(cfg, seed=0)))
+    restored, restored_protos, meta = ckpt.restore(abstract_train_state(cfg))
     ckpt.close()
     assert meta["step"] == 2 and meta["note"] == "test"
     np.testing.assert_array_equal(restored_protos.vectors, protos.vectors)
