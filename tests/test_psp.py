@@ -301,7 +301,8 @@ def test_init_draws_what_each_layer_initialiser_draws():
     cfg = psp.EncoderConfig(input_nc=3, style_num=1, widths=(8, 16, 16, 32), units=(1, 1, 1, 1), style_dim=16,
                             se_reduction=8)
     x = jnp.zeros((1, psp.INPUT_SIZE, psp.INPUT_SIZE, 3))
-    theirs = jax.jit(lambda k: psp.GradualStyleEncoder(cfg).init(k, x, False))(jax.random.key(0))
+    # Flax's init on an RBG key: the same initialisers, compiled in 3 s rather than threefry's 10.
+    theirs = jax.jit(lambda k: psp.GradualStyleEncoder(cfg).init(k, x, False))(jax.random.key(0, impl="rbg"))
     ours = psp.init_variables(cfg, jax.random.key(0))
     assert jax.tree.structure(ours) == jax.tree.structure(theirs)
     checked = 0

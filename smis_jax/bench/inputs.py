@@ -26,7 +26,7 @@ def cast_floats(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
-init_params_jit = jax.jit(init_params, static_argnums=(0,))
+init_params_jit = init_params  # jitted where it is defined
 
 
 def normal(seed: int, shape) -> jax.Array:

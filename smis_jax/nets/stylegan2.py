@@ -418,11 +418,13 @@ def param_shapes(config: GeneratorConfig) -> Any:
     return jax.eval_shape(partial(Generator(config).init, method=Generator.init_all), jax.random.key(0), w_plus, noise)
 
 
+@partial(jax.jit, static_argnums=(0,))
 def init_params(config: GeneratorConfig, key: jax.Array) -> Any:
     """Randomly initialised variables ``{'params': ...}`` with rosinality's initialisers (the modules' own).
 
     Built from one normal draw over all leaves rather than ``Generator.init`` under jit, whose one threefry
-    per parameter takes minutes to compile on a CPU.
+    per parameter takes minutes to compile on a CPU; and jitted, as cutting the leaves op by op would compile
+    a kernel per shape.
     """
     shapes = param_shapes(config)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
