@@ -156,7 +156,7 @@ def onehot(labels, n_classes: int):
                 f"is not a class id of a {n_classes}-class model"
             )
         return (labels[..., None] == np.arange(n_classes, dtype=labels.dtype)).astype(np.float32)
-    import jax
+    import jax  # only for jax inputs: reading masks and images needs numpy and PIL alone
 
     return jax.nn.one_hot(labels, n_classes, dtype=np.float32)
 

@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint) if args.checkpoint else _default_checkpoint()
 
+    # Here, not at the top: --help and a missing model answer at once, without loading JAX (no import loop).
     from smis_jax.app.editor import Editor
     from smis_jax.app.server import make_server
     from smis_jax.errors import UserError
