@@ -66,7 +66,7 @@ def test_inversion_quick(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_step_quick(tmp_path, capsys):
     rows = _run(tmp_path, capsys, ["train-step", "--quick", "--repeats", "1"])
-    assert rows[1]["batch"] == 2 and rows[1]["encoder"] == "tiny"
+    assert rows[1]["batch"] == 2 and rows[1]["encoder"] == "golden"
 
 
 def test_labeling_without_draggan_says_why_and_how(tmp_path):

@@ -31,7 +31,7 @@ class Preset:
     generator: GeneratorConfig
     dense_domain: str  # DOMAINS entry whose class count dense runs use
     sparse_domain: str  # ... and sparse runs
-    encoder: str  # "ir_se50" (pSp's) or "tiny" (the golden test encoder)
+    encoder: str  # "ir_se50" (pSp's) or "golden" (the golden test encoder)
 
     def n_classes(self, mode: str) -> int:
         return DOMAINS[self.dense_domain if mode == "dense" else self.sparse_domain].n_classes
