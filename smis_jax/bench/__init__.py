@@ -57,7 +57,7 @@ benchmark, :mod:`~smis_jax.bench.table` and :mod:`~smis_jax.bench.cli` (``python
 from smis_jax.bench.case_app import bench_app
 from smis_jax.bench.case_inversion import bench_inversion
 from smis_jax.bench.case_labeling import bench_labeling
-from smis_jax.bench.case_train_step import bench_train_step, random_train_state
+from smis_jax.bench.case_train_step import bench_train_step
 from smis_jax.bench.cli import main
 from smis_jax.bench.harness import PEAK_FLOPS, device_info, jaxpr_flops, peak_flops
 from smis_jax.bench.inputs import make_prototypes
@@ -67,6 +67,6 @@ from smis_jax.bench.table import format_table
 
 __all__ = [
     "BenchError", "Preset", "PRESETS", "PEAK_FLOPS", "device_info", "peak_flops", "jaxpr_flops", "make_prototypes",
-    "random_train_state", "original_sparse_labels", "bench_labeling", "bench_train_step", "bench_inversion",
+    "original_sparse_labels", "bench_labeling", "bench_train_step", "bench_inversion",
     "bench_app", "format_table", "main",
 ]

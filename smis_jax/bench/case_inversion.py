@@ -19,11 +19,11 @@ from smis_jax.bench.harness import (
     median,
     result_row,
 )
-from smis_jax.bench.inputs import init_params_jit, normal
+from smis_jax.bench.inputs import normal
 from smis_jax.bench.presets import LABEL_SIZE, Preset
 from smis_jax.inversion import image_loss, invert
 from smis_jax.io import load_lpips
-from smis_jax.nets.stylegan2 import Generator, LoadedGenerator, make_noise
+from smis_jax.nets.stylegan2 import Generator, LoadedGenerator, init_params, make_noise
 
 __all__ = ["bench_inversion"]
 
@@ -38,7 +38,7 @@ def bench_inversion(preset: Preset, ks: Sequence[int] = (5,), steps: int = 5, re
     device = device_info()
     memory = Memory()
     key_params, key_noise, key_runs = jax.random.split(jax.random.key(seed), 3)
-    params = init_params_jit(gcfg, key_params)
+    params = init_params(gcfg, key_params)
     noise1 = make_noise(gcfg, key_noise, 1)  # the stored buffers (unused: inversion draws fresh noise every step)
     gen = LoadedGenerator(gcfg, params, noise1, normal(seed + 1, (gcfg.style_dim,)))
     lpips_params = load_lpips().params

@@ -30,7 +30,6 @@ from smis_jax.bench.harness import (
 from smis_jax.bench.inputs import (
     cast_floats,
     generator_dtype_report,
-    init_params_jit,
     make_prototypes,
     sample,
     z_and_noise,
@@ -38,7 +37,7 @@ from smis_jax.bench.inputs import (
 from smis_jax.bench.presets import LABEL_SIZE, Preset
 from smis_jax.bench.reference import class_pair_flops, original_sparse_labels, vectors_by_class
 from smis_jax.io import load_generator, nvidiafile, torchfile
-from smis_jax.nets.stylegan2 import FEATURE_RES, GeneratorConfig
+from smis_jax.nets.stylegan2 import FEATURE_RES, GeneratorConfig, init_params
 
 __all__ = ["bench_labeling"]
 
@@ -133,7 +132,7 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
         if ref is not None:
             params32, weights_desc = jax.tree.map(jnp.asarray, ref.params), "random (PyTorch initialisation)"
         else:
-            params32 = init_params_jit(gcfg, key_params)
+            params32 = init_params(gcfg, key_params)
     params = cast_floats(params32, jdtype)
     protos = make_prototypes(gcfg, params32, mode, n_classes, key_protos, vectors_per_class)
     vecs = vectors_by_class(protos) if mode == "sparse" else None

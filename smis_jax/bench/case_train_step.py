@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import time
 from functools import partial
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -27,14 +25,14 @@ from smis_jax.bench.harness import (
     result_row,
     xla_bytes,
 )
-from smis_jax.bench.inputs import init_params_jit, make_prototypes, normal
+from smis_jax.bench.inputs import make_prototypes, normal
 from smis_jax.bench.presets import LABEL_SIZE, Preset
 from smis_jax.bench.reference import class_pair_flops, original_sparse_labels, vectors_by_class
-from smis_jax.nets.psp import abstract_variables
-from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, make_noise
-from smis_jax.training import StepConfig, TrainState, data_mesh, latent_loss, make_train_step, optimizer, sample_latents
+from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, init_params, make_noise
+from smis_jax.training import (StepConfig, TrainState, data_mesh, init_train_state, latent_loss, make_train_step,
+                               optimizer, sample_latents)
 
-__all__ = ["bench_train_step", "random_train_state"]
+__all__ = ["bench_train_step"]
 
 def _original_render_step(cfg, gen_params, key):
     """coach.py:137-140: sample and render at full resolution (the image is kept for logging)."""
@@ -66,33 +64,6 @@ def _original_dense_step(cfg, state, gen_params, protos, latent_avg):
     return state, loss, image, y_hat
 
 
-def random_train_state(cfg, seed: int = 0):
-    """A :class:`smis_jax.training.TrainState` with random encoder weights at the real shapes (PyTorch's default
-    ranges: kernels U(+-1/sqrt(fan_in)), EqualLinear weights N(0, 1), BatchNorm scale 1, PReLU 0.25) and a fresh
-    Ranger state. Drawn in numpy: ``init_train_state`` jits the Flax init, whose one threefry per parameter takes
-    about half a minute to compile on a 2-core CPU even for the tiny encoder."""
-    rng = np.random.default_rng(seed)
-    shapes = abstract_variables(cfg.encoder)
-
-    def param(path, leaf):
-        name = getattr(path[-1], "key", "")
-        if name == "kernel":
-            bound = 1.0 / math.sqrt(math.prod(leaf.shape[:-1]))
-            return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
-        if name == "weight":
-            return rng.standard_normal(leaf.shape, dtype=np.float32)
-        return np.full(leaf.shape, {"scale": 1.0, "alpha": 0.25}.get(name, 0.0), np.float32)
-
-    params = jax.tree_util.tree_map_with_path(param, shapes["params"])
-    batch_stats = jax.tree_util.tree_map_with_path(
-        lambda path, s: np.full(s.shape, 1.0 if getattr(path[-1], "key", "") == "var" else 0.0, np.float32),
-        shapes["batch_stats"])
-    params, batch_stats = jax.device_put((params, batch_stats))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=jax.jit(optimizer(cfg).init)(params),
-                      key=jax.random.key_data(jax.random.key(seed)))
-
-
 def bench_train_step(preset: Preset, mode: str, batches: Sequence[int] = (2,), repeats: int = 3,
                      vectors_per_class: int = 9, max_memory_gb: float | None = None,
                      seed: int = 0) -> list[dict[str, Any]]:
@@ -102,7 +73,7 @@ def bench_train_step(preset: Preset, mode: str, batches: Sequence[int] = (2,), r
     device = device_info()
     memory = Memory()
     key_params, key_protos = jax.random.split(jax.random.key(seed))
-    gen_params = init_params_jit(gcfg, key_params)
+    gen_params = init_params(gcfg, key_params)
     protos = make_prototypes(gcfg, gen_params, mode, n_classes, key_protos, vectors_per_class)
     vecs = vectors_by_class(protos) if mode == "sparse" else None
     latent_avg = normal(seed + 1, (gcfg.n_latent, gcfg.style_dim))
@@ -111,7 +82,7 @@ def bench_train_step(preset: Preset, mode: str, batches: Sequence[int] = (2,), r
     rows = []
     for batch in batches:
         cfg = StepConfig(generator=gcfg, encoder=preset.encoder_config(mode), batch_size=batch)
-        holder = {"state": random_train_state(cfg, seed)}  # one encoder state, threaded through both paths
+        holder = {"state": init_train_state(cfg, seed)}  # one encoder state, threaded through both paths
         args = (gen_params, protos, latent_avg)
         ours_jit = make_train_step(cfg, mesh)
         ours_c, ours_compile = aot_compile(ours_jit, holder["state"], *args)

@@ -15,7 +15,7 @@ from smis_jax import labeling
 from smis_jax.bench.presets import N_SHOTS, BenchError
 from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, GeneratorConfig, init_params, make_noise
 
-__all__ = ["cast_floats", "init_params_jit", "normal", "z_and_noise", "sample", "make_prototypes",
+__all__ = ["cast_floats", "normal", "z_and_noise", "sample", "make_prototypes",
            "generator_dtype_report"]
 
 # Inputs are built by a few whole-tree jits or in numpy: every distinct eager op is a compile of its own, and
@@ -25,8 +25,6 @@ __all__ = ["cast_floats", "init_params_jit", "normal", "z_and_noise", "sample", 
 def cast_floats(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
-
-init_params_jit = init_params  # jitted where it is defined
 
 
 def normal(seed: int, shape) -> jax.Array:

@@ -339,8 +339,9 @@ def init_variables(config: EncoderConfig, key: jax.Array) -> dict[str, Any]:
     equal), running mean 0 and variance 1.
 
     All uniform leaves are cut from one draw and all normal leaves from another. Flax's ``init`` draws one threefry
-    per parameter, and XLA:CPU took 16 s to compile those for the tiny encoder's 198 leaves on a 2-core CPU;
-    two draws compile in about 2 s. The values differ from Flax's for the same key, as PyTorch's do anyway.
+    per parameter, and on a 2-core CPU its first call took 18-27 s for the tiny encoder and 41-46 s for IR-SE50,
+    against 3-4 s and 17-19 s (``bench/encoder_init.py``). The values differ from Flax's for the same key, as
+    PyTorch's do anyway.
     """
     shapes = abstract_variables(config)
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes["params"])
