@@ -123,6 +123,11 @@ class TrainConfig:
     train_wplus: bool = False
     topk: int = 3
     cos_th: float = 0.5
+    # Beyond the paper (0 = its objective, MSE in W+ only): weight of a label-space term, the cross-entropy between
+    # the pseudo-labels and the softmax (at label_temperature) of the cosine scores of the image decoded from the
+    # encoder's codes (training.label_space_loss).
+    label_lambda: float = 0.0
+    label_temperature: float = 0.1
     inversion_steps: int = 2000
     inversion_lr: float = 1.0
     inversion_l2_lambda: float = 1.0
@@ -133,6 +138,9 @@ class TrainConfig:
     eval_every: int = 2500
     keep_checkpoints: int = 3
     seed: int = 0
+    # The side of the one-hot masks the encoder reads and of the training pseudo-labels (pSp's 256). The built-in
+    # 64 px domains read 64x64: their labels live at 64x64 anyway, and 256 costs 16x the encoder's work.
+    mask_size: int = 256
     # The generator's output size; None = the domain preset's. Another size (e.g. AFHQ cat at 512 for 'cat') works
     # the same way: the encoder's W+ depth follows the generator, features are still tapped at 64x64.
     generator_size: int | None = None
@@ -143,6 +151,8 @@ class TrainConfig:
         g = self.generator_size
         if g is not None and (not isinstance(g, int) or g < 64 or g & (g - 1)):
             raise ConfigError(f"generator_size must be None (the domain's) or a power of two >= 64, got {g!r}")
+        if not isinstance(self.mask_size, int) or self.mask_size < 32 or self.mask_size & (self.mask_size - 1):
+            raise ConfigError(f"mask_size must be a power of two >= 32, got {self.mask_size!r}")
         if self.encoder not in ENCODER_SIZES:
             raise ConfigError(f"unknown encoder size {self.encoder!r}; choose one of: {', '.join(ENCODER_SIZES)}")
         if isinstance(self.shots, int):
@@ -158,6 +168,10 @@ class TrainConfig:
             raise ConfigError(f"inversion_steps must be >= 0, got {self.inversion_steps}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.label_lambda >= 0:
+            raise ConfigError(f"label_lambda must be >= 0, got {self.label_lambda}")
+        if not self.label_temperature > 0:
+            raise ConfigError(f"label_temperature must be > 0, got {self.label_temperature}")
         if not -1.0 <= self.cos_th <= 1.0:
             raise ConfigError(f"cos_th must lie in [-1, 1], got {self.cos_th}")
 

@@ -136,7 +136,7 @@ def load_test_masks(paths: Sequence[str | Path], n_classes: int) -> tuple[list[s
 def encoder_config(cfg: TrainConfig, generator: stylegan2.LoadedGenerator) -> EncoderConfig:
     widths, units = ENCODER_SIZES[cfg.encoder]
     return EncoderConfig(input_nc=cfg.domain_preset.n_classes, style_num=generator.config.n_latent,
-                         widths=widths, units=units, style_dim=generator.config.style_dim)
+                         widths=widths, units=units, style_dim=generator.config.style_dim, input_size=cfg.mask_size)
 
 
 def domain_generator(path: str | Path, domain: Domain, size: int | None = None) -> stylegan2.LoadedGenerator:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import labeling
-from smis_jax.nets.psp import EncoderConfig, GradualStyleEncoder
+from smis_jax.nets.psp import EncoderConfig, GradualStyleEncoder, reduce_onehot
 from smis_jax.nets.stylegan2 import Generator, GeneratorConfig
 
 __all__ = ["confusion", "iou_from_confusion", "self_consistency"]
@@ -41,6 +41,8 @@ def iou_from_confusion(conf: np.ndarray, ignore_background: bool) -> dict[str, A
 @partial(jax.jit, static_argnames=("enc_config", "gen_config"))
 def _labels_of_synthesis(enc_config: EncoderConfig, gen_config: GeneratorConfig, enc_vars, gen_params, noises,
                          latent_avg, protos, onehot):
+    sparse = isinstance(protos, labeling.SparsePrototypes)
+    onehot = reduce_onehot(onehot, enc_config.input_size, sparse)  # masks at 256 -> the encoder's input
     codes = GradualStyleEncoder(enc_config).apply(enc_vars, onehot, False)
     _, features = Generator(gen_config).apply(gen_params, codes + latent_avg, noises, until_res=64)
     return labeling.pseudo_label(features, protos, out_size=256)

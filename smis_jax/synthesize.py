@@ -133,12 +133,22 @@ def synthesize(pipeline, onehot: jax.Array, key: jax.Array, styles: int = 0, lat
 
 
 def encode(pipeline, onehot: jax.Array) -> jax.Array:
-    """onehot (B, 256, 256, input_nc) float -> the eval-mode encoder's codes (B, S, D), before latent_avg."""
+    """onehot (B, 256, 256, input_nc) float -> the eval-mode encoder's codes (B, S, D), before latent_avg.
+
+    Masks are read at 256 whatever the encoder's input size; an encoder that reads smaller masks (the built-in
+    domains' 64x64) gets each block's most frequent class (:func:`smis_jax.nets.psp.reduce_onehot`; on a sparse
+    domain any annotated class before class 0)."""
     cfg = pipeline.encoder.config
     onehot = jnp.asarray(onehot, jnp.float32)
     if onehot.ndim != 4 or onehot.shape[1:] != (256, 256, cfg.input_nc):
         raise ValueError(f"onehot must be (B, 256, 256, {cfg.input_nc}), got {tuple(onehot.shape)}")
-    return pipeline.encoder.encode(onehot)
+    return pipeline.encoder.encode(onehot, sparse=is_sparse(pipeline))
+
+
+def is_sparse(pipeline) -> bool:
+    """Whether the export's domain annotates sparsely (class 0 = "not annotated"); False when unknown."""
+    domain = DOMAINS.get(str((pipeline.config or {}).get("opts", {}).get("dataset_type")))
+    return domain is not None and domain.mode == "sparse"
 
 
 def decode(pipeline, codes: jax.Array, key: jax.Array, styles: int = 0, latent_mask: Sequence[int] | None = None,

@@ -82,6 +82,8 @@ class StepConfig:
     train_wplus: bool = TrainConfig.train_wplus
     topk: int = TrainConfig.topk
     cos_th: float = TrainConfig.cos_th
+    label_lambda: float = TrainConfig.label_lambda
+    label_temperature: float = TrainConfig.label_temperature
     compat: bool = False  # dense labels: let zero prototypes of absent classes compete (the original's bug)
 
     def __post_init__(self):
@@ -145,15 +147,44 @@ def sample_latents(cfg: StepConfig, gen_params, key: jax.Array) -> jax.Array:
     return jnp.broadcast_to(w[:, None, :], (b, g.n_latent, g.style_dim))
 
 
-def _pseudo_pairs(cfg: StepConfig, gen_params, protos, key: jax.Array, shard: Callable):
-    """Sample a batch and pseudo-label it: (w_plus (B, S, D), labels (B, 256, 256) int32)."""
+def _pseudo_pairs(cfg: StepConfig, gen_params, protos, key: jax.Array, shard: Callable, with_noise: bool = False):
+    """Sample a batch and pseudo-label it: (w_plus (B, S, D), labels (B, M, M) int32), M the encoder's input size
+    (and the noise the sample was rendered with, ``with_noise``)."""
     key_w, key_noise = jax.random.split(key)
     w_plus = shard(sample_latents(cfg, gen_params, key_w))
     noise = [shard(n) for n in make_noise(cfg.generator, key_noise, cfg.batch_size, until_res=64)]
     _, features = Generator(cfg.generator).apply(gen_params, w_plus, noise, until_res=64)
-    labels = labeling.pseudo_label(features, protos, topk=cfg.topk, cos_th=cfg.cos_th, out_size=256,
-                                   compat=cfg.compat)
-    return w_plus, shard(labels)
+    labels = labeling.pseudo_label(features, protos, topk=cfg.topk, cos_th=cfg.cos_th,
+                                   out_size=cfg.encoder.input_size, compat=cfg.compat)
+    return (w_plus, shard(labels), noise) if with_noise else (w_plus, shard(labels))
+
+
+def class_vectors(protos) -> labeling.DensePrototypes:
+    """Dense prototypes as they are, or, from sparse ones, the normalised mean of each class's annotated vectors
+    (the dense vectors the original's post-refinement uses for sparse sets too)."""
+    if isinstance(protos, labeling.DensePrototypes):
+        return protos
+    sums = jax.ops.segment_sum(protos.vectors, protos.classes, num_segments=protos.n_classes)
+    counts = jax.ops.segment_sum(jnp.ones_like(protos.classes), protos.classes, num_segments=protos.n_classes)
+    vectors = sums / (jnp.linalg.norm(sums, axis=-1, keepdims=True) + labeling.EPS)
+    return labeling.DensePrototypes(vectors=vectors, present=counts > 0)
+
+
+def label_space_loss(cfg: StepConfig, gen_params, latent, noise, labels, protos) -> jax.Array:
+    """Beyond the paper: does the image decoded from the encoder's codes carry the mask it was given? The
+    generator's 64x64 features of ``latent`` (rendered with the sample's ``noise``) are scored against the class
+    vectors (cosine, absent classes never), and the softmax at ``label_temperature`` is compared with the
+    pseudo-labels by cross-entropy, mean over labelled pixels (sparse: class 0 pixels carry no label)."""
+    _, features = Generator(cfg.generator).apply(gen_params, latent, noise, until_res=64)
+    dense = class_vectors(protos)
+    scores = labeling.cosine_scores(features, dense)  # (B, 64, 64, L), -inf for absent classes
+    h = scores.shape[1]
+    step = labels.shape[1] // h
+    target = labels[:, ::step, ::step]  # the torch-nearest rule of labeling._reduce_masks
+    logp = jax.nn.log_softmax(scores / cfg.label_temperature, axis=-1)
+    nll = -jnp.take_along_axis(jnp.where(jnp.isfinite(logp), logp, -1e4), target[..., None], axis=-1)[..., 0]
+    weight = (target > 0).astype(jnp.float32) if isinstance(protos, labeling.SparsePrototypes) else jnp.ones_like(nll)
+    return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
 def latent_loss(cfg: StepConfig, params, batch_stats, onehot, w_plus, latent_avg):
@@ -188,12 +219,21 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
     def shard(x):
         return jax.lax.with_sharding_constraint(x, batch_sharding)
 
+    def loss_fn(params, batch_stats, onehot, w_plus, latent_avg, gen_params, noise, labels, protos):
+        loss, (batch_stats, metrics, latent) = latent_loss(cfg, params, batch_stats, onehot, w_plus, latent_avg)
+        if cfg.label_lambda:
+            label_loss = label_space_loss(cfg, gen_params, latent, noise, labels, protos)
+            loss = loss + cfg.label_lambda * label_loss
+            metrics = {**metrics, "loss": loss, "loss_label": label_loss}
+        return loss, (batch_stats, metrics, latent)
+
     def step(state: TrainState, gen_params, protos, latent_avg):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-        w_plus, labels = _pseudo_pairs(cfg, gen_params, protos, key, shard)
+        w_plus, labels, noise = _pseudo_pairs(cfg, gen_params, protos, key, shard, with_noise=True)
         onehot = shard(labeling.labels_to_onehot(labels, cfg.encoder.input_nc))
-        grad_fn = jax.value_and_grad(partial(latent_loss, cfg), has_aux=True)
-        (_, (batch_stats, metrics, _)), grads = grad_fn(state.params, state.batch_stats, onehot, w_plus, latent_avg)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, (batch_stats, metrics, _)), grads = grad_fn(state.params, state.batch_stats, onehot, w_plus, latent_avg,
+                                                        gen_params, noise, labels, protos)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
@@ -203,6 +243,9 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
 
     return jax.jit(step, in_shardings=(replicated, replicated, replicated, replicated),
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+PREVIEW_ROWS = 8  # samples per preview grid (the first of a training batch)
 
 
 class Preview(NamedTuple):
@@ -219,7 +262,9 @@ def make_preview(cfg: StepConfig):
     def preview(state: TrainState, gen_params, protos, latent_avg, key):
         key_pairs, key_noise = jax.random.split(key)
         w_plus, labels = _pseudo_pairs(cfg, gen_params, protos, key_pairs, lambda x: x)
-        noise = make_noise(cfg.generator, key_noise, cfg.batch_size)
+        rows = min(cfg.batch_size, PREVIEW_ROWS)
+        w_plus, labels = w_plus[:rows], labels[:rows]
+        noise = make_noise(cfg.generator, key_noise, rows)
         generator = Generator(cfg.generator)
         sample, _ = generator.apply(gen_params, w_plus, noise)
         codes = GradualStyleEncoder(cfg.encoder).apply(
@@ -227,7 +272,8 @@ def make_preview(cfg: StepConfig):
             labeling.labels_to_onehot(labels, cfg.encoder.input_nc), False)
         recon, _ = generator.apply(gen_params, codes + latent_avg, noise)
         pool = partial(ops.adaptive_avg_pool, out_hw=(256, 256))
-        return labels, pool(sample), pool(recon)
+        f = 256 // labels.shape[1]  # labels at the encoder's input size, shown at 256 like the images
+        return jnp.repeat(jnp.repeat(labels, f, axis=1), f, axis=2), pool(sample), pool(recon)
 
     def run(state, gen_params, protos, latent_avg, key) -> Preview:
         return Preview(*jax.device_get(preview(state, gen_params, protos, latent_avg, key)))

@@ -326,3 +326,56 @@ def test_init_draws_what_each_layer_initialiser_draws():
     for a, b, c in zip(jax.tree.leaves(ours["params"]), jax.tree.leaves(again["params"]), jax.tree.leaves(other["params"])):
         np.testing.assert_array_equal(a, b)
     assert not all(np.array_equal(a, c) for a, c in zip(jax.tree.leaves(ours["params"]), jax.tree.leaves(other["params"])))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input size: the built-in 64 px domains' encoder reads 64x64 masks.
+
+def test_input_size_scales_the_taps_and_heads():
+    """At input 64 every map is a quarter of pSp's side: taps at 16, 8, 4 and heads of 4, 3, 2 convs (a head
+    reading an s x s map has log2(s)); at 256 the heads have 6, 5, 4 as in pSp."""
+    small = psp.EncoderConfig(input_nc=7, style_num=10, widths=(8, 16, 16, 32), units=(1, 1, 1, 1), style_dim=16,
+                              se_reduction=8, input_size=64)
+    assert [small.spatial_of(j) for j in (0, 2, 3, 6, 7, 9)] == [4, 4, 8, 8, 16, 16]
+    assert [psp.EncoderConfig.head_spatial(j) for j in (0, 3, 7)] == [16, 32, 64]
+    variables = psp.abstract_variables(small)
+    heads = {j: sorted(k for k in variables["params"][f"styles_{j}"] if k.startswith("conv_")) for j in range(10)}
+    assert [len(heads[j]) for j in (0, 2, 3, 6, 7, 9)] == [2, 2, 3, 3, 4, 4]
+    codes, inter = psp.GradualStyleEncoder(small).apply(
+        psp.init_variables(small, jax.random.key(0)), jnp.zeros((2, 64, 64, 7)), False, mutable=["intermediates"])
+    assert codes.shape == (2, 10, 16)
+    assert [inter["intermediates"][n][0].shape[1] for n in ("c1", "c2", "c3", "p2", "p1")] == [16, 8, 4, 8, 16]
+    with pytest.raises(ValueError, match="64, 64, 7"):
+        psp.GradualStyleEncoder(small).apply(psp.init_variables(small, jax.random.key(0)), jnp.zeros((1, 256, 256, 7)))
+    # config.json records it; records written before it existed read as pSp's 256
+    assert psp.EncoderConfig.from_json(small.to_json()) == small
+    old = {k: v for k, v in small.to_json().items() if k != "input_size"}
+    assert psp.EncoderConfig.from_json(old).input_size == 256
+    for bad in (48, 16, 0):
+        with pytest.raises(ValueError, match="input_size"):
+            psp.EncoderConfig(input_nc=7, style_num=10, input_size=bad)
+
+
+def test_reduce_onehot_block_mode_and_sparse_rule():
+    # One 8x8 mask of 3 classes reduced to 2x2 (4x4 blocks), worked out by hand:
+    # top-left block: 10 pixels of class 1, 6 of class 2 -> 1; top-right: 8 of class 0 and 8 of class 2 -> the
+    # lower id 0 (dense), 2 (sparse: an annotated class beats class 0); bottom-left: 15 of 0 and one of 1 -> 0
+    # (dense), 1 (sparse); bottom-right: all 2 -> 2.
+    m = np.zeros((8, 8), np.int64)
+    m[:4, :4] = 1
+    m[:4, :4].flat[:6] = 2
+    m[:4, 4:] = 2
+    m[:2, 4:] = 0
+    m[7, 0] = 1
+    m[4:, 4:] = 2
+    onehot = jax.nn.one_hot(m[None], 3)
+    dense = np.argmax(psp.reduce_onehot(onehot, 2), -1)[0]
+    sparse = np.argmax(psp.reduce_onehot(onehot, 2, sparse=True), -1)[0]
+    np.testing.assert_array_equal(dense, [[1, 0], [0, 2]])
+    np.testing.assert_array_equal(sparse, [[1, 2], [1, 2]])
+    # nearest x4 upsampling (the built-in masks at 256) comes back exactly; same size is the identity
+    small = np.random.default_rng(0).integers(0, 7, (3, 64, 64))
+    big = np.repeat(np.repeat(small, 4, 1), 4, 2)
+    np.testing.assert_array_equal(np.argmax(psp.reduce_onehot(jax.nn.one_hot(big, 7), 64), -1), small)
+    x = jax.nn.one_hot(small, 7)
+    assert psp.reduce_onehot(x, 64) is x

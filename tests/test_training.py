@@ -188,3 +188,56 @@ def test_a_save_the_disk_refuses_is_one_line_and_keeps_the_earlier_checkpoint(tm
     assert ckpt.latest_step() == 10
     ckpt.close()
     assert before and all(p.read_bytes() == data for p, data in before.items())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The encoder's input at 64x64 and the label-space loss (beyond the paper).
+
+def test_step_at_mask_size_64_with_label_loss(generator, samples):
+    """Masks and labels at 64x64 reach the encoder, and the label-space term joins the W+ loss with its weight.
+    (Without a weight the step is the paper's: the other tests of this file run it.)"""
+    protos, n_classes = _prototypes(generator, samples, "dense")
+    c = generator.config
+    enc = EncoderConfig(input_nc=n_classes, style_num=c.n_latent, widths=(8, 16, 16, 32), units=(1, 1, 1, 1),
+                        style_dim=c.style_dim, se_reduction=8, input_size=64)
+    ours = StepConfig(generator=c, encoder=enc, batch_size=2, label_lambda=0.5)
+    latent_avg = jnp.broadcast_to(generator.latent_avg, (c.n_latent, c.style_dim))
+    state, m = make_train_step(ours, data_mesh(jax.devices()[:1]))(init_train_state(ours, 0), generator.params, protos,
+                                                                    latent_avg)
+    np.testing.assert_allclose(m["loss"], m["loss_l2"] + 0.5 * m["loss_label"], rtol=1e-5)
+    assert 0 < float(m["loss_label"]) < 10 and 0 < float(m["loss_l2"]) < 10
+    assert int(state.step) == 1
+
+
+def test_label_space_loss_is_the_cross_entropy_of_cosine_scores(generator, samples):
+    """label_space_loss against numpy: features of the decoded codes, cosine to the class vectors, softmax at the
+    temperature, mean negative log-likelihood of the labels; the sample's own code scores lower than a stranger's."""
+    from smis_jax.training import class_vectors, label_space_loss
+
+    protos, n_classes = _prototypes(generator, samples, "dense")
+    c = generator.config
+    enc = EncoderConfig(input_nc=n_classes, style_num=c.n_latent, style_dim=c.style_dim, input_size=64)
+    cfg = StepConfig(generator=c, encoder=enc, batch_size=2, label_temperature=0.2)
+    from smis_jax.nets.stylegan2 import make_noise
+    w = sample_latents(cfg, generator.params, jax.random.key(3))
+    noise = make_noise(c, jax.random.key(4), 2, until_res=64)
+    features = np.asarray(generator.synthesize(w, noise=noise, until_res=64)[1], np.float64)
+    labels = np.asarray(labeling.pseudo_label(jnp.asarray(features, jnp.float32), protos, out_size=64))
+    got = float(jax.jit(lambda *a: label_space_loss(cfg, *a))(generator.params, w, noise, jnp.asarray(labels), protos))
+    f = features / (np.linalg.norm(features, axis=-1, keepdims=True) + 1e-8)
+    scores = np.einsum("bhwc,lc->bhwl", f, np.asarray(protos.vectors, np.float64)) / 0.2
+    scores[..., ~np.asarray(protos.present)] = -np.inf
+    logp = scores - np.log(np.exp(scores - scores.max(-1, keepdims=True)).sum(-1, keepdims=True)) - scores.max(-1, keepdims=True)
+    want = -np.mean(np.take_along_axis(logp, labels[..., None], -1))
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    stranger = sample_latents(cfg, generator.params, jax.random.key(99))
+    other = float(jax.jit(lambda *a: label_space_loss(cfg, *a))(generator.params, stranger, noise, jnp.asarray(labels),
+                                                                  protos))
+    assert other > got
+    # sparse prototypes: the class vectors are the normalised means of each class's vectors
+    sparse = labeling.SparsePrototypes(vectors=jnp.asarray([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]),
+                                       classes=jnp.asarray([1, 2, 2]), n_classes=3)
+    dense = class_vectors(sparse)
+    np.testing.assert_allclose(dense.vectors, [[0, 0], [1, 0], [0.6 / np.hypot(0.6, 1.8), 1.8 / np.hypot(0.6, 1.8)]],
+                               atol=1e-6)
+    np.testing.assert_array_equal(dense.present, [False, True, True])

@@ -42,11 +42,15 @@ TRAIN_FLAGS = {
     "generator_size": ("--generator-size", "the generator's output size when it differs from the domain's default "
                                            "(e.g. 512 for AFHQ cat with --domain cat); checked against the checkpoint"),
     "encoder": ("--encoder", "encoder size: ir_se50 (pSp's), or smaller for small machines"),
+    "mask_size": ("--mask-size", "side of the masks the encoder reads and of the training pseudo-labels"),
     "batch_size": ("--batch-size", "global batch, split over all devices"),
     "max_steps": ("--max-steps", "training steps"),
     "learning_rate": ("--lr", "Ranger learning rate"),
     "w_norm_lambda": ("--w-norm-lambda", "weight of the W+ norm loss"),
     "train_wplus": ("--train-wplus", "sample W+ (one z per layer) instead of W"),
+    "label_lambda": ("--label-lambda", "weight of the label-space loss (beyond the paper; 0 = the paper's W+ MSE "
+                                       "only)"),
+    "label_temperature": ("--label-temperature", "softmax temperature of the label-space loss's cosine scores"),
     "topk": ("--topk", "sparse labelling: pixels per annotated vector"),
     "cos_th": ("--cos-th", "sparse labelling: cosine threshold"),
     "inversion_steps": ("--inversion-steps", "steps of W+ inversion per shot"),

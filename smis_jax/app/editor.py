@@ -33,7 +33,7 @@ __all__ = ["InputError", "EditorDomain", "Update", "Editor", "domain_of", "png_b
            "parse_update", "parse_mask_json", "parse_mask_request", "mask_from_png", "ids_json", "MAX_UPLOAD_PIXELS",
            "PNG_SIGNATURE"]
 
-MASK_SIZE = psp.INPUT_SIZE  # the encoder's input: masks are (256, 256) class ids
+MASK_SIZE = psp.INPUT_SIZE  # the page's masks are (256, 256) class ids (an encoder of 64x64 input reduces them)
 MAX_UPLOAD_PIXELS = 4096 * 4096  # a larger PNG is refused before it is decoded (decompression bombs)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_SEED = 2**31 - 1

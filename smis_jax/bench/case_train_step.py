@@ -161,3 +161,63 @@ def bench_train_step(preset: Preset, mode: str, batches: Sequence[int] = (2,), r
         del holder, ours_c, original, ours
     return rows
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The built-in domains' step: the previous release's (256x256 masks, batch 4) beside today's defaults.
+
+BUILTIN_BEFORE = {"mask_size": 256, "batch_size": 4}  # the built-in schedule up to issue 21
+
+
+def bench_builtin_step(domain: str = "shapes", batches: Sequence[int] | None = None, repeats: int = 3,
+                       seed: int = 0, **overrides) -> list[dict[str, Any]]:
+    """Samples per second of the built-in main job's training step (sampling, labelling, encoder update), on the
+    shipped generator: the previous release's schedule (masks and labels at 256, batch 4) beside the domain's
+    defaults now (``TrainConfig.for_domain``; ``batches`` and ``overrides`` change the new path only), timed in
+    turns in one process. The rows' ``speedup_vs_previous`` is the ratio of samples per second."""
+    from smis_jax import builtin
+    from smis_jax.config import ENCODER_SIZES, TrainConfig, get_domain
+    from smis_jax.io import load_generator
+    from smis_jax.nets.psp import EncoderConfig
+
+    dom = get_domain(domain)
+    if not dom.builtin:
+        raise BenchError(f"bench train-step --config {domain}: not a built-in domain")
+    generator = load_generator(builtin.generator_path())
+    gcfg = generator.config
+    device = device_info()
+    memory = Memory()
+    protos = make_prototypes(gcfg, generator.params, dom.mode, dom.n_classes, jax.random.key(seed + 2))
+    latent_avg = jnp.broadcast_to(generator.truncation_latent(), (gcfg.n_latent, gcfg.style_dim))
+    mesh = data_mesh()
+    args = (generator.params, protos, latent_avg)
+    now = TrainConfig.for_domain(domain, **overrides)
+    rows = []
+    for batch in (batches or [now.batch_size]):
+        variants = {"previous": now.replace(**BUILTIN_BEFORE, label_lambda=0.0),
+                    "ours": now.replace(batch_size=batch)}
+        paths, bases = [], {}
+        for name, cfg in variants.items():
+            widths, units = ENCODER_SIZES[cfg.encoder]
+            enc = EncoderConfig(input_nc=dom.n_classes, style_num=gcfg.n_latent, widths=widths, units=units,
+                                style_dim=gcfg.style_dim, input_size=cfg.mask_size)
+            step_cfg = StepConfig.of(cfg, gcfg, enc)
+            holder = {"state": init_train_state(step_cfg, seed)}
+            jitted = make_train_step(step_cfg, mesh)
+            compiled, t_compile = aot_compile(jitted, holder["state"], *args)
+
+            def run(r, compiled=compiled, holder=holder):
+                holder["state"], metrics = compiled(holder["state"], *args)
+                return jax.device_get(metrics)
+
+            paths.append(TimedPath(name, run, t_compile, *flops_of(compiled, jitted, holder["state"], *args),
+                                   xla_bytes(compiled)))
+            bases[name] = {"config": domain, "mode": dom.mode, "batch": cfg.batch_size, "resolution": gcfg.size,
+                           "encoder": cfg.encoder, "mask_size": cfg.mask_size, "label_lambda": cfg.label_lambda,
+                           "n_classes": dom.n_classes, **host_context()}
+        measure(paths, repeats, memory)
+        prev, ours = (result_row("train-step", p, bases[p.name], bases[p.name]["batch"], "images_per_s", "float32",
+                                 device) for p in paths)
+        ours["speedup_vs_previous"] = ours["images_per_s"] / prev["images_per_s"]
+        rows += [prev, ours]
+    return rows

@@ -13,7 +13,7 @@ import jax
 from smis_jax.bench.case_app import bench_app
 from smis_jax.bench.case_inversion import bench_inversion
 from smis_jax.bench.case_labeling import bench_labeling
-from smis_jax.bench.case_train_step import bench_train_step
+from smis_jax.bench.case_train_step import bench_builtin_step, bench_train_step
 from smis_jax.bench.presets import LABEL_SIZE, PRESETS, BenchError
 from smis_jax.bench.table import format_table
 from smis_jax.errors import UserError
@@ -49,8 +49,12 @@ def _torch_row(args) -> bool | str:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m smis_jax.bench", description=DESCRIPTION)
     ap.add_argument("bench", choices=["labeling", "train-step", "inversion", "app"])
-    ap.add_argument("--config", choices=sorted(PRESETS), help="generator shapes and class counts (default ffhq; "
-                    "golden with --quick)")
+    ap.add_argument("--config", choices=sorted(PRESETS) + ["shapes", "shapes-scribbles"],
+                    help="generator shapes and class counts (default ffhq; golden with --quick); train-step also "
+                         "takes a built-in domain: its step now beside the previous release's, on the shipped "
+                         "generator")
+    ap.add_argument("--label-lambda", type=float, help="train-step on a built-in domain: the new path's "
+                    "label-space loss weight (default: the domain's)")
     ap.add_argument("--mode", choices=["dense", "sparse"], default="dense")
     ap.add_argument("--batch", help="comma-separated batch sizes (inversion: K images). Defaults: labeling 1,4,16; "
                     "train-step 2; inversion 5")
@@ -96,6 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr if args.json_out is None else sys.stdout)
         return 0
     try:
+        if args.config in ("shapes", "shapes-scribbles"):
+            if args.bench != "train-step":
+                raise BenchError(f"--config {args.config} applies to train-step only")
+            overrides = {} if args.label_lambda is None else {"label_lambda": args.label_lambda}
+            rows = bench_builtin_step(args.config, _parse_batches(args.batch) if args.batch else None,
+                                      args.repeats or 3, args.seed, **overrides)
+            return _print_rows(rows, args)
         preset = PRESETS[args.config or ("golden" if args.quick else "ffhq")]
         batches = _parse_batches(args.batch or (_QUICK_BATCH if args.quick else _DEFAULT_BATCH)[args.bench])
         repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
@@ -122,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:  # bad options, unreadable --weights
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return _print_rows(rows, args)
+
+
+def _print_rows(rows, args) -> int:
     lines = [json.dumps(row, sort_keys=True) for row in rows]
     table = format_table(rows)
     if args.json_out is not None:

@@ -23,7 +23,7 @@ def _fmt_percent(x) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of results (one line per row)."""
-    head = ["bench", "config", "mode", "dtype", "batch", "path", "median_s", "rate", "x_vs_torch", "x_vs_orig_jax",
+    head = ["bench", "config", "mode", "dtype", "batch", "path", "median_s", "rate", "x_vs_torch", "x_vs_orig_jax", "x_vs_prev",
             "compile_s", "GFLOP/item", "GFLOP/s", "%peak", "peak_mem", "agree_torch", "agree_orig_jax", "agree_f32"]
     lines = [head]
     for r in rows:
@@ -39,6 +39,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             r["bench"], r["config"], str(r.get("mode", "-")), r["dtype"], str(r["batch"]), r["path"],
             f"{r['time_s_median']:.3f}", f"{r[rate_key]:.3g} {unit}",
             _fmt_ratio(r.get("speedup_vs_original_torch")), _fmt_ratio(r.get("speedup_vs_original_jax")),
+            _fmt_ratio(r.get("speedup_vs_previous")),
             f"{r['compile_s']:.1f}", "-" if fpi is None else f"{fpi / 1e9:.1f}",
             "-" if ach is None else f"{ach / 1e9:.1f}",
             f"{100 * frac:.1f}" if isinstance(frac, float) else str(frac), _fmt_bytes(mem.get("peak_bytes")),

@@ -83,7 +83,7 @@ def encoder_key_table(cfg, prefix: str = "encoder.") -> list[tuple[str, tuple[st
         conv((b, "se", "fc1"), f"{k}.res_layer.5.fc1")
         conv((b, "se", "fc2"), f"{k}.res_layer.5.fc2")
     for j in range(cfg.style_num):
-        n_convs = int(round(math.log2(cfg.head_spatial(j))))
+        n_convs = int(round(math.log2(cfg.spatial_of(j))))
         for c in range(n_convs):
             conv((f"styles_{j}", f"conv_{c}"), f"styles.{j}.convs.{2 * c}", bias=True)  # convs.{odd} = LeakyReLU
         rows.append(("params", (f"styles_{j}", "linear", "weight"), f"{prefix}styles.{j}.linear.weight", "linear"))
@@ -110,9 +110,10 @@ def _apply(value: np.ndarray, transform: str) -> np.ndarray:
     return value
 
 
-def _count(sd: StateDict, fmt: str) -> int:
+def _count(sd: StateDict, fmt: str, step: int = 1) -> int:
+    """How many of ``fmt.format(0)``, ``fmt.format(step)``, ``fmt.format(2 * step)``, ... are keys, in a row."""
     n = 0
-    while fmt.format(n) in sd:
+    while fmt.format(n * step) in sd:
         n += 1
     return n
 
@@ -172,9 +173,11 @@ def infer_encoder_config(sd: StateDict, prefix: str = "encoder.", input_nc: int 
     if style_num is not None and n_styles != style_num:
         raise ConversionError(f"{src}: checkpoint has {n_styles} style heads but style_num={style_num} was requested")
     style_dim = sd.shape(f"{prefix}styles.0.linear.weight")[0]
+    # A coarse head reads the input's 1/16 map with log2 of its side convs: 4 at pSp's 256, 2 for a 64x64 input.
+    head_convs = _count(sd, prefix + "styles.0.convs.{}.weight", step=2)
     try:
         return EncoderConfig(input_nc=int(w_in[1]), style_num=n_styles, widths=widths, units=units,
-                             style_dim=int(style_dim), se_reduction=int(reduction))
+                             style_dim=int(style_dim), se_reduction=int(reduction), input_size=16 * 2 ** head_convs)
     except ConfigError as e:
         raise ConversionError(f"{src}: {e}") from None
 

@@ -3,7 +3,9 @@
 Maps a one-hot label map ``(B, 256, 256, input_nc)`` (NHWC) to W+ codes ``(B, style_num, style_dim)``, before
 ``latent_avg`` is added. Layer for layer it is pSp's ``GradualStyleEncoder(50, 'ir_se')`` (SPEC.md section 2,
 CONVERSION.md 3.2) with the stage widths/units configurable, so the real IR-SE-50 and the tiny golden config are
-the same code:
+the same code. The input side is configurable too (``input_size``, default pSp's 256): every spatial size below
+scales with it, and a head reading an ``s x s`` map has ``log2(s)`` convs (the built-in 64 px domains read 64x64
+masks: taps at 16, 8, 4). At 256:
 
     input layer   conv3x3(input_nc -> widths[0]) -> BN -> PReLU                                   256^2
     body          stages s=0..3, units[s] IR-SE bottlenecks each, the first with stride 2      128, 64, 32, 16
@@ -44,6 +46,7 @@ from smis_jax.nets.stylegan2 import LoadedGenerator
 __all__ = [
     "INPUT_SIZE",
     "EncoderConfig",
+    "reduce_onehot",
     "BatchNorm",
     "PReLU",
     "Conv2d",
@@ -53,7 +56,7 @@ __all__ = [
     "abstract_variables",
 ]
 
-INPUT_SIZE = 256  # the heads' conv counts (4/5/6 stride-2 convs from 16/32/64) assume a 256x256 input
+INPUT_SIZE = 256  # pSp's input side (EncoderConfig.input_size's default): heads of 4/5/6 stride-2 convs from 16/32/64
 COARSE_END, MIDDLE_END = 3, 7  # styles [0,3) read c3, [3,7) read p2, [7,S) read p1
 
 
@@ -72,6 +75,7 @@ class EncoderConfig:
     units: tuple[int, ...] = (3, 4, 14, 3)
     style_dim: int = 512
     se_reduction: int = 16
+    input_size: int = INPUT_SIZE  # side of the one-hot masks it reads (a power of two >= 32)
 
     def __post_init__(self):
         # JSON round trips give lists; keep the dataclass hashable.
@@ -90,6 +94,9 @@ class EncoderConfig:
             problems.append(f"style_dim must be >= 1, got {self.style_dim}")
         if int(self.se_reduction) < 1 or any(w // max(int(self.se_reduction), 1) < 1 for w in self.widths):
             problems.append(f"se_reduction {self.se_reduction} leaves no SE channels for widths {self.widths}")
+        s = int(self.input_size)
+        if s < 32 or s & (s - 1):
+            problems.append(f"input_size must be a power of two >= 32, got {self.input_size}")
         if problems:
             raise ConfigError("EncoderConfig: " + "; ".join(problems))
 
@@ -123,15 +130,21 @@ class EncoderConfig:
         return specs
 
     @staticmethod
-    def head_spatial(j: int) -> int:
-        """Side of the feature map style head ``j`` reads (256 input): 16 (coarse), 32 (middle) or 64 (fine)."""
-        return 16 if j < COARSE_END else 32 if j < MIDDLE_END else 64
+    def head_spatial(j: int, input_size: int = INPUT_SIZE) -> int:
+        """Side of the feature map style head ``j`` reads: input/16 (coarse), input/8 (middle) or input/4 (fine);
+        16, 32, 64 at pSp's 256."""
+        return input_size // (16 if j < COARSE_END else 8 if j < MIDDLE_END else 4)
+
+    def spatial_of(self, j: int) -> int:
+        """:meth:`head_spatial` of head ``j`` at this config's ``input_size``."""
+        return self.head_spatial(j, self.input_size)
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "EncoderConfig":
+        """The inverse of :meth:`to_json`; records written before ``input_size`` existed read as 256."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -199,8 +212,9 @@ class Conv2d(nn.Module):
         fan_in = c_in * k * k
         w = self.param("kernel", _torch_uniform(fan_in), (k, k, c_in, self.features))  # HWIO
         p = k // 2
-        y = lax.conv_general_dilated(x, w.astype(x.dtype), (self.stride, self.stride), ((p, p), (p, p)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        # ops.conv: lax.conv_general_dilated forward and input gradient; on the CPU its kernel gradient is k*k
+        # matmuls (the same sums; XLA:CPU's own took several times the forward pass: BENCHMARKS.md).
+        y = ops.conv(x, w.astype(x.dtype), self.stride, ((p, p), (p, p)))
         if self.use_bias:
             y = y + self.param("bias", _torch_uniform(fan_in), (self.features,))
         return y
@@ -274,7 +288,8 @@ class EqualLinear(nn.Module):
 
 
 class GradualStyleEncoder(nn.Module):
-    """One-hot labels ``(B, 256, 256, input_nc)`` -> W+ codes ``(B, style_num, style_dim)`` (latent_avg not added).
+    """One-hot labels ``(B, S, S, input_nc)`` (S = ``config.input_size``, pSp's 256) -> W+ codes
+    ``(B, style_num, style_dim)`` (latent_avg not added).
 
     ``train=True`` uses batch statistics and, when called with ``mutable=['batch_stats']``, updates the running
     statistics exactly as PyTorch's train mode does. Intermediates c1, c2, c3, p2, p1 are sown into
@@ -286,9 +301,10 @@ class GradualStyleEncoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         cfg = self.config
-        want = (INPUT_SIZE, INPUT_SIZE, cfg.input_nc)
+        size = cfg.input_size
+        want = (size, size, cfg.input_nc)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"GradualStyleEncoder expects (B, {INPUT_SIZE}, {INPUT_SIZE}, {cfg.input_nc}) one-hot "
+            raise ValueError(f"GradualStyleEncoder expects (B, {size}, {size}, {cfg.input_nc}) one-hot "
                              f"labels, got shape {tuple(x.shape)}")
         x = Conv2d(cfg.widths[0], name="input_conv")(x)
         x = BatchNorm(name="input_bn")(x, train)
@@ -313,8 +329,23 @@ class GradualStyleEncoder(nn.Module):
         codes = []
         for j in range(cfg.style_num):
             src = c3 if j < COARSE_END else p2 if j < MIDDLE_END else p1
-            codes.append(GradualStyleBlock(cfg.style_dim, cfg.head_spatial(j), name=f"styles_{j}")(src))
+            codes.append(GradualStyleBlock(cfg.style_dim, cfg.spatial_of(j), name=f"styles_{j}")(src))
         return jnp.stack(codes, axis=1)  # (B, S, D)
+
+
+def reduce_onehot(onehot: jax.Array, size: int, sparse: bool = False) -> jax.Array:
+    """One-hot masks (B, S, S, L) -> (B, size, size, L), S a multiple of ``size``: each f x f block (f = S / size)
+    becomes its most frequent class (the lowest id on ties), so masks that were nearest-upsampled from ``size``
+    (the built-in domains' 64 -> 256) come back exactly. ``sparse``: class 0 ("not annotated") wins a block only when
+    no other class is in it, so thin scribbles survive. Identity when S == size."""
+    b, s, _, n = onehot.shape
+    if s == size:
+        return onehot
+    f = s // size
+    counts = onehot.reshape(b, size, f, size, f, n).sum(axis=(2, 4))
+    if sparse:
+        counts = counts.at[..., 0].multiply(1.0 / (f * f + 1))  # any annotated pixel outweighs a full block of 0
+    return jax.nn.one_hot(jnp.argmax(counts, axis=-1), n, dtype=onehot.dtype)
 
 
 def _init_rule(name: str, shape: tuple[int, ...], siblings: Mapping[str, Any]) -> tuple[str, float]:
@@ -375,7 +406,7 @@ def init_variables(config: EncoderConfig, key: jax.Array) -> dict[str, Any]:
 
 def abstract_variables(config: EncoderConfig) -> dict[str, Any]:
     """``{'params': ..., 'batch_stats': ...}`` as ShapeDtypeStructs (no compute, no random init)."""
-    x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, config.input_nc), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, config.input_size, config.input_size, config.input_nc), jnp.float32)
     return jax.eval_shape(lambda key: GradualStyleEncoder(config).init(key, x, False), jax.random.key(0))
 
 
@@ -402,16 +433,20 @@ class LoadedEncoder:
     batch_stats: Any
     latent_avg: jax.Array | None = None
 
-    def encode(self, onehot: jax.Array, train: bool = False) -> jax.Array:
-        """onehot (B, 256, 256, input_nc) float -> codes (B, style_num, style_dim), before latent_avg.
+    def encode(self, onehot: jax.Array, train: bool = False, sparse: bool = False) -> jax.Array:
+        """onehot (B, S, S, input_nc) float -> codes (B, style_num, style_dim), before latent_avg.
 
-        ``train=True`` uses batch statistics (the stored running statistics are left unchanged).
+        S is the encoder's ``input_size`` or any multiple of it (masks are read at 256: a 64-input encoder gets them
+        reduced by :func:`reduce_onehot`, with ``sparse`` its rule for class 0). ``train=True`` uses batch
+        statistics (the stored running statistics are left unchanged).
         """
         onehot = jnp.asarray(onehot, jnp.float32)
-        want = (INPUT_SIZE, INPUT_SIZE, self.config.input_nc)
-        if onehot.ndim != 4 or tuple(onehot.shape[1:]) != want:
-            raise ValueError(f"encode expects (B, {INPUT_SIZE}, {INPUT_SIZE}, {self.config.input_nc}), "
-                             f"got {tuple(onehot.shape)}")
+        size = self.config.input_size
+        if (onehot.ndim != 4 or onehot.shape[1] != onehot.shape[2] or onehot.shape[1] % size
+                or onehot.shape[3] != self.config.input_nc):
+            raise ValueError(f"encode expects (B, {size}, {size}, {self.config.input_nc}) one-hot masks (or sides "
+                             f"a multiple of {size}), got {tuple(onehot.shape)}")
+        onehot = reduce_onehot(onehot, size, sparse)
         return _encode_fn(self.config, bool(train))(self.params, self.batch_stats, onehot)
 
     def wplus(self, onehot: jax.Array) -> jax.Array:
