@@ -99,10 +99,13 @@ def _bf16_agreement(generator, protos_dense, protos_sparse, key, n, topk, cos_th
     return out
 
 
-def _synthesis_quality(pipeline, labels256, truth64, styles: int, seed: int, batch: int = 8):
-    """Held-out masks -> images -> oracle, against the dense truth; returns (scores, scores with styles, images)."""
+def _synthesis_quality(pipeline, labels256, truth64, styles: int, seed: int, batch: int = 8, lpips_params=None):
+    """Held-out masks -> images -> oracle, against the dense truth; returns (scores, scores with styles, images).
+
+    With ``lpips_params`` the styles' scores also hold ``diversity``: the mean LPIPS between every two of a mask's
+    ``styles`` variants (the diversity score of semantic image synthesis papers), averaged over the masks."""
     n_classes = pipeline.encoder.config.input_nc
-    preds, preds_styles, images = [], [], []
+    preds, preds_styles, images, diversity = [], [], [], []
     key = jax.random.key(seed)
     for start in range(0, len(labels256), batch):
         chunk = labels256[start:start + batch]
@@ -115,9 +118,34 @@ def _synthesis_quality(pipeline, labels256, truth64, styles: int, seed: int, bat
         step = image.shape[1] // shapes.SIZE  # the 256 output is the 64 px image repeated 4x4
         preds.append(shapes.segment(image[:, ::step, ::step]))
         preds_styles.append(shapes.segment(multi[:, :, ::step, ::step]))
+        if lpips_params is not None and styles > 1:
+            pairs = [(i, j) for i in range(styles) for j in range(i + 1, styles)]
+            a = jnp.asarray(multi[:, [i for i, _ in pairs]].reshape(-1, *multi.shape[2:]))
+            b = jnp.asarray(multi[:, [j for _, j in pairs]].reshape(-1, *multi.shape[2:]))
+            diversity.append(np.asarray(lpips.lpips_distance_jit(lpips_params, a, b)))
     preds, preds_styles = np.concatenate(preds), np.concatenate(preds_styles)
     multi_truth = np.repeat(truth64[:, None], styles, 1)
-    return scores(preds, truth64), scores(preds_styles, multi_truth), np.concatenate(images)
+    multi_scores = scores(preds_styles, multi_truth)
+    if diversity:
+        multi_scores["diversity_lpips"] = float(np.concatenate(diversity).mean())
+    return scores(preds, truth64), multi_scores, np.concatenate(images)
+
+
+EMPTY_CANVAS_CLASSES = ("sky", "grass", "water")
+
+
+def _empty_canvas(pipeline, n_classes_mask: int, sparse: bool) -> dict[str, float]:
+    """Does a canvas of one class mean that class? For each class of ``EMPTY_CANVAS_CLASSES``, a mask painted
+    with it alone -> image (stored noise) -> the oracle's fraction of pixels of that class."""
+    out = {}
+    for name in EMPTY_CANVAS_CLASSES:
+        c = shapes.CLASS_NAMES.index(name)
+        mask = np.full((1, 256, 256), c + (1 if sparse else 0), np.int32)
+        codes = synthesize.encode(pipeline, labeling.labels_to_onehot(jnp.asarray(mask), n_classes_mask))
+        image = np.asarray(synthesize.decode(pipeline, codes, jax.random.key(0)))
+        step = image.shape[1] // shapes.SIZE
+        out[name] = float(np.mean(shapes.segment(image[:, ::step, ::step]) == c))
+    return out
 
 
 def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path | None = None,
@@ -177,14 +205,16 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
     bf16 = _bf16_agreement(generator, protos_dense, protos_sparse, key_samples, min(n_samples, 128), topk, cos_th)
 
     test_names, test_labels, truth64 = builtin.test_masks(domain)
-    synth, synth_styles, synth_images = _synthesis_quality(pipeline, test_labels, truth64, styles, seed)
+    synth, synth_styles, synth_images = _synthesis_quality(pipeline, test_labels, truth64, styles, seed,
+                                                           lpips_params=lpips_params)
+    empty = _empty_canvas(pipeline, pipeline.encoder.config.input_nc, domain.mode == "sparse")
 
     result = {
         "domain": domain.name, "step": int(run.get("step", pipeline.config.get("opts", {}).get("steps", -1))),
         "shots": list(names), "n_samples": n_samples, "n_test_masks": len(test_names),
         "generator_oracle_confidence": shapes.oracle_confidence(sample_images),
         "pseudo_labels": pseudo, "synthesis": synth, f"synthesis_{styles}styles": synth_styles,
-        "inversion": inversion, "bf16_agreement": bf16,
+        "inversion": inversion, "bf16_agreement": bf16, "empty_canvas": empty,
     }
     if run_dir is not None:
         with open(Path(run_dir) / "metrics.jsonl", "a") as f:
@@ -232,7 +262,11 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"| pseudo-labels {name.replace('_', ' ')} | {s['miou']:.3f} | {s['accuracy']:.3f} | {note} |")
     for key in [k for k in result if k.startswith("synthesis")]:
         s = result[key]
-        lines.append(f"| {key.replace('_', ' ')} | {s['miou']:.3f} | {s['accuracy']:.3f} | |")
+        note = f"diversity (LPIPS between variants) {s['diversity_lpips']:.3f}" if "diversity_lpips" in s else ""
+        lines.append(f"| {key.replace('_', ' ')} | {s['miou']:.3f} | {s['accuracy']:.3f} | {note} |")
+    if "empty_canvas" in result:
+        lines.append("| a canvas of one class | | | " + ", ".join(
+            f"all-{k}: {v:.2f} {k}" for k, v in result["empty_canvas"].items()) + " |")
     inv = result["inversion"]
     lines.append(f"| inversion of the shots | | | PSNR {inv['psnr_db']:.1f} dB, LPIPS {inv['lpips']:.3f}, "
                  f"MSE {inv['mse']:.4f} |")

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LPIPS", "LoadedLPIPS", "lpips_distance", "lpips_per_layer", "param_shapes"]
+__all__ = ["LPIPS", "LoadedLPIPS", "lpips_distance", "lpips_distance_jit", "lpips_per_layer", "param_shapes"]
 
 # torchvision AlexNet `features`: (features index, out channels, kernel, stride, padding) of the five convs; a ReLU
 # follows each conv, a 3x3/2 max pool follows the first two ReLUs.
@@ -117,6 +117,7 @@ def lpips_distance(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
 
 _per_layer_jit = jax.jit(lpips_per_layer)
 _distance_jit = jax.jit(lpips_distance)
+lpips_distance_jit = _distance_jit  # the jitted lpips_distance (one compile per image shape)
 
 
 def param_shapes() -> Any:
