@@ -29,6 +29,19 @@ def assert_drawn(image: np.ndarray, size: tuple[int, int]) -> None:
     assert (image[..., 0].astype(int) - image[..., 2]).std() > 5  # not greyscale: coloured series
 
 
+def assert_events_equal_metrics(run_dir: Path) -> list[tblog.Event]:
+    """The run's event files hold every scalar of its metrics.jsonl at its step (float32, as TensorBoard keeps
+    them), nothing else as scalars, and no (step, tag) twice; returns the events. The ground-truth evaluation's
+    line, appended later by ``evaluate``, is not an event."""
+    lines = [r for r in plots.read_metrics(run_dir / "metrics.jsonl") if "groundtruth" not in r]
+    want = sorted((r["step"], t, float(np.float32(v))) for r in lines for t, v in tblog.scalars_of(r).items())
+    events = tblog.read_events(run_dir)
+    assert sorted((e.step, e.tag, e.value) for e in events if e.kind == "scalar") == want
+    seen = [(e.step, e.tag) for e in events if e.kind != "session_start"]
+    assert len(seen) == len(set(seen)), [k for k in seen if seen.count(k) > 1]
+    return events
+
+
 def test_line_and_bar_charts_have_their_size_and_are_drawn():
     line = viz.line_chart({"loss": [(s, 1 / s) for s in range(1, 50)], "eval": [(10, 0.4), (40, 0.3)]},
                           ylabel="W+ MSE", title="loss")
