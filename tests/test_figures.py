@@ -160,3 +160,23 @@ def test_event_writer_loads_neither_torch_nor_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
     assert [(e.step, e.tag, e.value) for e in tblog.read_events(tmp_path)] == [(1, "loss", 0.5)]
+
+
+def test_tensorboard_itself_reads_the_event_files(tmp_path):
+    """TensorBoard's own reader (where the optional `tensorboard` app is installed: `.[tensorboard]`)."""
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    log = tblog.EventLog(tmp_path, enabled=True)
+    log.config(0, {"lr": 0.001})
+    for step in (5, 10, 15):
+        log.record({"step": step, "loss": 1.0 / step})
+    log.image("preview", 10, np.full((4, 6, 3), 100, np.uint8))
+    log.close()
+    log = tblog.EventLog(tmp_path, resume_step=10, enabled=True)  # killed after 15, resumed from 10
+    log.record({"step": 15, "loss": 0.5})
+    log.close()
+    acc = ea.EventAccumulator(str(tmp_path), size_guidance={ea.SCALARS: 0, ea.IMAGES: 0, ea.TENSORS: 0})
+    acc.Reload()
+    assert [(s.step, s.value) for s in acc.Scalars("loss")] == [(5, np.float32(0.2)), (10, np.float32(0.1)),
+                                                                 (15, 0.5)]
+    assert [(i.step, i.width, i.height) for i in acc.Images("preview")] == [(10, 6, 4)]
+    assert "config/text_summary" in acc.Tags()["tensors"]
