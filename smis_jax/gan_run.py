@@ -259,7 +259,7 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
     max_steps = math.ceil(max_kimg * 1000 / cfg.batch_size)
     start = int(jax.device_get(state.step))
     metrics_file = open(workdir / "metrics.jsonl", "a", buffering=1)
-    events = tblog.EventLog(workdir, resume_step=start if existing is not None else None)
+    events = tblog.EventLog(workdir, resume_step=start if resume else None)  # events after `start`: removed
     events.config(start, record)
     pending, last = [], {}
     t0 = t_last = time.perf_counter()
