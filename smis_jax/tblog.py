@@ -32,7 +32,6 @@ from smis_jax import hosts
 __all__ = ["EventLog", "Event", "scalars_of", "read_events", "event_files", "forget_after", "CONFIG_TAG"]
 
 CONFIG_TAG = "config"  # the resolved configuration, as text (TensorBoard's TEXT tab), at each start's first step
-FLUSH_SECONDS = 10.0  # while training, events reach the disk at least this often (and at every image and close)
 _opened = [0]
 
 
@@ -103,7 +102,6 @@ class EventLog:
         self._writer = EventsWriter(str(self.logdir / "events"), f".{os.getpid()}.{_opened[0]}")
         if resume_step is not None:
             self._add(resume_step + 1, session_log=self._pb.SessionLog(status=self._pb.SessionLog.START))
-        self._flushed = time.monotonic()
 
     def _add(self, step: int, **fields) -> None:
         self._writer.write_event(self._pb.Event(wall_time=time.time(), step=int(step), **fields))
@@ -115,7 +113,7 @@ class EventLog:
         step = int(record["step"])
         for tag, value in scalars_of(record).items():
             self._add(step, summary=self._summary.scalar(tag, value))
-        self._maybe_flush()
+        self.flush()  # on disk right after its (line-buffered) metrics.jsonl line, as a killed run leaves them
 
     def image(self, tag: str, step: int, image: np.ndarray) -> None:
         """A uint8 (H, W, 3) image (stored as PNG)."""
@@ -139,14 +137,9 @@ class EventLog:
         body = json.dumps(record, indent=1, default=str)
         self.text(CONFIG_TAG, step, "\n".join("    " + line for line in body.splitlines()))
 
-    def _maybe_flush(self) -> None:
-        if time.monotonic() - self._flushed >= FLUSH_SECONDS:
-            self.flush()
-
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
-            self._flushed = time.monotonic()
 
     def close(self) -> None:
         if self._writer is not None:

@@ -90,7 +90,7 @@ def test_tensorboard_events_and_curves_of_the_killed_and_resumed_run(run_dir):
     assert {(e.step, e.tag) for e in events if e.kind == "scalar" and e.tag in ("loss", "eval/miou")} == {
         (5, "loss"), (10, "loss"), (15, "loss"), (20, "loss"), (20, "eval/miou")}
     images = {e.step: Image.open(io.BytesIO(e.value)) for e in events if e.kind == "image" and e.tag == "preview"}
-    assert set(images) == {10, 20}
+    assert 20 in images and set(images) <= {10, 20}  # 10: if the killed run drew it before it was killed
     assert np.array_equal(np.asarray(images[20]), np.asarray(Image.open(run_dir / "images" / f"step_{STEPS:07d}.png")))
     configs = {e.step: json.loads("\n".join(line[4:] for line in e.value.splitlines()))
                for e in events if e.kind == "text" and e.tag == "config"}
