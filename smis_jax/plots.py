@@ -223,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (OSError, ValueError) as e:
                 print(f"error: {f}: cannot be read as JSON ({e})", file=sys.stderr)
                 return 2
+            if not isinstance(loaded[-1], dict) or "pseudo_labels" not in loaded[-1]:
+                print(f"error: {f}: not a groundtruth.json (no 'pseudo_labels')", file=sys.stderr)
+                return 2
         out = viz.save_png(args.out, groundtruth_bars(loaded))
     print(out)
     return 0
