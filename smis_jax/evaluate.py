@@ -6,8 +6,8 @@ paper's evaluation on ground truth (``smis_jax.groundtruth``).
 
 ``--checkpoint`` reads an export alone (a copied ``export/`` is enough: it holds the encoder, the generator, the
 prototypes and the run record). ``--workdir`` evaluates a run folder: its export, or with ``--step`` (or before
-the run has finished) one of its checkpoints; built-in runs also get ``groundtruth.json``, ``groundtruth.png`` and
-``curves.png`` in the run folder and the numbers appended to its ``metrics.jsonl``.
+the run has finished) one of its checkpoints; built-in runs also get ``groundtruth.json``, ``groundtruth.png``,
+``groundtruth-iou.png`` and ``curves.png`` in the run folder and the numbers appended to its ``metrics.jsonl``.
 
 Masks: ``--masks`` (label PNGs or folders), or the built-in domain's held-out masks, or the training data's
 ``test/labels`` when the data folder recorded by the run still exists.
@@ -112,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", type=int, help="--workdir: evaluate this checkpoint instead of the export")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", help="write the result as JSON here too")
-    parser.add_argument("--report", help="built-in domains: folder for groundtruth.json/.png and curves.png "
+    parser.add_argument("--report", help="built-in domains: folder for groundtruth.json/.png, groundtruth-iou.png and "
+                                         "curves.png "
                                          "(default: the run folder with --workdir, none with --checkpoint)")
     parser.add_argument("--samples", type=int, default=256,
                         help="built-in domains: generated samples for the pseudo-label and bfloat16 measures")

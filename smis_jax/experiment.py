@@ -6,6 +6,8 @@
     inversion/         one .npz per shot: its W+ codes, loss, step count and the generator's fingerprint
     checkpoints/N/     orbax: encoder params, BatchNorm stats, Ranger state, step, key, prototypes, run record
     metrics.jsonl      one JSON object per log interval (and per evaluation)
+    events.out.tfevents.*  the same scalars, the preview grids and config.json for TensorBoard (``smis_jax.tblog``)
+    curves.png         the loss, mIoU and inversion curves (``smis_jax.plots.run_curves``), drawn at the end
     images/            preview grids: pseudo-label | sample | reconstruction from the pseudo-label
     export/            self-contained: encoder, generator, latent_avg, prototypes, shot codes, the run record
                        (``smis_jax.export``; what synthesis, the editor and evaluation read)
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, hosts, interrupt, labeling, viz
+from smis_jax import builtin, data, export, hosts, interrupt, labeling, plots, tblog, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
 from smis_jax.files import FolderError, check_writable
@@ -212,14 +214,18 @@ def _forget_metrics_after(path: Path, step: int, log: Callable[[str], None]) -> 
 
 
 class _JsonlWriter:
-    """Appends one JSON line per record, on the writer process only (the others drop their identical records)."""
+    """Appends one JSON line per record, on the writer process only (the others drop their identical records), and
+    gives its scalars to ``events`` (TensorBoard)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, events: tblog.EventLog | None = None):
         self.file = open(path, "a", buffering=1) if hosts.is_writer() else None
+        self.events = events
 
     def write(self, record: dict[str, Any]) -> None:
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
+        if self.events is not None:
+            self.events.record(record)
 
     def close(self) -> None:
         if self.file is not None:
@@ -312,11 +318,15 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     state, gen_params, protos, latent_avg = hosts.replicate((state, generator.params, protos, latent_avg), mesh)
     step_fn = make_train_step(step_cfg, mesh)
     preview_fn = make_preview(step_cfg)
-    metrics_log = _JsonlWriter(workdir / "metrics.jsonl")
+    start = int(jax.device_get(state.step))
+    if resume and existing is None and hosts.is_writer():  # killed before its first checkpoint: no line survives
+        _forget_metrics_after(workdir / "metrics.jsonl", start, log)
+    events = tblog.EventLog(workdir, resume_step=start if resume else None)  # after `start`: removed, as above
+    events.config(start, run_record)
+    metrics_log = _JsonlWriter(workdir / "metrics.jsonl", events)
     if hosts.is_writer():
         (workdir / "images").mkdir(exist_ok=True)
     meta = {"train": cfg.to_dict()}
-    start = int(jax.device_get(state.step))
     pending: list[dict[str, Any]] = []
     last: dict[str, Any] = {}
     evaluation: dict[str, Any] | None = None
@@ -342,7 +352,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
                 metrics_log.write({"step": done, **last})
                 bar.postfix = f"loss {last['loss']:.4g}"
             if done % cfg.image_every == 0 or done == cfg.max_steps:
-                _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg, done, workdir)
+                _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg, done, workdir, events)
             if eval_names and (done % cfg.eval_every == 0 or done == cfg.max_steps):
                 enc_vars = {"params": state.params, "batch_stats": state.batch_stats}
                 evaluation = self_consistency(enc_config, enc_vars, generator.config, generator.params,
@@ -358,6 +368,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         except Exception:  # noqa: BLE001 - a failed save already raised its one line; do not mask it
             pass
         metrics_log.close()
+        events.close()
         bar.close()
 
     export_dir = workdir / "export"
@@ -371,6 +382,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
                      run={"train": cfg.to_dict(), "domain": domain.name, "class_names": list(domain.class_names),
                           "step": final_step, "data": "built-in" if data_dir is None else str(data_dir.absolute())},
                      prototypes=protos, shots=shot_codes)
+        plots.write_run_curves(workdir, inversion=shot_codes)
     hosts.barrier("export written")  # when this returns on any process, export/ is whole
     log(f"done at step {int(jax.device_get(state.step))}; synthesis checkpoint in {export_dir}")
     return {"step": int(jax.device_get(state.step)), "metrics": last, "evaluation": evaluation,
@@ -427,12 +439,15 @@ def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots,
     return protos, shot_codes
 
 
-def _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg: TrainConfig, step: int, workdir: Path):
+def _save_preview(preview_fn, state, gen_params, protos, latent_avg, cfg: TrainConfig, step: int, workdir: Path,
+                  events: tblog.EventLog | None = None):
     key = jax.random.fold_in(jax.random.key(cfg.seed), 10_000_019 + step)
     pv = preview_fn(state, gen_params, protos, latent_avg, key)  # every process: the mesh computes it together
     if hosts.is_writer():
         rows = [[viz.colorize(lab), viz.to_uint8(s), viz.to_uint8(r)]
                 for lab, s, r in zip(pv.labels, pv.sample, pv.reconstruction)]
         legend = viz.class_legend(cfg.domain_preset.n_classes, cfg.domain_preset.class_names)
-        viz.save_png(workdir / "images" / f"step_{step:07d}.png",
-                     viz.titled_grid(rows, ("pseudo-label", "sample", "reconstruction"), legend=legend))
+        grid = viz.titled_grid(rows, ("pseudo-label", "sample", "reconstruction"), legend=legend)
+        viz.save_png(workdir / "images" / f"step_{step:07d}.png", grid)
+        if events is not None:
+            events.image("preview", step, grid)

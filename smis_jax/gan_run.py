@@ -5,7 +5,9 @@
     config.json       the GanConfig, the data source, devices, versions and every command that touched the run
     checkpoints/N/    orbax: G, D, EMA G, both Adam states, step, key (N = steps done)
     metrics.jsonl     losses, scores, R1, speed and (built-in domain) the oracle's view of EMA samples
+    events.out.tfevents.*  the same scalars, the sample grids and config.json for TensorBoard (``smis_jax.tblog``)
     images/           sample grids of the EMA generator for fixed latents
+    curves.png        losses, scores, R1 and quality over kimg (``smis_jax.plots.gan_curves``), drawn at the end
 
 The real batch of step ``s`` is a pure function of ``s`` (procedural scenes ``s*B .. s*B+B-1`` of the training
 stream, or a seeded permutation of a folder per epoch), so ``--resume`` continues exactly.
@@ -26,7 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import data, shapes, viz
+from smis_jax import data, plots, shapes, tblog, viz
 from smis_jax.errors import ConfigError, MissingFileError
 from smis_jax.gan import GanConfig, GanState, init_state, make_train_step, sample_images
 from smis_jax.io.converted import save_converted
@@ -189,13 +191,15 @@ def _pairwise_agreement(masks: np.ndarray, pairs: int = 64) -> float:
     return float(np.mean(m[1:] == m[:-1]))
 
 
-def _preview(cfg: GanConfig, g_ema, path: Path, n: int = 32) -> None:
+def _preview(cfg: GanConfig, g_ema, path: Path, n: int = 32) -> np.ndarray:
     g = cfg.generator
     key = jax.random.key(PREVIEW_SEED)
     images = np.asarray(sample_images(g, g_ema, jax.random.normal(key, (n, g.style_dim)), jax.random.fold_in(key, 1)))
     cols = 8
     rows = [[viz.to_uint8(im) for im in images[r:r + cols]] for r in range(0, n, cols)]
-    viz.save_png(path, viz.grid(rows, pad=1))
+    grid = viz.grid(rows, pad=1)
+    viz.save_png(path, grid)
+    return grid
 
 
 def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str | Path | None = None,
@@ -255,6 +259,8 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
     max_steps = math.ceil(max_kimg * 1000 / cfg.batch_size)
     start = int(jax.device_get(state.step))
     metrics_file = open(workdir / "metrics.jsonl", "a", buffering=1)
+    events = tblog.EventLog(workdir, resume_step=start if resume else None)  # events after `start`: removed
+    events.config(start, record)
     pending, last = [], {}
     t0 = t_last = time.perf_counter()
     steps_since = 0
@@ -279,15 +285,18 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
                     q = generator_quality(cfg.generator, state.g_ema, n=128)
                     last.update({f"quality/{k}": v for k, v in q.items() if not isinstance(v, list)})
                 metrics_file.write(json.dumps(last) + "\n")
+                events.record(last)
                 log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()))
             if done % image_every == 0 or done == max_steps:
-                _preview(cfg, state.g_ema, workdir / "images" / f"step_{done:07d}.png")
+                events.image("samples", done, _preview(cfg, state.g_ema, workdir / "images" / f"step_{done:07d}.png"))
             if save_now:
                 ckpt.save(state, {"wall_s": wall + time.perf_counter() - t0,
                                   "kimg": done * cfg.batch_size / 1000})
     finally:
         ckpt.close()
         metrics_file.close()
+        events.close()
+    viz.save_png(workdir / "curves.png", plots.gan_curves(plots.read_metrics(workdir / "metrics.jsonl")))
     return last
 
 

@@ -13,8 +13,9 @@ measures:
 * **bfloat16**: how often labels from a bfloat16 generator agree with float32 ones (dense 5-shot and sparse).
 
 It writes ``groundtruth.json``, appends the numbers to ``metrics.jsonl``, and draws ``groundtruth.png`` (test mask |
-synthesis | its oracle segmentation; sample | oracle | pseudo-label) and ``curves.png`` (training loss and
-self-consistency mIoU over steps, the inversion losses).
+synthesis | its oracle segmentation; sample | oracle | pseudo-label), ``groundtruth-iou.png`` (per-class IoU bars,
+``plots.groundtruth_bars``) and ``curves.png`` (``plots.run_curves``: training loss, self-consistency and
+ground-truth mIoU over steps, the inversion loss per shot).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, labeling, shapes, synthesize, viz
+from smis_jax import builtin, data, export, labeling, plots, shapes, synthesize, viz
 from smis_jax.config import DOMAINS, ConfigError
 from smis_jax.inversion import invert_cached
 from smis_jax.io import load_lpips
@@ -154,9 +155,10 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Ground-truth evaluation of a built-in-domain export (see the module docstring).
 
-    ``report_dir``: where ``groundtruth.json``/``.png`` and ``curves.png`` go (None: nowhere, the result is
-    returned). ``run_dir``: the training run the export came from, when at hand: its ``metrics.jsonl`` gets the
-    result and draws the training curves, and its inversion cache serves exports that carry no shot codes."""
+    ``report_dir``: where ``groundtruth.json``/``.png``, ``groundtruth-iou.png`` and ``curves.png`` go (None:
+    nowhere, the result is returned). ``run_dir``: the training run the export came from, when at hand: its
+    ``metrics.jsonl`` gets the result and draws the training curves, and its inversion cache serves exports that
+    carry no shot codes."""
     run_export = export_dir if isinstance(export_dir, export.RunExport) else export.load(export_dir)
     run, train = run_export.run, run_export.run["train"]
     domain = DOMAINS.get(run.get("domain", train["domain"]))
@@ -231,27 +233,13 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
              for im, o, p in zip(sample_images[:8], oracle[:8], pseudo_dense)]
     figure = viz.grid([sum((r for r in rows[i::8]), []) for i in range(8)], pad=2)
     viz.save_png(report_dir / "groundtruth.png", np.kron(figure, np.ones((2, 2, 1), np.uint8)))
-    _plot_curves(report_dir, Path(run_dir) / "metrics.jsonl" if run_dir is not None else None, inv)
+    viz.save_png(report_dir / "groundtruth-iou.png", plots.groundtruth_bars(result))
+    # The run's curves with this result's ground-truth mIoU (a copied export alone: this result and the inversion).
+    rows = (plots.read_metrics(Path(run_dir) / "metrics.jsonl") if run_dir is not None
+            else [{"step": result["step"], "groundtruth": result}])
+    viz.save_png(report_dir / "curves.png", plots.run_curves(rows, getattr(inv, "history", None), names,
+                                                             run.get("class_names", ()), train))
     return result
-
-
-def _plot_curves(out_dir: Path, metrics_file: Path | None, inv) -> None:
-    series = {}
-    rows = ([json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-            if metrics_file is not None and metrics_file.is_file() else [])
-    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    miou = [(r["step"], r["eval/miou"]) for r in rows if "eval/miou" in r]
-    if loss:
-        series["encoder W+ loss"] = loss
-    if miou:
-        series["self-consistency mIoU"] = miou
-    panels = [viz.plot(series[k], title=k) for k in series]
-    history = getattr(inv, "history", None)
-    if history is not None and len(history):
-        panels.append(viz.plot([(i + 1, float(v)) for i, v in enumerate(np.asarray(history).mean(1))],
-                               title="inversion loss (mean of shots)"))
-    if panels:
-        viz.save_png(out_dir / "curves.png", viz.grid([panels], pad=4))
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -2,18 +2,24 @@
 
 The first 19 colours are CelebAMask-HQ's (as pSp's ``utils/common.py: get_colors``); classes beyond them get
 fixed pseudo-random colours (seeded, so a class keeps its colour across runs and class counts).
+
+Charts (curves, bars) are drawn with matplotlib's Agg renderer (no display, no pyplot state): describe each panel
+with :class:`Line` or :class:`Bars` and render one or several with :func:`charts`; :func:`line_chart` and
+:func:`bar_chart` are the one-panel shortcuts. Every chart comes back as a uint8 (H, W, 3) image for
+:func:`save_png`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
 __all__ = ["CELEBAMASK_COLORS", "palette", "colorize", "to_uint8", "grid", "titled_grid", "class_legend", "save_png",
-           "plot"]
+           "Line", "Bars", "charts", "line_chart", "bar_chart"]
 
 CELEBAMASK_COLORS = np.array([
     [0, 0, 0], [204, 0, 0], [76, 153, 0], [204, 204, 0], [51, 51, 255], [204, 0, 204], [0, 255, 255],
@@ -164,27 +170,170 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     return path
 
 
-def plot(points, title: str = "", size: tuple[int, int] = (320, 200)) -> np.ndarray:
-    """A line chart of ``points`` [(x, y), ...] as a uint8 (H, W, 3) image, with the title and the y range
-    written in; enough to see a curve's shape without a plotting library."""
-    from PIL import Image, ImageDraw
+# --- charts (matplotlib, Agg) -----------------------------------------------------------------------------------
 
-    w, h = size
-    img = Image.new("RGB", (w, h), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    pts = [(float(x), float(y)) for x, y in points if np.isfinite(float(y))]
-    left, top, right, bottom = 8, 22, w - 8, h - 18
-    draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
-    draw.text((left, 4), title, fill=(0, 0, 0))
-    if pts:
-        xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-        x0, x1 = xs.min(), max(xs.max(), xs.min() + 1e-9)
-        y0, y1 = ys.min(), max(ys.max(), ys.min() + 1e-9)
-        line = [(left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top))
-                for x, y in pts]
-        draw.line(line if len(line) > 1 else line * 2, fill=(200, 40, 40), width=2)
-        draw.text((left + 2, top + 2), f"{y1:.4g}", fill=(90, 90, 90))
-        draw.text((left + 2, bottom - 12), f"{y0:.4g}", fill=(90, 90, 90))
-        draw.text((left, bottom + 3), f"{x0:.4g}", fill=(90, 90, 90))
-        draw.text((right - 40, bottom + 3), f"{x1:.4g}", fill=(90, 90, 90))
-    return np.asarray(img)
+PANEL_SIZE = (5.2, 3.6)  # inches per panel; at DPI a panel is 520 x 360 px: two side by side fit a README at 1:1
+DPI = 100
+_STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
+          "xtick.labelsize": 10, "ytick.labelsize": 10, "axes.grid": True, "grid.alpha": 0.3,
+          "axes.spines.top": False, "axes.spines.right": False}
+Number = float | int
+
+
+@dataclass(frozen=True)
+class Line:
+    """A panel of curves. ``series`` maps a legend name to its points ``[(x, y), ...]`` (points with a non-finite
+    y are left out; an empty series is not drawn). ``markers``: None marks the points of series with at most 12
+    of them (an evaluation every few hundred steps), True/False always/never. ``colors``: optional RGB (0-255) per
+    series name (e.g. :func:`palette`'s class colours)."""
+
+    series: Mapping[str, Sequence[tuple[Number, Number]]]
+    title: str = ""
+    xlabel: str = "step"
+    ylabel: str = ""
+    logy: bool = False
+    markers: bool | None = None
+    ylim: tuple[Number | None, Number | None] | None = None
+    colors: Mapping[str, Sequence[int]] | None = None
+
+
+@dataclass(frozen=True)
+class Bars:
+    """A panel of grouped bars. ``rows`` maps a category (an x tick: a class, a variant of an ablation) to
+    ``{series name: value}`` (a series is a colour in the legend; a category may lack some series). A value may
+    be a sequence, one per seed: the bar is then their mean, the whisker spans their min..max and a dot marks each
+    seed (the legend says so). ``values``: print each bar's (mean) value above it. The legend goes to the right of
+    the axes: give a panel of many bars a wide ``panel_size`` (:func:`charts`)."""
+
+    rows: Mapping[str, Mapping[str, Number | Sequence[Number]]]
+    title: str = ""
+    ylabel: str = ""
+    xlabel: str = ""
+    ylim: tuple[Number | None, Number | None] | None = None
+    values: bool = False
+    colors: Mapping[str, Sequence[int]] | None = None
+
+
+def _rgb(colors, name):
+    c = (colors or {}).get(name)
+    return None if c is None else tuple(float(v) / 255.0 for v in c)
+
+
+def _draw_line(ax, panel: Line) -> None:
+    drawn = 0
+    for name, points in panel.series.items():
+        pts = [(float(x), float(y)) for x, y in points if np.isfinite(float(y))]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        marker = "o" if (panel.markers if panel.markers is not None else len(pts) <= 12) else None
+        ax.plot(xs, ys, label=name, marker=marker, markersize=4, linewidth=1.6, color=_rgb(panel.colors, name))
+        drawn += 1
+    if panel.logy:
+        ax.set_yscale("log")
+    if panel.ylim is not None:
+        ax.set_ylim(*panel.ylim)
+    if drawn:
+        ax.legend(loc="best", ncols=2 if drawn > 5 else 1, framealpha=0.8)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
+
+
+def _draw_bars(ax, panel: Bars) -> None:
+    categories = list(panel.rows)
+    names: list[str] = []
+    for row in panel.rows.values():
+        names += [n for n in row if n not in names]
+    width = 0.8 / max(len(names), 1)
+    x = np.arange(len(categories), dtype=np.float64)
+    spread = False
+    for i, name in enumerate(names):
+        pos, means, lows, highs, seeds = [], [], [], [], []
+        for j, cat in enumerate(categories):
+            if name not in panel.rows[cat]:
+                continue
+            v = np.atleast_1d(np.asarray(panel.rows[cat][name], np.float64))
+            pos.append(x[j] + (i - (len(names) - 1) / 2) * width)
+            means.append(v.mean())
+            lows.append(max(v.mean() - v.min(), 0.0))  # >= 0 despite rounding
+            highs.append(max(v.max() - v.mean(), 0.0))
+            seeds.append(v if v.size > 1 else None)
+        if not pos:
+            continue
+        bars = ax.bar(pos, means, width * 0.92, label=name, color=_rgb(panel.colors, name))
+        if any(s is not None for s in seeds):
+            spread = True
+            ax.errorbar(pos, means, yerr=[lows, highs], fmt="none", ecolor="0.15", capsize=2, linewidth=1)
+            for p, s in zip(pos, seeds):
+                if s is not None:
+                    ax.plot(np.full(s.shape, p), s, "o", color="0.15", markersize=2.5, zorder=3)
+        if panel.values:
+            ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], fontsize=8, padding=1)
+    long_names = max((len(c) for c in categories), default=0) > 7
+    ax.set_xticks(x, categories, rotation=30 if long_names else 0, ha="right" if long_names else "center")
+    ax.grid(axis="x", visible=False)
+    if panel.ylim is not None:
+        ax.set_ylim(*panel.ylim)
+    handles, labels = ax.get_legend_handles_labels()
+    if spread:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="0.15", marker="o", markersize=3, linewidth=1))
+        labels.append("seeds (min..max)")
+    if len(handles) > 1:  # beside the axes, never over a bar
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+
+
+def charts(panels: Sequence[Line | Bars], cols: int | None = None, title: str = "",
+           panel_size: tuple[float, float] = PANEL_SIZE, dpi: int = DPI) -> np.ndarray:
+    """Render panels (:class:`Line`, :class:`Bars`) on a grid of ``cols`` columns (default: up to 2) as one uint8
+    (H, W, 3) image of exactly ``rows * panel_size[1] * dpi`` by ``cols * panel_size[0] * dpi`` pixels, white
+    background, axes labelled, a legend per panel."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise ValueError("charts needs at least one panel")
+    cols = min(len(panels), 2) if cols is None else cols
+    rows = -(-len(panels) // cols)
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=(cols * panel_size[0], rows * panel_size[1]), dpi=dpi, layout="constrained",
+                     facecolor="white")
+        canvas = FigureCanvasAgg(fig)
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax, panel in zip(axes, panels):
+            if isinstance(panel, Line):
+                _draw_line(ax, panel)
+            elif isinstance(panel, Bars):
+                _draw_bars(ax, panel)
+            else:
+                raise TypeError(f"charts takes Line or Bars panels, got {type(panel).__name__}")
+            ax.set_title(panel.title)
+            ax.set_xlabel(panel.xlabel)
+            ax.set_ylabel(panel.ylabel)
+        for ax in axes[len(panels):]:
+            ax.remove()
+        if title:
+            fig.suptitle(title)
+        canvas.draw()
+        image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    return image
+
+
+def line_chart(series: Mapping[str, Sequence[tuple[Number, Number]]], *, title: str = "", xlabel: str = "step",
+               ylabel: str = "", logy: bool = False, **kw) -> np.ndarray:
+    """One panel of curves (see :class:`Line`) as a uint8 image; ``kw``: :func:`charts`' ``panel_size``/``dpi``.
+
+    ``viz.save_png("loss.png", viz.line_chart({"loss": [(10, 0.7), (20, 0.6)]}, ylabel="W+ MSE"))``"""
+    return charts([Line(series, title, xlabel, ylabel, logy)], **kw)
+
+
+def bar_chart(rows: Mapping[str, Mapping[str, Number | Sequence[Number]]], *, title: str = "", ylabel: str = "",
+              xlabel: str = "", ylim=None, values: bool = False, **kw) -> np.ndarray:
+    """One panel of grouped bars (see :class:`Bars`; a sequence of values is a seed spread) as a uint8 image;
+    ``kw``: :func:`charts`' ``panel_size``/``dpi``. For a table of ablation variants x measures::
+
+        viz.bar_chart({"baseline": {"mIoU": [0.29, 0.31, 0.30]}, "refined": {"mIoU": [0.33, 0.34, 0.32]}},
+                      ylabel="mIoU (0-1)", values=True)"""
+    return charts([Bars(rows, title, ylabel, xlabel, ylim, values)], **kw)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smis_jax import builtin, gan_run, shapes, viz
+from smis_jax import builtin, gan_run, shapes, tblog, viz
 from smis_jax.app import editor
 from smis_jax.config import DOMAINS, TrainConfig
 from smis_jax.io import load_generator
+from test_figures import assert_drawn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +105,10 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     assert 0 <= truth["synthesis"]["miou"] <= 1 and 0 <= truth["synthesis_4styles"]["accuracy"] <= 1
     assert truth["inversion"]["psnr_db"] > 0 and set(truth["bf16_agreement"]) == {"dense", "sparse"}
     assert "pseudo-labels dense 5shot" in proc.stderr  # the table
-    assert (work / "groundtruth.png").is_file() and (work / "curves.png").is_file()
+    assert (work / "groundtruth.png").is_file()
+    assert_drawn(np.asarray(Image.open(work / "curves.png")), (720, 1040))
+    assert_drawn(np.asarray(Image.open(work / "groundtruth-iou.png")), (960, 1040))
+    assert any(e.tag == "loss" for e in tblog.read_events(work))  # TensorBoard followed the run
 
     mask = tmp_path / "mask.png"
     Image.fromarray(builtin.test_masks(DOMAINS["shapes"], 1)[1][0]).save(mask)

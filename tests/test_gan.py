@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import FORWARD_TOL, rel_err
+from test_figures import assert_drawn, assert_events_equal_metrics
 from smis_jax import gan, gan_run
 from smis_jax.io import load_generator
 from smis_jax.io.converted import StateDict
@@ -126,6 +128,12 @@ def test_trainer_learns_resumes_exactly_and_exports(tmp_path):
         assert np.array_equal(np.asarray(x), np.asarray(y))  # bit for bit
     record = json.loads((tmp_path / "split" / "config.json").read_text())
     assert len(record["invocations"]) == 2  # the refused resumes wrote nothing
+    # TensorBoard: the split run's events are its metrics.jsonl, each step once; sample grids; curves.png drawn
+    events = assert_events_equal_metrics(tmp_path / "split")
+    assert sorted({e.step for e in events if e.tag == "loss_d"}) == [2, 4, 6, 8]
+    assert [e.step for e in events if e.kind == "image"] == [4, 8]
+    assert [e.step for e in events if e.kind == "text"] == [0, 4]  # the record of each start
+    assert_drawn(np.asarray(Image.open(tmp_path / "split" / "curves.png")), (720, 1040))
 
     out = gan_run.export_generator(tmp_path / "full", tmp_path / "export")
     g = load_generator(out)

@@ -5,6 +5,7 @@ The resumed run must end exactly where an uninterrupted run ends: we replay the 
 seed and the run's prototypes and compare with the final checkpoint.
 """
 
+import io
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from smis_jax.config import TrainConfig
 from smis_jax.io import load_generator
 from smis_jax.training import Checkpointer, StepConfig, abstract_train_state, init_train_state
 from train import run as train_cli
+from test_figures import assert_drawn, assert_events_equal_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, SAVE_EVERY = 20, 10
@@ -78,6 +80,22 @@ def test_run_writes_what_a_user_needs(run_dir):
     assert grid.size[0] == 3 * 256 and grid.size[1] > 2 * 256
     assert sorted(p.name for p in (run_dir / "inversion").iterdir()) == [f"{n}.npz" for n in
                                                                           ["0", "1", "10", "100", "1000"]]
+
+
+@pytest.mark.e2e
+def test_tensorboard_events_and_curves_of_the_killed_and_resumed_run(run_dir):
+    """The event files repeat metrics.jsonl (the killed run's events after its checkpoint at 10 are gone, each step
+    once), hold the preview grids and the configuration of each start; curves.png is a drawn chart."""
+    events = assert_events_equal_metrics(run_dir)
+    assert {(e.step, e.tag) for e in events if e.kind == "scalar" and e.tag in ("loss", "eval/miou")} == {
+        (5, "loss"), (10, "loss"), (15, "loss"), (20, "loss"), (20, "eval/miou")}
+    images = {e.step: Image.open(io.BytesIO(e.value)) for e in events if e.kind == "image" and e.tag == "preview"}
+    assert 20 in images and set(images) <= {10, 20}  # 10: if the killed run drew it before it was killed
+    assert np.array_equal(np.asarray(images[20]), np.asarray(Image.open(run_dir / "images" / f"step_{STEPS:07d}.png")))
+    configs = {e.step: json.loads("\n".join(line[4:] for line in e.value.splitlines()))
+               for e in events if e.kind == "text" and e.tag == "config"}
+    assert set(configs) == {0, SAVE_EVERY} and configs[SAVE_EVERY] == json.loads((run_dir / "config.json").read_text())
+    assert_drawn(np.asarray(Image.open(run_dir / "curves.png")), (720, 1040))
 
 
 @pytest.mark.e2e
