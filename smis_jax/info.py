@@ -112,7 +112,7 @@ def summary() -> str:
     """One line: backend, devices, JAX and its companions, Python (train.run prints it at start-up)."""
     b, v = backend(), versions()
     kinds = ", ".join(b["device_kinds"])
-    parts = [f"jax {v['jax']} (jaxlib {v['jaxlib']})", f"backend {b['backend']}: {b['devices']} x {kinds}"]
+    parts = [f"jax {v['jax']} (jaxlib {v['jaxlib']})", f"backend {b['backend']}: {b['devices']} device(s) ({kinds})"]
     parts += [", ".join(f"{n} {v[n]}" for n in ("flax", "optax", "orbax-checkpoint", "numpy"))]
     return "; ".join(parts) + f"; Python {v['python']}"
 
