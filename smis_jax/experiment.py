@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -34,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, hosts, interrupt, labeling, plots, tblog, viz
+from smis_jax import builtin, data, export, hosts, info, interrupt, labeling, plots, tblog, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
 from smis_jax.files import FolderError, check_writable
@@ -254,6 +253,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     workdir = Path(workdir)
     if (data_dir is None or stylegan is None) and not domain.builtin:
         raise ConfigError(f"domain '{domain.name}' needs a data folder and a StyleGAN2 checkpoint")
+    log(info.summary())
     stylegan = builtin.generator_path() if stylegan is None else stylegan
     data_dir = None if data_dir is None else Path(data_dir)
     ckpt_dir = workdir / "checkpoints"
@@ -292,7 +292,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         "generator": generator.config.to_json(),
         "encoder": enc_config.to_json(),
         "devices": [str(d) for d in mesh.devices.flat],
-        "versions": {"python": platform.python_version(), "jax": jax.__version__},
+        "versions": info.versions(),
+        "backend": info.backend(),
         "command": sys.argv,
     }
     hosts.barrier("run folder checked")  # every process has read config.json; the writer may now replace it

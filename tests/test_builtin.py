@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -92,6 +93,7 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((work / "config.json").read_text())
     assert record["data"] == "built-in" and record["shots"] == [f"scene{i:02d}" for i in range(5)]
+    assert f"jax {jax.__version__} (jaxlib " in proc.stdout and "backend cpu: 2 device(s) (cpu)" in proc.stdout
     assert (work / "export" / "config.json").is_file() and (work / "images" / "step_0000004.png").is_file()
     preview = np.asarray(Image.open(work / "images" / "step_0000004.png"))  # titled columns, legend below
     assert preview.shape[1] == 3 * 256 and (preview.shape[0] - viz.TITLE_HEIGHT - 2 * 256) % 16 == 0

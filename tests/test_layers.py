@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("base", ["smis_jax", "smis_jax.errors", "smis_jax.config", "smis_jax.files", "smis_jax.interrupt",
               "smis_jax.progress", "smis_jax.viz", "smis_jax.shapes", "smis_jax.data", "smis_jax.hosts",
-              "smis_jax.tblog"]),
+              "smis_jax.tblog", "smis_jax.info"]),
     ("nets", ["smis_jax.nets"]),
     ("io", ["smis_jax.io"]),
     ("method", ["smis_jax.labeling", "smis_jax.optim", "smis_jax.inversion", "smis_jax.training", "smis_jax.metrics",

@@ -68,6 +68,7 @@ def test_run_writes_what_a_user_needs(run_dir):
     record = json.loads((run_dir / "config.json").read_text())
     assert record["train"]["domain"] == "golden-faces" and record["shots"] == ["0", "1", "10", "100", "1000"]
     assert len(record["devices"]) == 2  # the batch was split over both (forced) CPU devices
+    assert record["versions"]["jax"] == jax.__version__ and record["backend"]["backend"] == "cpu"  # smis_jax.info
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [m for m in lines if "loss" in m]
     assert [m["step"] for m in train_lines][-2:] == [15, 20] and all(np.isfinite(m["loss"]) for m in train_lines)
