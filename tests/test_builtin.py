@@ -75,6 +75,30 @@ def test_shipped_generator_matches_its_provenance():
     assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 25 * 2**20
 
 
+def test_readme_quotes_the_shipped_generators_provenance():
+    """The README's paragraph on the shipped generator quotes provenance.json: images seen, step, batch, wall time,
+    architecture and the quality figures (each as printed, rounded from the file's value)."""
+    prov = json.loads((builtin.generator_path() / "provenance.json").read_text())
+    q, gan = prov["quality"], prov["gan"]
+    text = " ".join((REPO / "README.md").read_text().replace("\\\n", " ").split())  # line breaks: spaces
+    hours, minutes = divmod(int(prov["wall_s"] // 60), 60)
+    expected = [
+        f"It saw {prov['kimg']:g} kimg (step {prov['step']}, batch {gan['batch_size']}; {hours} h {minutes} min",
+        f"(64 px, style dim {gan['style_dim']}, {gan['n_mlp']} mapping layers, channels "
+        + ", ".join(f"{r}:{c}" for r, c in prov["generator"]["channels"].items()) + ";",
+        f"the oracle assigns {100 * q['oracle_confidence']:.1f}% of its pixels",
+        "its class frequencies are " + " / ".join(f"{f:.2f}" for f in q["class_freq"])
+        + " against the data's " + " / ".join(f"{f:.2f}" for f in q["data_class_freq"]),
+        f"(total-variation distance {q['class_freq_tv']:.3f})",
+        f"neighbouring samples agree on {100 * q['layout_agreement']:.1f}% of their pixels against "
+        f"{100 * q['data_layout_agreement']:.1f}% for real scenes",
+        f"--max-kimg 400 --batch-size {gan['batch_size']} --n-mlp {gan['n_mlp']} --lr {gan['lr']:g} "
+        f"--r1-gamma {gan['r1_gamma']:g}",
+    ]
+    for phrase in expected:
+        assert phrase in text, phrase
+
+
 def _run(args, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
