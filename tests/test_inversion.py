@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from smis_jax import data
-from smis_jax.inversion import generator_fingerprint, initial_codes, invert, invert_cached, read_cache
+from smis_jax.inversion import generator_fingerprint, image_loss, initial_codes, invert, invert_cached, read_cache
 from smis_jax.io import load_generator, load_lpips
 from smis_jax.nets import stylegan2
 
@@ -61,6 +61,19 @@ def test_loss_falls_and_best_is_tracked(batched):
     assert batched.history.shape == (STEPS, 2)
     assert np.all(batched.history[-1] < batched.history[0])  # a small lr descends even on random weights
     np.testing.assert_allclose(batched.loss, batched.history.min(axis=0), rtol=1e-6)
+
+
+def test_returned_codes_are_the_best_steps_codes(generator, lpips_params, targets, keys, batched):
+    # Re-render the returned codes with the noise of the step that scored best (image k's noise at step t is drawn
+    # from fold_in(its noise key, t)): the loss must be the reported best, and the codes must have moved.
+    best_step = batched.history.argmin(axis=0)  # (K,)
+    init_keys, noise_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    step_keys = jnp.stack([jax.random.fold_in(noise_keys[k], int(t)) for k, t in enumerate(best_step)])
+    noise = stylegan2.make_sample_noise(generator.config, step_keys)
+    image, _ = stylegan2.Generator(generator.config).apply(generator.params, jnp.asarray(batched.w_plus), noise)
+    loss = np.asarray(image_loss(lpips_params, image, jnp.asarray(targets), 1.0, 0.8))
+    np.testing.assert_allclose(loss, batched.loss, rtol=1e-5)
+    assert not np.allclose(batched.w_plus, np.asarray(initial_codes(generator, init_keys)))
 
 
 def test_diverging_run_keeps_the_codes_that_achieved_the_best_loss(generator, lpips_params, targets, keys):
