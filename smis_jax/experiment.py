@@ -36,7 +36,7 @@ from smis_jax import builtin, data, export, hosts, interrupt, labeling, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
 from smis_jax.files import FolderError, check_writable
-from smis_jax.inversion import invert_cached, read_cache
+from smis_jax.inversion import cache_settings, invert_cached, read_cache
 from smis_jax.io import load_generator, load_lpips
 from smis_jax.metrics import self_consistency
 from smis_jax.nets import stylegan2
@@ -301,7 +301,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         log(f"resuming from step {int(state.step)} ({ckpt_dir})")
         if hosts.is_writer():
             _forget_metrics_after(workdir / "metrics.jsonl", int(state.step), log)
-        cached = read_cache(workdir / "inversion", shots.names, generator, cfg.inversion_steps, log) \
+        cached = read_cache(workdir / "inversion", shots.names, _inversion_settings(cfg, generator, shots), log) \
             if hosts.is_writer() else None  # the writer alone writes the export that holds them
         shot_codes = None if cached is None else ShotCodes(shots.names, cached.w_plus, cached.loss, cached.history)
     else:
@@ -385,6 +385,13 @@ def _latest_checkpoint(ckpt_dir: Path) -> int | None:
         return checkpointer.latest_step()
     finally:
         checkpointer.close()
+
+
+def _inversion_settings(cfg: TrainConfig, generator, shots: Shots) -> list[dict[str, Any]]:
+    """What the shots' inversion cache is keyed on, for this run (the key as :func:`_build_prototypes` draws it)."""
+    key_inv, _ = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), 1))
+    return cache_settings(generator, shots.images, key_inv, steps=cfg.inversion_steps, lr=cfg.inversion_lr,
+                          l2_lambda=cfg.inversion_l2_lambda, lpips_lambda=cfg.inversion_lpips_lambda)
 
 
 def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots, workdir: Path,

@@ -7,6 +7,7 @@ everywhere scores what the comments compute, and features that are the masks' ow
 exactly.
 """
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -131,3 +132,43 @@ def test_pseudo_labels_of_one_hot_features_are_exact():
         assert out[key]["miou"] == 1.0 and out[key]["accuracy"] == 1.0, (key, out[key])
     # (identical vectors tie: every annotated vector of a class picks the same top-3 pixels, so coverage is small)
     assert 0 < out["sparse_1shot"]["coverage"] <= out["sparse_5shot"]["coverage"] < 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where the evaluation caches the shots' inversion when the export carries no codes.
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["run", "export"])
+def test_evaluation_caches_inversions_only_in_the_run_or_export_folder(tmp_path, monkeypatch, where):
+    from smis_jax import export
+    from smis_jax.config import TrainConfig
+    from smis_jax.io import load_generator
+
+    g = load_generator(builtin.generator_path())
+    train = TrainConfig(domain="shapes").to_dict()
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    run_export = export.RunExport(
+        pipeline=SimpleNamespace(generator=g, latent_avg=np.asarray(g.truncation_latent())[None]),
+        prototypes=None, run={"domain": "shapes", "train": train}, shots=None, path=export_dir)
+    seen = {}
+
+    def invert_cached(cache, names, generator, lpips_params, images, key, log=print, **kw):
+        seen["cache"] = Path(cache)
+        seen["steps"] = kw["steps"]
+        raise _Stop
+
+    monkeypatch.setattr(groundtruth, "invert_cached", invert_cached)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    run_dir = tmp_path / "run" if where == "run" else None
+    monkeypatch.setattr(groundtruth, "load_lpips", lambda: SimpleNamespace(params=None))
+    with pytest.raises(_Stop):
+        groundtruth.evaluate(run_export, report_dir=None, run_dir=run_dir, log=lambda m: None)
+    assert seen["steps"] == train["inversion_steps"]
+    assert seen["cache"] == (run_dir if where == "run" else export_dir) / "inversion"
+    assert not any(cwd.iterdir())

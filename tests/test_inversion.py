@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from smis_jax import data
-from smis_jax.inversion import generator_fingerprint, image_loss, initial_codes, invert, invert_cached, read_cache
+from smis_jax.inversion import (cache_settings, generator_fingerprint, image_loss, initial_codes, invert, invert_cached,
+                                read_cache)
 from smis_jax.io import load_generator, load_lpips
 from smis_jax.nets import stylegan2
 
@@ -110,16 +111,54 @@ def test_cache_is_reused_only_for_the_same_generator_and_steps(generator, lpips_
                          overwrite=True, **kwargs)
     assert not redo.reused
     seen = len(logs)
-    assert read_cache(tmp_path, ["0", "1"], generator, 2 * STEPS, log=logs.append) is None  # another step count
-    assert any("another generator or step count" in m for m in logs[seen:])
+    longer = cache_settings(generator, targets, keys=keys, steps=2 * STEPS, lr=1e-3)
+    assert read_cache(tmp_path, ["0", "1"], longer, log=logs.append) is None  # another step count
+    assert any("other settings (0: steps; 1: steps)" in m for m in logs[seen:])
     other = stylegan2.LoadedGenerator(generator.config, generator.params, generator.noises,
                                       latent_avg=generator.latent_avg + 1.0)
     assert generator_fingerprint(other) != generator_fingerprint(generator)
     seen = len(logs)
     theirs = invert_cached(tmp_path, ["0", "1"], other, lpips_params, targets, None, log=logs.append, **kwargs)
-    assert not theirs.reused and any("another generator or step count" in m for m in logs[seen:])
-    assert read_cache(tmp_path, ["0", "1"], other, STEPS, log=logs.append) is not None  # now cached for that G
-    assert read_cache(tmp_path, ["0", "1"], generator, STEPS, log=logs.append) is None
+    assert not theirs.reused and any("other settings (0: generator; 1: generator)" in m for m in logs[seen:])
+    mine, others = (cache_settings(g, targets, keys=keys, steps=STEPS, lr=1e-3) for g in (generator, other))
+    assert read_cache(tmp_path, ["0", "1"], others, log=logs.append) is not None  # now cached for that G
+    assert read_cache(tmp_path, ["0", "1"], mine, log=logs.append) is None
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(lr=0.5), "lr"), (dict(l2_lambda=2.0), "l2_lambda"), (dict(lpips_lambda=0.8), "lpips_lambda"),
+    (dict(steps=1), "steps"), (dict(key=jax.random.key(1)), "key"), (dict(image=1), "image content"),
+])
+def test_cache_key_covers_every_setting_that_determines_the_codes(generator, targets, tmp_path, change, named):
+    """A cache made with one setting changed is not reused, and the log names the setting (steps=0: the starting
+    codes, nothing compiled). The image content is hashed, so a shot replaced under the same name is redone."""
+    base = dict(steps=0, lr=1.0, l2_lambda=1.0, lpips_lambda=0.0, key=jax.random.key(0))
+    invert_cached(tmp_path, ["a", "b"], generator, None, targets, log=print, **base)
+    settings = dict(base, **{k: v for k, v in change.items() if k != "image"})
+    images = targets.copy()
+    if "image" in change:
+        images[1, 0, 0, 0] += 1e-3  # one value of shot b
+    logs = []
+    assert read_cache(tmp_path, ["a", "b"], cache_settings(generator, targets, **base), logs.append) is not None
+    assert read_cache(tmp_path, ["a", "b"], cache_settings(generator, images, **settings), logs.append) is None
+    expected = f"b: {named}" if "image" in change else f"a: {named}; b: {named}"
+    assert logs and f"other settings ({expected})" in logs[-1], logs
+    # chunk (progress only) is not part of the key
+    assert cache_settings(generator, targets, **base, chunk=7) == cache_settings(generator, targets, **base)
+
+
+def test_a_cache_without_settings_is_recomputed(generator, targets, tmp_path):
+    """Cache files written before the key covered every setting (codes, loss, steps and fingerprint only)."""
+    base = dict(steps=0, lpips_lambda=0.0, key=jax.random.key(0))
+    first = invert_cached(tmp_path, ["a", "b"], generator, None, targets, log=print, **base)
+    for name in ("a", "b"):
+        with np.load(tmp_path / f"{name}.npz") as z:
+            old = {k: z[k] for k in z.files if k != "settings"}
+        np.savez(tmp_path / f"{name}.npz", **old)
+    logs = []
+    again = invert_cached(tmp_path, ["a", "b"], generator, None, targets, log=logs.append, **base)
+    assert not again.reused and "other settings" in logs[0], logs
+    np.testing.assert_array_equal(again.w_plus, first.w_plus)
 
 
 def test_lpips_weight_required(generator, targets, keys):
