@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from smis_jax.errors import ConfigError
+from smis_jax.precision import PRECISIONS
 
 __all__ = ["Domain", "DOMAINS", "ENCODER_SIZES", "TrainConfig", "get_domain", "ConfigError"]
 
@@ -133,6 +134,9 @@ class TrainConfig:
     eval_every: int = 2500
     keep_checkpoints: int = 3
     seed: int = 0
+    # float32 matmul/conv precision of training, inversion, labelling and evaluation (smis_jax.precision; the CLIs
+    # apply it): 'highest' (full float32, parity), 'tensorfloat32' or 'default' (XLA's choice: TF32 on recent GPUs).
+    precision: str = "highest"
     # The generator's output size; None = the domain preset's. Another size (e.g. AFHQ cat at 512 for 'cat') works
     # the same way: the encoder's W+ depth follows the generator, features are still tapped at 64x64.
     generator_size: int | None = None
@@ -160,6 +164,8 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not -1.0 <= self.cos_th <= 1.0:
             raise ConfigError(f"cos_th must lie in [-1, 1], got {self.cos_th}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @classmethod
     def for_domain(cls, domain: str, **explicit) -> "TrainConfig":

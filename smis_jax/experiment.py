@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, hosts, interrupt, labeling, viz
+from smis_jax import builtin, data, export, hosts, interrupt, labeling, precision, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
 from smis_jax.files import FolderError, check_writable
@@ -159,7 +159,8 @@ def _check_resume(saved: dict[str, Any], cfg: TrainConfig, source: Path | str) -
     changed = [f"{key} {value!r} -> {new.get(key)!r}" for key, value in saved.items()
                if key not in RESUMABLE_CHANGES and key != "extra" and new.get(key) != value]
     changed += [f"{key} (not set) -> {new[key]!r}" for key in new
-                if key not in saved and key not in RESUMABLE_CHANGES and key != "extra"]
+                if key not in saved and key not in RESUMABLE_CHANGES and key != "extra"
+                and not (key == "precision" and new[key] == precision.DEFAULT)]  # runs from before the setting
     if changed:
         raise ConfigError(f"cannot resume {source}: changed setting(s) {'; '.join(changed)} (only "
                           f"{', '.join(sorted(RESUMABLE_CHANGES))} may change; use another --workdir for a new run)")
@@ -287,6 +288,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         "encoder": enc_config.to_json(),
         "devices": [str(d) for d in mesh.devices.flat],
         "versions": {"python": platform.python_version(), "jax": jax.__version__},
+        # the float32 matmul/conv precision in effect (train.run applies cfg.precision) and the host
+        "matmul_precision": jax.config.jax_default_matmul_precision or "default", "machine": precision.machine(),
         "command": sys.argv,
     }
     hosts.barrier("run folder checked")  # every process has read config.json; the writer may now replace it

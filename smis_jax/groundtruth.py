@@ -193,6 +193,7 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
         "generator_oracle_confidence": shapes.oracle_confidence(sample_images),
         "pseudo_labels": pseudo, "synthesis": synth, f"synthesis_{styles}styles": synth_styles,
         "inversion": inversion, "bf16_agreement": bf16,
+        "matmul_precision": jax.config.jax_default_matmul_precision or "default",
     }
     if run_dir is not None:
         with open(Path(run_dir) / "metrics.jsonl", "a") as f:

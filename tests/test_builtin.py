@@ -111,10 +111,14 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     work = tmp_path / "shapes"
     proc = _run(["-m", "train.run", "--domain", "shapes", "--workdir", str(work), "--max-steps", "4",
                  "--inversion-steps", "4", "--batch-size", "2", "--encoder", "tiny", "--save-every", "2",
-                 "--log-every", "2", "--image-every", "4", "--eval-every", "4"], timeout=1500)
+                 "--log-every", "2", "--image-every", "4", "--eval-every", "4", "--precision", "tensorfloat32"],
+                timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((work / "config.json").read_text())
     assert record["data"] == "built-in" and record["shots"] == [f"scene{i:02d}" for i in range(5)]
+    # the flag is recorded and was in effect (this process's test set-up does not reach the CLI's), with the host
+    assert record["train"]["precision"] == record["matmul_precision"] == "tensorfloat32"
+    assert record["machine"]["cpu_model"] and record["machine"]["cpu_threads_usable"] >= 1
     assert (work / "export" / "config.json").is_file() and (work / "images" / "step_0000004.png").is_file()
     preview = np.asarray(Image.open(work / "images" / "step_0000004.png"))  # titled columns, legend below
     assert preview.shape[1] == 3 * 256 and (preview.shape[0] - viz.TITLE_HEIGHT - 2 * 256) % 16 == 0
@@ -128,6 +132,7 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     assert 0 <= truth["synthesis"]["miou"] <= 1 and 0 <= truth["synthesis_4styles"]["accuracy"] <= 1
     assert truth["inversion"]["psnr_db"] > 0 and set(truth["bf16_agreement"]) == {"dense", "sparse"}
     assert "pseudo-labels dense 5shot" in proc.stderr  # the table
+    assert truth["matmul_precision"] == "tensorfloat32"  # evaluate applies the run's precision
     assert (work / "groundtruth.png").is_file() and (work / "curves.png").is_file()
 
     mask = tmp_path / "mask.png"
