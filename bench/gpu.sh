@@ -56,5 +56,17 @@ run train-step --config "$CFG" --mode dense --batch 2,8 --repeats 10
 run train-step --config "$CFG" --mode sparse --batch 2 --repeats 5
 run inversion --config "$CFG" --batch 5 --steps 20 --repeats 3
 
+# Label agreement between float32 matmul precisions (highest / tensorfloat32 / default = TF32 on recent NVIDIA
+# cards) on the built-in generator: smis_jax.precision's policy, measured on this card.
+left=$((BUDGET - (SECONDS - START)))
+SAMPLES=256
+if [[ "${QUICK:-0}" == 1 ]]; then SAMPLES=16; fi
+echo "== python bench/precision_agreement.py --samples $SAMPLES   (limit $((left < STEP_TIMEOUT ? left : STEP_TIMEOUT)) s)"
+if ((left < 20)) || ! timeout $((left < STEP_TIMEOUT ? left : STEP_TIMEOUT)) \
+    python bench/precision_agreement.py --samples "$SAMPLES" --json-out "$OUT"; then
+  echo "!! failed, timed out or skipped: precision agreement" >&2
+  failed=$((failed + 1))
+fi
+
 echo "results appended to $OUT ($failed command(s) failed)"
 exit $((failed > 0))

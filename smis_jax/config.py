@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from smis_jax.errors import ConfigError
+from smis_jax.precision import PRECISIONS
 
 __all__ = ["Domain", "DOMAINS", "ENCODER_SIZES", "TrainConfig", "get_domain", "ConfigError"]
 
@@ -141,6 +142,9 @@ class TrainConfig:
     # The side of the one-hot masks the encoder reads and of the training pseudo-labels (pSp's 256). The built-in
     # 64 px domains read 64x64: their labels live at 64x64 anyway, and 256 costs 16x the encoder's work.
     mask_size: int = 256
+    # float32 matmul/conv precision of training, inversion, labelling and evaluation (smis_jax.precision; the CLIs
+    # apply it): 'highest' (full float32, parity), 'tensorfloat32' or 'default' (XLA's choice: TF32 on recent GPUs).
+    precision: str = "highest"
     # The generator's output size; None = the domain preset's. Another size (e.g. AFHQ cat at 512 for 'cat') works
     # the same way: the encoder's W+ depth follows the generator, features are still tapped at 64x64.
     generator_size: int | None = None
@@ -174,6 +178,8 @@ class TrainConfig:
             raise ConfigError(f"label_temperature must be > 0, got {self.label_temperature}")
         if not -1.0 <= self.cos_th <= 1.0:
             raise ConfigError(f"cos_th must lie in [-1, 1], got {self.cos_th}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @classmethod
     def for_domain(cls, domain: str, **explicit) -> "TrainConfig":

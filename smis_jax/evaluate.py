@@ -25,11 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, export, groundtruth
+from smis_jax import builtin, export, groundtruth, precision
 from smis_jax.config import TrainConfig, get_domain
 from smis_jax.errors import MissingFileError, UserError
 from smis_jax.experiment import domain_generator, load_test_masks
 from smis_jax.metrics import self_consistency
+from smis_jax.precision import PRECISIONS
 from smis_jax.nets.psp import EncoderConfig
 from smis_jax.training import Checkpointer, StepConfig, abstract_train_state, data_mesh, state_sharding
 
@@ -117,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "(default: the run folder with --workdir, none with --checkpoint)")
     parser.add_argument("--samples", type=int, default=256,
                         help="built-in domains: generated samples for the pseudo-label and bfloat16 measures")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="float32 matmul/conv precision (default: the run's --precision, highest if it has none)")
     args = parser.parse_args(argv)
     if args.step is not None and args.workdir is None:
         parser.error("--step needs --workdir (an export holds one step)")
@@ -127,15 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         use_export = args.checkpoint is not None or (args.step is None and (export_dir / "config.json").is_file())
         if use_export:
             run_export = export.load(export_dir)  # once: both evaluations read it
-            result = evaluate_export(run_export, masks=args.masks, batch_size=args.batch_size)
-            if get_domain(run_export.run["domain"]).builtin and not args.masks:
-                report = args.report or run_dir
-                truth = groundtruth.evaluate(run_export, report_dir=report, run_dir=run_dir,
-                                             n_samples=args.samples, log=log)
-                result["groundtruth"] = truth
-                print(groundtruth.format_table(truth), file=sys.stderr)
+            with precision.policy(args.precision or run_export.run.get("train", {}).get("precision")):
+                result = evaluate_export(run_export, masks=args.masks, batch_size=args.batch_size)
+                if get_domain(run_export.run["domain"]).builtin and not args.masks:
+                    report = args.report or run_dir
+                    truth = groundtruth.evaluate(run_export, report_dir=report, run_dir=run_dir,
+                                                 n_samples=args.samples, log=log)
+                    result["groundtruth"] = truth
+                    print(groundtruth.format_table(truth), file=sys.stderr)
         else:
-            result = evaluate_checkpoint(run_dir, step=args.step, masks=args.masks, batch_size=args.batch_size)
+            record = run_dir / "config.json"
+            saved = json.loads(record.read_text()).get("train", {}) if record.is_file() else {}
+            with precision.policy(args.precision or saved.get("precision")):
+                result = evaluate_checkpoint(run_dir, step=args.step, masks=args.masks, batch_size=args.batch_size)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, hosts, info, interrupt, labeling, plots, tblog, viz
+from smis_jax import builtin, data, export, hosts, info, interrupt, labeling, plots, precision, tblog, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
 from smis_jax.files import FolderError, check_writable
-from smis_jax.inversion import invert_cached, read_cache
+from smis_jax.inversion import cache_settings, invert_cached, read_cache
 from smis_jax.io import load_generator, load_lpips
 from smis_jax.metrics import self_consistency
 from smis_jax.nets import stylegan2
@@ -160,7 +160,8 @@ def _check_resume(saved: dict[str, Any], cfg: TrainConfig, source: Path | str) -
     changed = [f"{key} {value!r} -> {new.get(key)!r}" for key, value in saved.items()
                if key not in RESUMABLE_CHANGES and key != "extra" and new.get(key) != value]
     changed += [f"{key} (not set) -> {new[key]!r}" for key in new
-                if key not in saved and key not in RESUMABLE_CHANGES and key != "extra"]
+                if key not in saved and key not in RESUMABLE_CHANGES and key != "extra"
+                and not (key == "precision" and new[key] == precision.DEFAULT)]  # runs from before the setting
     if changed:
         raise ConfigError(f"cannot resume {source}: changed setting(s) {'; '.join(changed)} (only "
                           f"{', '.join(sorted(RESUMABLE_CHANGES))} may change; use another --workdir for a new run)")
@@ -294,6 +295,8 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         "devices": [str(d) for d in mesh.devices.flat],
         "versions": info.versions(),
         "backend": info.backend(),
+        # the float32 matmul/conv precision in effect (train.run applies cfg.precision) and the host
+        "matmul_precision": jax.config.jax_default_matmul_precision or "default", "machine": precision.machine(),
         "command": sys.argv,
     }
     hosts.barrier("run folder checked")  # every process has read config.json; the writer may now replace it
@@ -308,7 +311,7 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         log(f"resuming from step {int(state.step)} ({ckpt_dir})")
         if hosts.is_writer():
             _forget_metrics_after(workdir / "metrics.jsonl", int(state.step), log)
-        cached = read_cache(workdir / "inversion", shots.names, generator, cfg.inversion_steps, log) \
+        cached = read_cache(workdir / "inversion", shots.names, _inversion_settings(cfg, generator, shots), log) \
             if hosts.is_writer() else None  # the writer alone writes the export that holds them
         shot_codes = None if cached is None else ShotCodes(shots.names, cached.w_plus, cached.loss, cached.history)
     else:
@@ -398,6 +401,13 @@ def _latest_checkpoint(ckpt_dir: Path) -> int | None:
         return checkpointer.latest_step()
     finally:
         checkpointer.close()
+
+
+def _inversion_settings(cfg: TrainConfig, generator, shots: Shots) -> list[dict[str, Any]]:
+    """What the shots' inversion cache is keyed on, for this run (the key as :func:`_build_prototypes` draws it)."""
+    key_inv, _ = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), 1))
+    return cache_settings(generator, shots.images, key_inv, steps=cfg.inversion_steps, lr=cfg.inversion_lr,
+                          l2_lambda=cfg.inversion_l2_lambda, lpips_lambda=cfg.inversion_lpips_lambda)
 
 
 def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots, workdir: Path,

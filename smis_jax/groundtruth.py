@@ -21,6 +21,7 @@ ground-truth mIoU over steps, the inversion loss per shot).
 from __future__ import annotations
 
 import json
+import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -180,11 +181,18 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
     key_inv, key_proto = jax.random.split(jax.random.fold_in(key, 1))
     inv = run_export.shots
     if inv is None or tuple(inv.names) != tuple(names):
-        cache = Path(run_dir) / "inversion" if run_dir is not None else Path(report_dir or ".") / "inversion"
-        inv = invert_cached(cache, names, generator, lpips_params, images, key_inv, log=log,
-                            steps=int(train["inversion_steps"]), lr=float(train["inversion_lr"]),
-                            l2_lambda=float(train["inversion_l2_lambda"]),
-                            lpips_lambda=float(train["inversion_lpips_lambda"]))
+        # Cached inside the run folder, else inside the export folder (never the current folder); an export that
+        # cannot be written to is inverted in a temporary folder.
+        cache = (Path(run_dir) if run_dir is not None else Path(run_export.path)) / "inversion"
+        with tempfile.TemporaryDirectory(prefix="smis-inversion-") as scratch:
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                cache = Path(scratch)
+            inv = invert_cached(cache, names, generator, lpips_params, images, key_inv, log=log,
+                                steps=int(train["inversion_steps"]), lr=float(train["inversion_lr"]),
+                                l2_lambda=float(train["inversion_l2_lambda"]),
+                                lpips_lambda=float(train["inversion_lpips_lambda"]))
     recon, features_shots = generator.synthesize(jnp.asarray(inv.w_plus), noise="const")
     recon = np.asarray(recon)
     mse = np.mean((recon - images) ** 2, axis=(1, 2, 3))
@@ -217,6 +225,7 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
         "generator_oracle_confidence": shapes.oracle_confidence(sample_images),
         "pseudo_labels": pseudo, "synthesis": synth, f"synthesis_{styles}styles": synth_styles,
         "inversion": inversion, "bf16_agreement": bf16, "empty_canvas": empty,
+        "matmul_precision": jax.config.jax_default_matmul_precision or "default",
     }
     if run_dir is not None:
         with open(Path(run_dir) / "metrics.jsonl", "a") as f:

@@ -14,6 +14,7 @@ stores the post-step codes under the pre-step loss, and only checks every 50 ste
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import zipfile
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from smis_jax.nets import lpips as lpips_lib, ops
 from smis_jax.nets.stylegan2 import Generator, GeneratorConfig, LoadedGenerator, make_sample_noise
 from smis_jax.optim import ranger
 
-__all__ = ["InversionResult", "invert", "invert_cached", "read_cache", "image_loss"]
+__all__ = ["InversionResult", "invert", "invert_cached", "read_cache", "cache_settings", "image_loss"]
 
 
 class InversionResult(NamedTuple):
@@ -154,37 +155,68 @@ def generator_fingerprint(generator: LoadedGenerator) -> str:
     return h.hexdigest()[:16]
 
 
+NOISE_MODE = "fresh-per-step"  # the original's: new noise buffers at every step, from the image's key
+
+
+def cache_settings(generator: LoadedGenerator, targets_NHWC, key: jax.Array | None = None,
+                   keys: jax.Array | None = None, **invert_kwargs) -> list[dict[str, Any]]:
+    """Per image, everything that determines its inverted codes, as the cache records it: the generator's
+    fingerprint, a hash of the image's pixels, the image's own key (the run's seed reaches it), the step count,
+    learning rate, loss weights and noise mode (:func:`invert`'s defaults where ``invert_kwargs`` has none).
+    ``chunk`` and ``on_chunk`` change nothing but progress and are left out."""
+    defaults = {name: p.default for name, p in inspect.signature(invert).parameters.items()}
+    targets = np.asarray(targets_NHWC, np.float32)
+    if keys is None:
+        if key is None:
+            raise ValueError("cache_settings needs a key (or per-image keys)")
+        keys = jax.random.split(key, len(targets))
+    key_data = np.asarray(jax.random.key_data(keys) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+                          else keys)
+    common = {"generator": generator_fingerprint(generator),
+              "steps": int(invert_kwargs.get("steps", defaults["steps"])),
+              "lr": float(invert_kwargs.get("lr", defaults["lr"])),
+              "l2_lambda": float(invert_kwargs.get("l2_lambda", defaults["l2_lambda"])),
+              "lpips_lambda": float(invert_kwargs.get("lpips_lambda", defaults["lpips_lambda"])),
+              "noise": NOISE_MODE}
+    return [{**common, "image_sha256": hashlib.sha256(np.ascontiguousarray(t).tobytes()).hexdigest()[:16],
+             "key": np.ascontiguousarray(k).tobytes().hex()} for t, k in zip(targets, key_data)]
+
+
 def invert_cached(cache_dir: str | Path, names: Sequence[str], generator: LoadedGenerator, lpips_params,
                   targets_NHWC, key: jax.Array, overwrite: bool = False, log: Callable[[str], None] = print,
                   **invert_kwargs) -> CachedInversion:
-    """:func:`invert`, cached per image as ``cache_dir/<name>.npz`` (codes, loss, steps, generator fingerprint).
+    """:func:`invert`, cached per image as ``cache_dir/<name>.npz`` (codes, loss, history and the image's
+    :func:`cache_settings`).
 
-    Reuses the cache only if every image has an entry made with the same generator and step count, unless
-    ``overwrite``.
+    Reuses the cache only if every image has an entry made with the same settings (generator, image content, key,
+    steps, learning rate, loss weights, noise mode), unless ``overwrite``.
     """
     cache = Path(cache_dir)
-    steps = invert_kwargs.get("steps", 2000)
+    settings = cache_settings(generator, targets_NHWC, key, **invert_kwargs)
+    steps = settings[0]["steps"] if settings else invert_kwargs.get("steps", 2000)
     if not overwrite:
-        cached = read_cache(cache, names, generator, steps, log)
+        cached = read_cache(cache, names, settings, log)
         if cached is not None:
             log(f"reusing cached inversions in {cache} (--overwrite-inversion recomputes them)")
             return cached
     files = [cache / f"{name}.npz" for name in names]
-    fingerprint = generator_fingerprint(generator)
     log(f"inverting {len(names)} image(s) for {steps} steps (cached in {cache})")
     result = invert(generator, lpips_params, targets_NHWC, key, **invert_kwargs)
     cache.mkdir(parents=True, exist_ok=True)
     for k, (f, w, loss) in enumerate(zip(files, result.w_plus, result.loss)):
-        savez_atomic(f, w_plus=w, loss=loss, steps=steps, fingerprint=fingerprint, history=result.history[:, k])
+        savez_atomic(f, w_plus=w, loss=loss, steps=settings[k]["steps"], fingerprint=settings[k]["generator"],
+                     settings=json.dumps(settings[k], sort_keys=True), history=result.history[:, k])
     return CachedInversion(result.w_plus, result.loss, False, result.history)
 
 
-def read_cache(cache_dir: str | Path, names: Sequence[str], generator: LoadedGenerator, steps: int,
+def read_cache(cache_dir: str | Path, names: Sequence[str], settings: Sequence[dict[str, Any]],
                log: Callable[[str], None] = print) -> CachedInversion | None:
-    """The cached inversions of ``names`` if every one is there, intact and made with this generator and step
-    count; otherwise None (saying why when files exist but cannot be used)."""
+    """The cached inversions of ``names`` if every one is there, intact and made with exactly ``settings``
+    (:func:`cache_settings`, one per name); otherwise None (saying why when files exist but cannot be used)."""
     cache = Path(cache_dir)
     files = [cache / f"{name}.npz" for name in names]
+    if len(settings) != len(names):
+        raise ValueError(f"{len(settings)} settings for {len(names)} names")
     if not all(f.is_file() for f in files):
         return None
     entries, damaged = [], []
@@ -196,9 +228,14 @@ def read_cache(cache_dir: str | Path, names: Sequence[str], generator: LoadedGen
     if damaged:
         log(f"cached inversions in {cache} are damaged: {'; '.join(damaged)}; recomputing")
         return None
-    fingerprint = generator_fingerprint(generator)
-    if not all(str(e["fingerprint"]) == fingerprint and int(e["steps"]) == steps for e in entries):
-        log(f"cached inversions in {cache} were made with another generator or step count; recomputing")
+    changed = []
+    for name, entry, want in zip(names, entries, settings):
+        have = json.loads(str(entry["settings"])) if "settings" in entry else {}
+        diff = [k for k in want if have.get(k) != want[k]]
+        if diff:
+            changed.append(f"{name}: {', '.join('image content' if k == 'image_sha256' else k for k in diff)}")
+    if changed:
+        log(f"cached inversions in {cache} were made with other settings ({'; '.join(changed)}); recomputing")
         return None
     history = np.stack([e["history"] for e in entries], 1) if all("history" in e for e in entries) else None
     return CachedInversion(np.stack([e["w_plus"] for e in entries]),

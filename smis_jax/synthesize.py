@@ -37,6 +37,7 @@ from smis_jax.errors import InvalidValueError, UserError
 from smis_jax.files import check_writable
 from smis_jax.io import load_pipeline
 from smis_jax.nets import ops, stylegan2
+from smis_jax.precision import DEFAULT as DEFAULT_PRECISION, PRECISIONS, policy as precision_policy
 from smis_jax.progress import progress
 
 __all__ = ["OUTPUT_SIZE", "default_latent_mask", "latent_mask_array", "mix_latents", "synthesize", "encode", "decode",
@@ -288,15 +289,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--grid", action="store_true", help="also write OUT/grid/<name>.png = [mask | outputs]")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help=f"float32 matmul/conv precision (default {DEFAULT_PRECISION}: full float32)")
     args = parser.parse_args(argv)
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-            written = run(args.checkpoint, args.masks, args.out, styles=args.styles, latent_mask=args.latent_mask,
-                          alpha=args.alpha, seed=args.seed, batch_size=args.batch_size, write_grid=args.grid,
-                          noise=args.noise, truncation=args.truncation)
+            with precision_policy(args.precision):
+                written = run(args.checkpoint, args.masks, args.out, styles=args.styles, latent_mask=args.latent_mask,
+                              alpha=args.alpha, seed=args.seed, batch_size=args.batch_size, write_grid=args.grid,
+                              noise=args.noise, truncation=args.truncation)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,14 +43,19 @@ def _run(tmp_path, capsys, argv):
     return rows
 
 
-@pytest.mark.parametrize("mode, dtype", [("dense", "float32"), ("sparse", "bfloat16")])
+@pytest.mark.parametrize("mode, dtype", [("dense", "bfloat16"), ("sparse", "float32")])
 def test_labeling_quick(tmp_path, capsys, mode, dtype):
     rows = _run(tmp_path, capsys, ["labeling", "--quick", "--mode", mode, "--dtype", dtype, "--repeats", "1"])
     ours = rows[1]
     assert (ours["config"], ours["mode"], ours["dtype"], ours["label_res"]) == ("golden", mode, dtype, 256)
-    assert 0 <= ours["agree_with_original_jax"] <= 1
+    # Exact where it must be: ours and the original's algorithm on the same features (both in bfloat16 for the
+    # dense case) give the same labels, pixel for pixel. (Sparse in bfloat16 is not exact: the two sum the
+    # similarities in different orders, and top-k ties then break differently; 99.1% measured.)
+    assert ours["agree_with_original_jax"] == 1.0
     if dtype == "bfloat16":
-        assert 0 <= ours["agree_with_float32"] <= 1
+        # bfloat16 against float32 features on the random-weight golden generator: not exact, and not 1.0 or 0
+        # either (measured 0.980), which says the two really are different computations compared pixel by pixel.
+        assert 0.5 < ours["agree_with_float32"] < 1
         assert ours["generator_dtype"]["end_to_end"] is True
     if mode == "sparse":
         assert ours["n_prototype_vectors"] == 70 * 9 and "stages_s_median" in rows[0]

@@ -77,6 +77,30 @@ def test_shipped_generator_matches_its_provenance():
     assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 25 * 2**20
 
 
+def test_readme_quotes_the_shipped_generators_provenance():
+    """The README's paragraph on the shipped generator quotes provenance.json: images seen, step, batch, wall time,
+    architecture and the quality figures (each as printed, rounded from the file's value)."""
+    prov = json.loads((builtin.generator_path() / "provenance.json").read_text())
+    q, gan = prov["quality"], prov["gan"]
+    text = " ".join((REPO / "README.md").read_text().replace("\\\n", " ").split())  # line breaks: spaces
+    hours, minutes = divmod(int(prov["wall_s"] // 60), 60)
+    expected = [
+        f"It saw {prov['kimg']:g} kimg (step {prov['step']}, batch {gan['batch_size']}; {hours} h {minutes} min",
+        f"(64 px, style dim {gan['style_dim']}, {gan['n_mlp']} mapping layers, channels "
+        + ", ".join(f"{r}:{c}" for r, c in prov["generator"]["channels"].items()) + ";",
+        f"the oracle assigns {100 * q['oracle_confidence']:.1f}% of its pixels",
+        "its class frequencies are " + " / ".join(f"{f:.2f}" for f in q["class_freq"])
+        + " against the data's " + " / ".join(f"{f:.2f}" for f in q["data_class_freq"]),
+        f"(total-variation distance {q['class_freq_tv']:.3f})",
+        f"neighbouring samples agree on {100 * q['layout_agreement']:.1f}% of their pixels against "
+        f"{100 * q['data_layout_agreement']:.1f}% for real scenes",
+        f"--max-kimg 400 --batch-size {gan['batch_size']} --n-mlp {gan['n_mlp']} --lr {gan['lr']:g} "
+        f"--r1-gamma {gan['r1_gamma']:g}",
+    ]
+    for phrase in expected:
+        assert phrase in text, phrase
+
+
 def _run(args, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
@@ -89,11 +113,15 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     work = tmp_path / "shapes"
     proc = _run(["-m", "train.run", "--domain", "shapes", "--workdir", str(work), "--max-steps", "4",
                  "--inversion-steps", "4", "--batch-size", "2", "--encoder", "tiny", "--save-every", "2",
-                 "--log-every", "2", "--image-every", "4", "--eval-every", "4"], timeout=1500)
+                 "--log-every", "2", "--image-every", "4", "--eval-every", "4", "--precision", "tensorfloat32"],
+                timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((work / "config.json").read_text())
     assert record["data"] == "built-in" and record["shots"] == [f"scene{i:02d}" for i in range(5)]
     assert f"jax {jax.__version__} (jaxlib " in proc.stdout and "backend cpu: 2 device(s) (cpu)" in proc.stdout
+    # the flag is recorded and was in effect (this process's test set-up does not reach the CLI's), with the host
+    assert record["train"]["precision"] == record["matmul_precision"] == "tensorfloat32"
+    assert record["machine"]["cpu_model"] and record["machine"]["cpu_threads_usable"] >= 1
     assert (work / "export" / "config.json").is_file() and (work / "images" / "step_0000004.png").is_file()
     preview = np.asarray(Image.open(work / "images" / "step_0000004.png"))  # titled columns, legend below
     assert preview.shape[1] == 3 * 256 and (preview.shape[0] - viz.TITLE_HEIGHT - 2 * 256) % 16 == 0
@@ -107,6 +135,7 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     assert 0 <= truth["synthesis"]["miou"] <= 1 and 0 <= truth["synthesis_4styles"]["accuracy"] <= 1
     assert truth["inversion"]["psnr_db"] > 0 and set(truth["bf16_agreement"]) == {"dense", "sparse"}
     assert "pseudo-labels dense 5shot" in proc.stderr  # the table
+    assert truth["matmul_precision"] == "tensorfloat32"  # evaluate applies the run's precision
     assert (work / "groundtruth.png").is_file()
     assert_drawn(np.asarray(Image.open(work / "curves.png")), (720, 1040))
     assert_drawn(np.asarray(Image.open(work / "groundtruth-iou.png")), (960, 1040))

@@ -1,5 +1,7 @@
 """The training step: data parallelism, one compile, exact resume from an orbax checkpoint, W+ sampling."""
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -157,6 +159,10 @@ def state(step):  # a training state's shape, with 300 KB of parameters (numpy: 
 protos = labeling.DensePrototypes(np.eye(2, 32, dtype=np.float32), np.ones(2, bool))
 ckpt = Checkpointer(Path(sys.argv[1]))
 ckpt.save_now(state(10), protos, {})
+# The "before" snapshot, taken before the refused save: every file of checkpoint 10 and its SHA-256.
+import hashlib, json
+before = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in (Path(sys.argv[1]) / "10").rglob("*") if p.is_file()}
+Path(sys.argv[2]).write_text(json.dumps(before))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 try:
@@ -176,18 +182,21 @@ def test_a_save_the_disk_refuses_is_one_line_and_keeps_the_earlier_checkpoint(tm
     import sys
 
     env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}  # the cache's own writes would meet the limit
-    proc = subprocess.run([sys.executable, "-c", _FAILING_SAVE, str(tmp_path / "ckpt")], cwd=REPO, env=env,
+    snapshot = tmp_path / "before.json"  # outside the checkpoint folder, written before the failing save
+    proc = subprocess.run([sys.executable, "-c", _FAILING_SAVE, str(tmp_path / "ckpt"), str(snapshot)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert lines[0].startswith(f"saving checkpoint 20 in {tmp_path / 'ckpt'} failed (") and \
         "File too large" in lines[0] and "the newest intact checkpoint is step 10" in lines[0], lines[0]
-    before = {p: p.read_bytes() for p in (tmp_path / "ckpt" / "10").rglob("*") if p.is_file()}
+    before = json.loads(snapshot.read_text())
     ckpt = Checkpointer(tmp_path / "ckpt")
     assert ckpt.latest_step() == 10
     ckpt.close()
-    assert before and all(p.read_bytes() == data for p, data in before.items())
+    after = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "ckpt" / "10").rglob("*")
+             if p.is_file()}
+    assert before and after == before  # the same files, byte for byte
 
 
 # ---------------------------------------------------------------------------------------------------------------

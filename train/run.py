@@ -26,6 +26,7 @@ import dataclasses
 import sys
 
 from smis_jax.config import DOMAINS, ENCODER_SIZES, TrainConfig
+from smis_jax.precision import PRECISIONS
 
 INTERRUPTED_MESSAGE = ("interrupted; the same command with --resume continues from the last checkpoint "
                        "(or from step 0, reusing finished inversions, if none was saved)")
@@ -59,8 +60,11 @@ TRAIN_FLAGS = {
     "image_every": ("--image-every", "preview grid interval (steps)"),
     "eval_every": ("--eval-every", "self-consistency interval (steps)"),
     "seed": ("--seed", "run seed"),
+    "precision": ("--precision", "float32 matmul/conv precision of training, inversion and labelling: highest = "
+                                 "full float32 (parity), tensorfloat32, or default = XLA's choice (TF32 on recent "
+                                 "NVIDIA cards)"),
 }
-CHOICES = {"encoder": list(ENCODER_SIZES)}
+CHOICES = {"encoder": list(ENCODER_SIZES), "precision": list(PRECISIONS)}
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -107,7 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from smis_jax import experiment, interrupt
+    from smis_jax import experiment, interrupt, precision
     from smis_jax.errors import UserError
 
     if args.distributed:
@@ -123,8 +127,9 @@ def main(argv=None) -> int:
     try:
         with interrupt.handled(INTERRUPTED_MESSAGE):  # SIGINT: a flag checked between steps, and a watchdog
             cfg = TrainConfig.for_domain(args.domain, shots=shots, **{n: getattr(args, n) for n in TRAIN_FLAGS})
-            experiment.train_and_evaluate(cfg, args.data, args.stylegan, args.workdir, resume=args.resume,
-                                          overwrite_inversion=args.overwrite_inversion, lpips_weights=args.lpips)
+            with precision.policy(cfg.precision):  # training, inversion and labelling, compiles included
+                experiment.train_and_evaluate(cfg, args.data, args.stylegan, args.workdir, resume=args.resume,
+                                              overwrite_inversion=args.overwrite_inversion, lpips_weights=args.lpips)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
