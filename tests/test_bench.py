@@ -74,6 +74,19 @@ def test_train_step_quick(tmp_path, capsys):
     assert rows[1]["batch"] == 2 and rows[1]["encoder"] == "golden"
 
 
+@pytest.mark.slow
+def test_train_step_builtin(tmp_path, capsys):
+    """The built-in domain's step now beside the previous release's (256x256 masks, batch 4) on the shipped
+    generator; both paths train, and the speed-up is the ratio of their rates."""
+    rows = bench.main(["train-step", "--config", "shapes", "--batch", "8", "--repeats", "1",
+                       "--json-out", str(tmp_path / "r.jsonl")])
+    assert rows == 0
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [(r["path"], r["mask_size"], r["batch"]) for r in rows] == [("previous", 256, 4), ("ours", 64, 8)]
+    assert rows[1]["speedup_vs_previous"] == pytest.approx(rows[1]["images_per_s"] / rows[0]["images_per_s"])
+    assert "x_vs_prev" in capsys.readouterr().out
+
+
 def test_labeling_without_draggan_says_why_and_how(tmp_path):
     """draggan made unimportable for real (a package of that name that raises ImportError, first on the path):
     the CLI says in one line which path it leaves out, why and how to get it; without --json-out the JSON lines
@@ -108,6 +121,8 @@ def test_bad_options_exit_2(capsys):
     assert "error: --batch" in capsys.readouterr().err
     assert bench.main(["train-step", "--dtype", "bfloat16"]) == 2
     assert "float32 only" in capsys.readouterr().err
+    assert bench.main(["labeling", "--config", "shapes"]) == 2
+    assert "--config shapes applies to train-step only" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------------
