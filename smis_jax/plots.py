@@ -79,7 +79,8 @@ def run_curves(rows: Sequence[dict[str, Any]], inversion_history: np.ndarray | N
         miou["ground truth: synthesis"] = [(s, g["synthesis"]["miou"]) for s, g in truth if "synthesis" in g]
         miou["ground truth: pseudo-labels, dense 5-shot"] = [
             (s, g["pseudo_labels"]["dense_5shot"]["miou"]) for s, g in truth if "pseudo_labels" in g]
-    panels.append(viz.Line(miou, "mIoU over training", "step (encoder updates)", "mIoU (0-1)", markers=True))
+    panels.append(viz.Line(miou, "mIoU over training", "step (encoder updates)", "mIoU (0-1)", markers=True,
+                           ylim=(0, None)))
 
     per_class: dict[str, list] = {}
     for r in evals:
@@ -92,7 +93,7 @@ def run_curves(rows: Sequence[dict[str, Any]], inversion_history: np.ndarray | N
             pal = viz.palette(len(class_names))
             colors = {names[k]: pal[int(k)] for k in per_class if k.isdigit() and int(k) < len(pal)}
         panels.append(viz.Line({names[k]: v for k, v in per_class.items()}, "self-consistency IoU per class",
-                               "step (encoder updates)", "IoU (0-1)", markers=True, colors=colors))
+                               "step (encoder updates)", "IoU (0-1)", markers=True, ylim=(0, None), colors=colors))
 
     if inversion_history is not None and len(inversion_history):
         h = np.asarray(inversion_history, np.float64)

@@ -193,7 +193,7 @@ class Line:
     ylabel: str = ""
     logy: bool = False
     markers: bool | None = None
-    ylim: tuple[Number | None, Number | None] | None = None
+    ylim: tuple[Number | None, Number | None] | None = None  # an end None: the data's, with a 15% margin
     colors: Mapping[str, Sequence[int]] | None = None
 
 
@@ -230,9 +230,18 @@ def _draw_line(ax, panel: Line) -> None:
         ax.plot(xs, ys, label=name, marker=marker, markersize=4, linewidth=1.6, color=_rgb(panel.colors, name))
         drawn += 1
     if panel.logy:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")
+        sci = ax.yaxis.get_minor_formatter()  # decides which minor ticks get a label; ours writes 0.3, not 3x10^-1
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, pos: f"{v:g}" if sci(v, pos) else ""))
     if panel.ylim is not None:
-        ax.set_ylim(*panel.ylim)
+        bottom, top = panel.ylim
+        if top is None and drawn:  # a fixed bottom (0 for an IoU): the top with a margin above the data
+            highest = max(float(y) for pts in panel.series.values() for _, y in pts if np.isfinite(float(y)))
+            top = highest + 0.15 * (highest - (bottom if bottom is not None else 0.0)) or None
+        ax.set_ylim(bottom, top)
     if drawn:
         ax.legend(loc="best", ncols=2 if drawn > 5 else 1, framealpha=0.8)
     else:
