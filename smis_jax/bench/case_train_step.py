@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import labeling
+from smis_jax import builtin, labeling
 from smis_jax.bench.harness import (
     Memory,
     TimedPath,
@@ -26,8 +26,11 @@ from smis_jax.bench.harness import (
     xla_bytes,
 )
 from smis_jax.bench.inputs import make_prototypes, normal
-from smis_jax.bench.presets import LABEL_SIZE, Preset
+from smis_jax.bench.presets import LABEL_SIZE, BenchError, Preset
 from smis_jax.bench.reference import class_pair_flops, original_sparse_labels, vectors_by_class
+from smis_jax.config import ENCODER_SIZES, TrainConfig, get_domain
+from smis_jax.io import load_generator
+from smis_jax.nets.psp import EncoderConfig
 from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, init_params, make_noise
 from smis_jax.training import (StepConfig, TrainState, data_mesh, init_train_state, latent_loss, make_train_step,
                                optimizer, sample_latents)
@@ -175,11 +178,6 @@ def bench_builtin_step(domain: str = "shapes", batches: Sequence[int] | None = N
     shipped generator: the previous release's schedule (masks and labels at 256, batch 4) beside the domain's
     defaults now (``TrainConfig.for_domain``; ``batches`` and ``overrides`` change the new path only), timed in
     turns in one process. The rows' ``speedup_vs_previous`` is the ratio of samples per second."""
-    from smis_jax import builtin
-    from smis_jax.config import ENCODER_SIZES, TrainConfig, get_domain
-    from smis_jax.io import load_generator
-    from smis_jax.nets.psp import EncoderConfig
-
     dom = get_domain(domain)
     if not dom.builtin:
         raise BenchError(f"bench train-step --config {domain}: not a built-in domain")
