@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from smis_jax.errors import ConfigError
 
-__all__ = ["Domain", "DOMAINS", "ENCODER_SIZES", "TrainConfig", "get_domain", "ConfigError"]
+__all__ = ["Domain", "DOMAINS", "ENCODER_SIZES", "LABELERS", "TrainConfig", "get_domain", "ConfigError"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ DOMAINS: dict[str, Domain] = {
 
 # Encoder stage widths and units per stage. ir_se50 is pSp's; the others trade quality for memory and speed on
 # small machines (the style heads stay full width: they must output the generator's style_dim).
+# The pseudo-labellers (smis_jax.labelers.LABELERS, restated here so that config stays in the base layer).
+LABELERS = ("paper", "knn", "multiscale", "linear")  # tests check it equals smis_jax.labelers.LABELERS
+
 ENCODER_SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "ir_se50": ((64, 128, 256, 512), (3, 4, 14, 3)),
     "small": ((32, 64, 128, 256), (1, 2, 4, 1)),
@@ -123,6 +126,9 @@ class TrainConfig:
     train_wplus: bool = False
     topk: int = 3
     cos_th: float = 0.5
+    # How generated samples are pseudo-labelled (smis_jax.labelers): 'paper' (the original's class means / annotated
+    # vectors), 'knn', 'multiscale' or 'linear'.
+    labeler: str = "paper"
     inversion_steps: int = 2000
     inversion_lr: float = 1.0
     inversion_l2_lambda: float = 1.0
@@ -158,6 +164,8 @@ class TrainConfig:
             raise ConfigError(f"inversion_steps must be >= 0, got {self.inversion_steps}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.labeler not in LABELERS:
+            raise ConfigError(f"unknown labeler {self.labeler!r}; choose one of: {', '.join(LABELERS)}")
         if not -1.0 <= self.cos_th <= 1.0:
             raise ConfigError(f"cos_th must lie in [-1, 1], got {self.cos_th}")
 

@@ -37,7 +37,7 @@ from smis_jax.labeling import EPS, DensePrototypes, LabelingError, SparsePrototy
 from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, GeneratorConfig, make_noise
 
 __all__ = ["LABELERS", "Labeler", "as_labeler", "fit", "build", "taps_of", "label_features", "shot_features",
-           "label", "label_latents", "to_state", "from_state", "describe"]
+           "combine_taps", "label", "label_latents", "to_state", "from_state", "describe"]
 
 LABELERS = ("paper", "knn", "multiscale", "linear")
 _CODES = {name: i for i, name in enumerate(LABELERS)}
@@ -102,7 +102,7 @@ def _normalise(x):
     return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + EPS)
 
 
-def _combine_taps(tapped: dict[int, jax.Array], taps: tuple[int, ...]):
+def combine_taps(tapped: dict[int, jax.Array], taps: tuple[int, ...]):
     """{res: (B, r, r, C_r)} -> (B, 64, 64, sum C_r): each block unit-normalised per pixel, bilinear to 64x64."""
     out = []
     for r in taps:
@@ -125,7 +125,7 @@ def label_features(config: GeneratorConfig, gen_params, w_plus, noise, taps: tup
                                                   mutable=["taps"])
     tapped = {int(k[3:]): v[0] for k, v in sown["taps"].items()}
     tapped[FEATURE_RES] = features
-    return _combine_taps(tapped, tuple(taps))
+    return combine_taps(tapped, tuple(taps))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "taps"))
@@ -252,11 +252,11 @@ def _knn_labels(features_NHWC, labeler: Labeler, topk: int, cos_th):
         votes = val
     else:
         votes = jnp.where(val > cos_th, val, 0.0)
-    score = jnp.sum(jax.nn.one_hot(cls, labeler.n_classes, dtype=jnp.float32) * votes[..., None], axis=2)
+    onehot = jax.nn.one_hot(cls, labeler.n_classes, dtype=jnp.float32)  # (B, P, k, L)
+    score = jnp.sum(onehot * votes[..., None], axis=2)
     if labeler.dense:
-        # Classes without vectors never win (a vote sum can be negative when every neighbour is).
-        has = jnp.zeros((labeler.n_classes,), bool).at[protos.classes].set(True)
-        score = jnp.where(has, score, -jnp.inf)
+        # Only classes among the neighbours compete (a vote sum is negative when its cosines are).
+        score = jnp.where(onehot.sum(axis=2) > 0, score, -jnp.inf)
         label = jnp.argmax(score, axis=-1)
     else:
         label = jnp.where(score.max(axis=-1) > 0, jnp.argmax(score, axis=-1), 0)

@@ -25,7 +25,7 @@ import argparse
 import dataclasses
 import sys
 
-from smis_jax.config import DOMAINS, ENCODER_SIZES, TrainConfig
+from smis_jax.config import DOMAINS, ENCODER_SIZES, LABELERS, TrainConfig
 
 INTERRUPTED_MESSAGE = ("interrupted; the same command with --resume continues from the last checkpoint "
                        "(or from step 0, reusing finished inversions, if none was saved)")
@@ -49,6 +49,8 @@ TRAIN_FLAGS = {
     "train_wplus": ("--train-wplus", "sample W+ (one z per layer) instead of W"),
     "topk": ("--topk", "sparse labelling: pixels per annotated vector"),
     "cos_th": ("--cos-th", "sparse labelling: cosine threshold"),
+    "labeler": ("--labeler", "pseudo-labeller: paper (the original's class means), knn, multiscale or linear "
+                             "(docs/notes-23.md)"),
     "inversion_steps": ("--inversion-steps", "steps of W+ inversion per shot"),
     "save_every": ("--save-every", "checkpoint interval (steps)"),
     "log_every": ("--log-every", "metrics interval (steps)"),
@@ -56,7 +58,7 @@ TRAIN_FLAGS = {
     "eval_every": ("--eval-every", "self-consistency interval (steps)"),
     "seed": ("--seed", "run seed"),
 }
-CHOICES = {"encoder": list(ENCODER_SIZES)}
+CHOICES = {"encoder": list(ENCODER_SIZES), "labeler": list(LABELERS)}
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from smis_jax.bench.case_labeling import bench_labeling
 from smis_jax.bench.case_train_step import bench_train_step
 from smis_jax.bench.presets import LABEL_SIZE, PRESETS, BenchError
 from smis_jax.bench.table import format_table
+from smis_jax.config import LABELERS
 from smis_jax.errors import UserError
 
 __all__ = ["main"]
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="labeling only: generator params and inputs in this dtype")
     ap.add_argument("--repeats", type=int, help="timed runs per path after the warm-up (default 3; 2 with --quick)")
     ap.add_argument("--steps", type=int, help="inversion steps per timed run (default 5; 2 with --quick)")
+    ap.add_argument("--labeler", default="paper", choices=list(LABELERS),
+                    help="labeling: also time this pseudo-labeller (smis_jax.labelers) beside the paper's ('ours')")
     ap.add_argument("--vectors-per-class", type=int, default=9, help="sparse: annotated 64x64 vectors per class")
     ap.add_argument("--max-memory-gb", type=float, default=None,
                     help="skip a batch whose XLA buffers exceed this (default: 12 on CPU, no limit elsewhere)")
@@ -112,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.bench == "labeling":
             rows = bench_labeling(preset, args.mode, batches, args.dtype, repeats, args.vectors_per_class,
                                   max_memory_gb=max_gb, torch_row=_torch_row(args), seed=args.seed,
-                                  weights=args.weights)
+                                  weights=args.weights, labeler=args.labeler)
         elif args.bench == "train-step":
             rows = bench_train_step(preset, args.mode, batches, repeats, args.vectors_per_class, max_gb, args.seed)
         else:
