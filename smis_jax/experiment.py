@@ -418,7 +418,7 @@ def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots,
     log("inversion loss per shot: " + ", ".join(f"{n}={v:.4f}" for n, v in zip(shots.names, loss)))
     # The original builds prototypes from one random noise draw (coach.py:124-126); ours is seeded.
     onehot = data.onehot(shots.labels, domain.n_classes)
-    protos = labelers.build(cfg.labeler, generator, w_plus, key_proto, onehot, mode=domain.mode)
+    protos = labelers.build(cfg.labeler, generator, w_plus, key_proto, onehot, mode=domain.mode, images=shots.images)
     if domain.mode == "dense":
         step = onehot.shape[1] // stylegan2.FEATURE_RES  # the labellers' torch-nearest (top-left) reduction to 64x64
         absent = [c for c in range(domain.n_classes) if not onehot[:, ::step, ::step, c].any()]

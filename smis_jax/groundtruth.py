@@ -77,17 +77,19 @@ def _sparse_pred(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(labels.astype(np.int64) - 1, 0), labels > 0
 
 
-def _pseudo_label_quality(kind, features_shots, masks64, scribbles64, sample_features, oracle, topk, cos_th):
-    """The labeller ``kind`` fitted on 1 and 5 shots (``features_shots``: its features of the shots), dense and
-    sparse, scored on the samples against the oracle."""
+def _pseudo_label_quality(kind, features_shots, masks64, scribbles64, sample_features, oracle, topk, cos_th,
+                          reliable=None):
+    """The labeller ``kind`` fitted on 1 and 5 shots (``features_shots``: its features of the shots; ``reliable``:
+    the pixels it fits on, as training does), dense and sparse, scored on the samples against the oracle."""
+    rel = (lambda k: None) if reliable is None else (lambda k: reliable[:k])  # noqa: E731
     out = {}
     dense_onehot = data.onehot(masks64, N_CLASSES)
     sparse_onehot = data.onehot(scribbles64, N_CLASSES + 1)
     for k in (1, 5):
-        protos = labelers.fit(kind, features_shots[:k], dense_onehot[:k], mode="dense")
+        protos = labelers.fit(kind, features_shots[:k], dense_onehot[:k], mode="dense", reliable=rel(k))
         pred = np.asarray(labelers.label(sample_features, protos, out_size=shapes.SIZE))
         out[f"dense_{k}shot"] = scores(pred, oracle)
-        protos = labelers.fit(kind, features_shots[:k], sparse_onehot[:k], mode="sparse")
+        protos = labelers.fit(kind, features_shots[:k], sparse_onehot[:k], mode="sparse", reliable=rel(k))
         labels = np.asarray(labelers.label(sample_features, protos, topk=topk, cos_th=cos_th,
                                            out_size=shapes.SIZE))
         pred, labelled = _sparse_pred(labels)
@@ -174,6 +176,7 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
                  "lpips": float(lp.mean()), "per_shot_psnr_db": [round(float(10 * np.log10(4.0 / m)), 2) for m in mse]}
     # Prototypes as the run builds them (features of the inverted codes under one seeded noise draw).
     features_shots = labelers.shot_features(generator, inv.w_plus, key_proto, taps)
+    reliable = None if kind == "paper" else labelers.reliable_pixels(generator, inv.w_plus, key_proto, images)
 
     key_samples = jax.random.fold_in(key, 77)
     sample_images, sample_features = _samples(generator.config, generator.params, key_samples, n_samples,
@@ -181,10 +184,12 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
     sample_images = np.asarray(sample_images)
     oracle = shapes.segment(sample_images)
     pseudo = _pseudo_label_quality(kind, features_shots, masks64, scribbles64, sample_features, oracle,
-                                   topk, cos_th)
+                                   topk, cos_th, reliable)
 
-    protos_dense = labelers.fit(kind, features_shots, data.onehot(masks64, N_CLASSES), mode="dense")
-    protos_sparse = labelers.fit(kind, features_shots, data.onehot(scribbles64, N_CLASSES + 1), mode="sparse")
+    protos_dense = labelers.fit(kind, features_shots, data.onehot(masks64, N_CLASSES), mode="dense",
+                                reliable=reliable)
+    protos_sparse = labelers.fit(kind, features_shots, data.onehot(scribbles64, N_CLASSES + 1), mode="sparse",
+                                 reliable=reliable)
     bf16 = _bf16_agreement(generator, protos_dense, protos_sparse, key_samples, min(n_samples, 128), topk, cos_th,
                            taps)
 

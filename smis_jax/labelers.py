@@ -14,6 +14,9 @@ every generated batch at every training step. Four kinds:
   a second) fitted on the shots' multi-scale pixel features; on sparse masks fitted on the annotated pixels only,
   and a pixel whose top softmax probability is below ``LINEAR_CONFIDENCE`` stays 0.
 
+The beyond-paper kinds fit on the shots' reliable pixels only (:func:`reliable_pixels`: where the image re-rendered
+from the inverted codes matches the shot), when the shots' images are given.
+
 Every kind takes ``out_size`` (labels are enlarged by repetition from 64x64, like :func:`labeling.pseudo_label`).
 :func:`label_latents` is the one call a training step makes (generator up to 64x64 -> labels); :func:`to_state`
 and :func:`from_state` give the flat dict of arrays that checkpoints and exports hold; a state holding only the
@@ -36,7 +39,7 @@ from smis_jax import labeling
 from smis_jax.labeling import EPS, DensePrototypes, LabelingError, SparsePrototypes
 from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, GeneratorConfig, make_noise
 
-__all__ = ["LABELERS", "Labeler", "as_labeler", "fit", "build", "taps_of", "label_features", "shot_features",
+__all__ = ["LABELERS", "Labeler", "as_labeler", "fit", "build", "reliable_pixels", "taps_of", "label_features", "shot_features",
            "combine_taps", "label", "label_latents", "to_state", "from_state", "describe"]
 
 LABELERS = ("paper", "knn", "multiscale", "linear")
@@ -49,6 +52,11 @@ KNN_PER_CLASS = 256
 # linear: sparse masks leave a pixel unlabelled where the classifier's top softmax probability is below this.
 LINEAR_CONFIDENCE = 0.9
 _LINEAR_STEPS, _LINEAR_LR, _LINEAR_WD = 300, 0.05, 1e-4
+# Beyond-paper kinds fit only on the shots' reliable pixels: where the image re-rendered from the inverted codes
+# (the same noise draw as the features) is within this mean absolute error of the shot (images in [-1, 1], both
+# averaged to 64x64). Where inversion failed to draw a region, its mask says one class and its features another;
+# fitting on those pixels is what made 5 shots worse than 1 on the built-in domain (docs/notes-23.md).
+RELIABLE_ERR = 0.1
 _PRECISION = jax.lax.Precision.HIGHEST
 
 
@@ -204,19 +212,34 @@ def _linear(features_NHWC, masks64, dense: bool):
     return weight, bias, jnp.asarray(present)
 
 
-def fit(kind: str, features_NHWC, masks_onehot_NHWC, mode: str = "dense") -> Labeler:
+def _keep_reliable(masks64, reliable):
+    """Masks with the unreliable pixels unannotated, except for a class that would lose every pixel."""
+    kept = masks64 & np.asarray(reliable, bool)[..., None]
+    lost = masks64.any(axis=(0, 1, 2)) & ~kept.any(axis=(0, 1, 2))
+    return np.where(lost, masks64, kept)
+
+
+def fit(kind: str, features_NHWC, masks_onehot_NHWC, mode: str = "dense", reliable=None) -> Labeler:
     """A labeller of ``kind`` from the shots' features (:func:`label_features` with :func:`taps_of` ``kind``; the
-    paper's raw 64x64 features for ``paper`` and ``knn``) and one-hot masks (K, Hm, Wm, L)."""
+    paper's raw 64x64 features for ``paper`` and ``knn``) and one-hot masks (K, Hm, Wm, L).
+
+    ``reliable``: (K, 64, 64) bool, the pixels to fit on (:func:`reliable_pixels`); ignored by ``paper``, which
+    stays the original's rule."""
     _check_kind(kind)
     if mode not in ("dense", "sparse"):
         raise LabelingError(f"mode must be 'dense' or 'sparse', got {mode!r}")
     dense = mode == "dense"
     n_classes = int(masks_onehot_NHWC.shape[-1])
     taps = (FEATURE_RES,) if kind in ("paper", "knn") else MULTISCALE_TAPS
-    if kind in ("paper", "multiscale"):
+    if kind == "paper":
         protos = labeling.prototypes(features_NHWC, masks_onehot_NHWC, mode=mode)
         return Labeler(protos=protos, kind=kind, dense=dense, taps=taps, n_classes=n_classes)
     masks64 = labeling._reduce_masks(features_NHWC, masks_onehot_NHWC)
+    if reliable is not None:
+        masks64 = _keep_reliable(masks64, reliable)
+    if kind == "multiscale":
+        protos = labeling.prototypes(features_NHWC, masks64.astype(np.float32), mode=mode)
+        return Labeler(protos=protos, kind=kind, dense=dense, taps=taps, n_classes=n_classes)
     if kind == "knn":
         return Labeler(protos=_knn_vectors(features_NHWC, masks64, dense), kind=kind, dense=dense, taps=taps,
                        n_classes=n_classes)
@@ -224,10 +247,30 @@ def fit(kind: str, features_NHWC, masks_onehot_NHWC, mode: str = "dense") -> Lab
     return Labeler(weight=weight, bias=bias, present=present, kind=kind, dense=dense, taps=taps, n_classes=n_classes)
 
 
-def build(kind: str, generator, w_plus, key, masks_onehot_NHWC, mode: str = "dense") -> Labeler:
-    """:func:`fit` on the features of the shots' codes ``w_plus`` under the noise draw of ``key``."""
+def reliable_pixels(generator, w_plus, key, images_NHWC) -> np.ndarray:
+    """(K, 64, 64) bool: where the shots re-rendered from ``w_plus`` (noise of ``key``, as :func:`shot_features`)
+    are within :data:`RELIABLE_ERR` mean absolute error of ``images_NHWC`` (K, S, S, 3) in [-1, 1]."""
+    recon, _ = generator.synthesize(jnp.asarray(w_plus), key=key)
+
+    def to64(x):
+        x = jnp.asarray(x, jnp.float32)
+        s = x.shape[1]
+        if s % FEATURE_RES == 0:
+            f = s // FEATURE_RES
+            return x.reshape(x.shape[0], FEATURE_RES, f, FEATURE_RES, f, 3).mean(axis=(2, 4))
+        return jax.image.resize(x, (x.shape[0], FEATURE_RES, FEATURE_RES, 3), "linear")
+
+    err = jnp.abs(to64(recon) - to64(images_NHWC)).mean(axis=-1)
+    return np.asarray(err < RELIABLE_ERR)
+
+
+def build(kind: str, generator, w_plus, key, masks_onehot_NHWC, mode: str = "dense", images=None) -> Labeler:
+    """:func:`fit` on the features of the shots' codes ``w_plus`` under the noise draw of ``key``; with the shots'
+    ``images``, beyond-paper kinds fit on their :func:`reliable_pixels` only."""
     taps = taps_of(kind, generator.config)
-    return _with_taps(fit(kind, shot_features(generator, w_plus, key, taps), masks_onehot_NHWC, mode), taps)
+    reliable = None if images is None or kind == "paper" else reliable_pixels(generator, w_plus, key, images)
+    features = shot_features(generator, w_plus, key, taps)
+    return _with_taps(fit(kind, features, masks_onehot_NHWC, mode, reliable), taps)
 
 
 def _with_taps(labeler: Labeler, taps) -> Labeler:

@@ -160,3 +160,21 @@ def test_prototypes_alone_load_as_paper():
     np.testing.assert_array_equal(lab.protos.vectors, protos.vectors)
     with pytest.raises(labeling.LabelingError, match="unknown labeller"):
         labelers.fit("nope", feats, np.eye(3, dtype=np.float32)[ids])
+
+
+def test_fit_on_reliable_pixels_drops_the_rest_but_never_a_whole_class():
+    feats = np.zeros((1, 2, 2, 2), np.float32)
+    feats[0, 0, :] = [1, 0]  # class 0, reliable
+    feats[0, 1, 0] = [0, 1]  # class 1, reliable
+    feats[0, 1, 1] = [1, 0.1]  # labelled class 1 but drawn like class 0: unreliable
+    ids = np.array([[[0, 0], [1, 1]]])
+    onehot = np.eye(3, dtype=np.float32)[ids]
+    reliable = np.array([[[True, True], [True, False]]])
+    lab = labelers.fit("multiscale", feats, onehot, "dense", reliable)
+    np.testing.assert_allclose(lab.protos.vectors[1], [0, 1], atol=1e-6)  # the unreliable pixel left out
+    # class 1 unreliable everywhere: its pixels are kept rather than the class dropped
+    lab = labelers.fit("multiscale", feats, onehot, "dense", np.array([[[True, True], [False, False]]]))
+    assert bool(lab.protos.present[1])
+    # the paper's labeller ignores it (the original's rule)
+    paper = labelers.fit("paper", feats, onehot, "dense", reliable)
+    np.testing.assert_array_equal(paper.protos.vectors, labeling.prototypes(feats, onehot, "dense").vectors)

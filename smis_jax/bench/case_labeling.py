@@ -103,11 +103,11 @@ def _torch_original_path(ref, gcfg: GeneratorConfig, batch: int, mode: str, prot
 def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str = "float32", repeats: int = 3,
                    vectors_per_class: int = 9, topk: int = 3, cos_th: float = 0.5, max_memory_gb: float | None = None,
                    torch_row: bool | str = True, seed: int = 0, weights: str | None = None,
-                   labeler: str = "paper") -> list[dict[str, Any]]:
+                   labeler: str | Sequence[str] = "paper") -> list[dict[str, Any]]:
     """Pseudo-labels per second, the original's paths vs ours, for each batch size. Returns one dict per
     (batch, path): ``original-torch`` (when torch and draggan are importable, float32 only), ``original-jax``,
-    ``ours`` (the paper's labeller), and with ``labeler`` other than 'paper' ``ours-<labeler>``: the same shots and
-    masks, that labeller fitted on them (:mod:`smis_jax.labelers`), timed side by side with ``ours``
+    ``ours`` (the paper's labeller), and for each ``labeler`` other than 'paper' (one name or several)
+    ``ours-<labeler>``: the same shots and masks, that labeller fitted on them (:mod:`smis_jax.labelers`), timed side by side with ``ours``
     (``cost_vs_paper``: its time per batch over ours').
 
     ``torch_row``: True includes original-torch where it can run and otherwise says why not (one ``note:`` line on
@@ -148,8 +148,9 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
             params32 = init_params(gcfg, key_params)
     params = cast_floats(params32, jdtype)
     protos = make_prototypes(gcfg, params32, mode, n_classes, key_protos, vectors_per_class)
-    fitted = make_labeler(gcfg, params32, mode, n_classes, key_protos, labeler, vectors_per_class) \
-        if labeler != "paper" else None
+    kinds = [labeler] if isinstance(labeler, str) else list(labeler)
+    fitted = {kind: make_labeler(gcfg, params32, mode, n_classes, key_protos, kind, vectors_per_class)
+              for kind in kinds if kind != "paper"}
     vecs = vectors_by_class(protos) if mode == "sparse" else None
     n_vectors = int(protos.vectors.shape[0])
     cos = jnp.float32(cos_th)
@@ -195,11 +196,12 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
                              f"{render_source} (render) + analytic (per-class matmuls)", xla_bytes(render_c))
             original.stages = stages
         paths = [original, ours]
-        if fitted is not None:
+        for kind, lab in fitted.items():
             lab_jit = jax.jit(partial(_labeler_labels, gcfg, batch, jdtype, topk, LABEL_SIZE))
-            lab_c, lab_compile = aot_compile(lab_jit, params, fitted, cos, keys[0])
-            paths.append(TimedPath(f"ours-{labeler}", lambda r: np.asarray(lab_c(params, fitted, cos, keys[r])),
-                                   lab_compile, *flops_of(lab_c, lab_jit, params, fitted, cos, keys[0]),
+            lab_c, lab_compile = aot_compile(lab_jit, params, lab, cos, keys[0])
+            paths.append(TimedPath(f"ours-{kind}", partial(lambda c, lab, r: np.asarray(c(params, lab, cos, keys[r])),
+                                                           lab_c, lab),
+                                   lab_compile, *flops_of(lab_c, lab_jit, params, lab, cos, keys[0]),
                                    xla_bytes(lab_c)))
         torch_path = None
         if ref is not None:
@@ -238,11 +240,12 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
                 row["speedup_vs_original_torch"] = torch_row_["time_s_median"] / row["time_s_median"]
                 row["agree_with_original_torch"] = float(np.mean(out == torch_labels))
         ours_row["labelled_fraction"] = float(np.mean(ours_labels > 0)) if mode == "sparse" else None
-        if fitted is not None:
-            lab_row = by_name[f"ours-{labeler}"]
+        for kind in fitted:
+            lab_row = by_name[f"ours-{kind}"]
             lab_row["cost_vs_paper"] = lab_row["time_s_median"] / ours_row["time_s_median"]
-            lab_row["labeler"] = labeler
-            lab_row["labelled_fraction"] = float(np.mean(np.asarray(paths[-1].first_out) > 0)) \
+            lab_row["labeler"] = kind
+            lab_path = next(p for p in paths if p.name == f"ours-{kind}")
+            lab_row["labelled_fraction"] = float(np.mean(np.asarray(lab_path.first_out) > 0)) \
                 if mode == "sparse" else None
         if dtype != "float32":
             ref_c = jax.jit(partial(_ours_labels, gcfg, batch, jnp.float32, topk, LABEL_SIZE))
