@@ -178,3 +178,16 @@ def test_fit_on_reliable_pixels_drops_the_rest_but_never_a_whole_class():
     # the paper's labeller ignores it (the original's rule)
     paper = labelers.fit("paper", feats, onehot, "dense", reliable)
     np.testing.assert_array_equal(paper.protos.vectors, labeling.prototypes(feats, onehot, "dense").vectors)
+
+
+def test_labeler_flag_and_domain_defaults():
+    from train import run as train_cli
+
+    pick = lambda argv: config.TrainConfig.for_domain(  # noqa: E731
+        "shapes" if "shapes" in argv else "faces", **{n: getattr(train_cli.parse_args(argv), n)
+                                                        for n in train_cli.TRAIN_FLAGS})
+    assert pick(["--domain", "faces", "--workdir", "w", "--data", "d", "--stylegan", "g.pt"]).labeler == "paper"
+    assert pick(["--domain", "shapes", "--workdir", "w"]).labeler == "linear"  # built-in: measured best
+    assert pick(["--domain", "shapes", "--workdir", "w", "--labeler", "knn"]).labeler == "knn"
+    with pytest.raises(SystemExit):
+        train_cli.parse_args(["--domain", "shapes", "--workdir", "w", "--labeler", "nope"])
