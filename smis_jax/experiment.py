@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, hosts, info, interrupt, labeling, plots, precision, tblog, viz
+from smis_jax import builtin, data, export, hosts, info, interrupt, labelers, labeling, plots, precision, tblog, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
 from smis_jax.files import FolderError, check_writable
@@ -156,6 +156,7 @@ def domain_generator(path: str | Path, domain: Domain, size: int | None = None) 
 
 def _check_resume(saved: dict[str, Any], cfg: TrainConfig, source: Path | str) -> None:
     """One ConfigError naming every setting that differs from the run being resumed (both values), if any."""
+    saved = {"labeler": "paper", **saved}  # runs from before --labeler labelled as the paper does
     new = cfg.to_dict()
     changed = [f"{key} {value!r} -> {new.get(key)!r}" for key, value in saved.items()
                if key not in RESUMABLE_CHANGES and key != "extra" and new.get(key) != value]
@@ -439,14 +440,14 @@ def _build_prototypes(cfg: TrainConfig, domain: Domain, generator, shots: Shots,
     w_plus, loss = hosts.from_writer((w_plus, loss))
     log("inversion loss per shot: " + ", ".join(f"{n}={v:.4f}" for n, v in zip(shots.names, loss)))
     # The original builds prototypes from one random noise draw (coach.py:124-126); ours is seeded.
-    _, features = generator.synthesize(jnp.asarray(w_plus), key=key_proto, until_res=64)
-    protos = labeling.prototypes(features, data.onehot(shots.labels, domain.n_classes), mode=domain.mode)
-    if isinstance(protos, labeling.DensePrototypes):
-        absent = [c for c in range(domain.n_classes) if not bool(protos.present[c])]
+    onehot = data.onehot(shots.labels, domain.n_classes)
+    protos = labelers.build(cfg.labeler, generator, w_plus, key_proto, onehot, mode=domain.mode, images=shots.images)
+    if domain.mode == "dense":
+        step = onehot.shape[1] // stylegan2.FEATURE_RES  # the labellers' torch-nearest (top-left) reduction to 64x64
+        absent = [c for c in range(domain.n_classes) if not onehot[:, ::step, ::step, c].any()]
         if absent:
             log(f"classes absent from every shot at 64x64 (never predicted): {absent}")
-    else:
-        log(f"sparse prototypes: {protos.vectors.shape[0]} annotated vectors")
+    log(labelers.describe(protos))
     return protos, shot_codes
 
 

@@ -6,7 +6,7 @@
       params, batch_stats  the encoder
       generator_params, generator_noises, latent_avg
                            the generator the encoder was trained for (its fixed noise, the W+ centre)
-      prototypes           the shots' class prototypes (dense or sparse): pseudo-labels for evaluation
+      prototypes           the run's pseudo-labeller (smis_jax.labelers: the shots' class prototypes for 'paper')
       shots                the shots' inverted W+ codes, final losses and loss curves (inversion quality)
 
 ``python -m smis_jax.synthesize --checkpoint`` and the editor read the first three rows (any pSp checkpoint has
@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from smis_jax import labeling
+from smis_jax import labelers
 from smis_jax.io import load_pipeline
 from smis_jax.io.converted import ConversionError, load_converted, save_converted
 from smis_jax.nets import psp
@@ -42,7 +42,7 @@ class ShotCodes:
 @dataclass(frozen=True)
 class RunExport:
     pipeline: psp.Pipeline  # encoder + generator + latent_avg
-    prototypes: labeling.DensePrototypes | labeling.SparsePrototypes
+    prototypes: labelers.Labeler  # the run's pseudo-labeller (an export with prototypes only: 'paper')
     run: dict[str, Any]  # config.json's 'run': train (TrainConfig dict), domain, class_names, shots, step, data
     shots: ShotCodes | None
     path: Path
@@ -61,7 +61,7 @@ def write(out_dir: str | Path, enc_config: psp.EncoderConfig, state, generator, 
     if run is not None:
         config["run"] = dict(run)
     if prototypes is not None:
-        trees["prototypes"] = labeling.prototypes_state(jax.device_get(prototypes))
+        trees["prototypes"] = labelers.to_state(prototypes)
     if shots is not None:
         config.setdefault("run", {})["shot_names"] = list(shots.names)
         trees["shots"] = {"w_plus": np.asarray(shots.w_plus, np.float32), "loss": np.asarray(shots.loss, np.float32),
@@ -86,7 +86,7 @@ def load(path: str | Path) -> RunExport:
     trees = ["prototypes"] + (["shots"] if (path / "shots").is_dir() else [])
     _, loaded = load_converted(path, "psp", trees)
     try:
-        prototypes = labeling.prototypes_from_state(loaded["prototypes"])
+        prototypes = labelers.from_state(loaded["prototypes"])
     except (KeyError, ValueError) as e:
         raise ConversionError(f"{path / 'prototypes'}: not a prototype tree ({e})") from None
     shots = None

@@ -3,7 +3,7 @@
 ``evaluate(export_dir)`` reads the export of a ``train.run`` on a built-in domain (a copied export is enough) and
 measures:
 
-* **pseudo-label quality**: the pseudo-labels of N generated samples against the oracle's segmentation of the
+* **pseudo-label quality** (of the run's ``--labeler``): the pseudo-labels of N generated samples against the oracle's segmentation of the
   same samples (mIoU, pixel accuracy), with prototypes from 1 and 5 shots, dense (the masks) and sparse (scribbles
   of the same shots; sparse labels cover few pixels, so their accuracy is measured where they label and their
   coverage is reported beside it);
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, labeling, plots, shapes, synthesize, viz
+from smis_jax import builtin, data, export, labelers, labeling, plots, shapes, synthesize, viz
 from smis_jax.config import DOMAINS, ConfigError
 from smis_jax.inversion import invert_cached
 from smis_jax.io import load_lpips
@@ -54,16 +54,23 @@ def scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None)
     return out
 
 
-@partial(jax.jit, static_argnames=("config", "n", "dtype"))
-def _samples(config, params, key, n: int, dtype):
-    """n generated samples (image (n, S, S, 3) float32, features (n, 64, 64, C) float32), computed in ``dtype``."""
+@partial(jax.jit, static_argnames=("config", "n", "dtype", "taps"))
+def _samples(config, params, key, n: int, dtype, taps=(64,)):
+    """n generated samples (image (n, S, S, 3) float32, features (n, 64, 64, C) float32), computed in ``dtype``;
+    the features are those a labeller reading ``taps`` sees (:func:`labelers.label_features`)."""
     cast = lambda t: jax.tree.map(lambda a: a.astype(dtype), t)  # noqa: E731
     k_z, k_n = jax.random.split(key)
     gen = stylegan2.Generator(config)
     w = gen.apply(cast(params), jax.random.normal(k_z, (n, config.style_dim)).astype(dtype),
                   method=stylegan2.Generator.mapping)
     w_plus = jnp.broadcast_to(w[:, None], (n, config.n_latent, config.style_dim))
-    image, features = gen.apply(cast(params), w_plus, cast(stylegan2.make_noise(config, k_n, n)))
+    if tuple(taps) == (64,):
+        image, features = gen.apply(cast(params), w_plus, cast(stylegan2.make_noise(config, k_n, n)))
+    else:
+        (image, features), sown = gen.apply(cast(params), w_plus, cast(stylegan2.make_noise(config, k_n, n)),
+                                            mutable=["taps"])
+        tapped = {int(k[3:]): v[0] for k, v in sown["taps"].items()}
+        features = labelers.combine_taps(tapped, tuple(taps))
     return image.astype(jnp.float32), features.astype(jnp.float32)
 
 
@@ -72,17 +79,21 @@ def _sparse_pred(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(labels.astype(np.int64) - 1, 0), labels > 0
 
 
-def _pseudo_label_quality(generator, features_shots, masks64, scribbles64, sample_features, oracle, topk, cos_th):
+def _pseudo_label_quality(kind, features_shots, masks64, scribbles64, sample_features, oracle, topk, cos_th,
+                          reliable=None):
+    """The labeller ``kind`` fitted on 1 and 5 shots (``features_shots``: its features of the shots; ``reliable``:
+    the pixels it fits on, as training does), dense and sparse, scored on the samples against the oracle."""
+    rel = (lambda k: None) if reliable is None else (lambda k: reliable[:k])  # noqa: E731
     out = {}
     dense_onehot = data.onehot(masks64, N_CLASSES)
     sparse_onehot = data.onehot(scribbles64, N_CLASSES + 1)
     for k in (1, 5):
-        protos = labeling.prototypes(features_shots[:k], dense_onehot[:k], mode="dense")
-        pred = np.asarray(labeling.pseudo_label(sample_features, protos, out_size=shapes.SIZE))
+        protos = labelers.fit(kind, features_shots[:k], dense_onehot[:k], mode="dense", reliable=rel(k))
+        pred = np.asarray(labelers.label(sample_features, protos, out_size=shapes.SIZE))
         out[f"dense_{k}shot"] = scores(pred, oracle)
-        protos = labeling.prototypes(features_shots[:k], sparse_onehot[:k], mode="sparse")
-        labels = np.asarray(labeling.pseudo_label(sample_features, protos, topk=topk, cos_th=cos_th,
-                                                  out_size=shapes.SIZE))
+        protos = labelers.fit(kind, features_shots[:k], sparse_onehot[:k], mode="sparse", reliable=rel(k))
+        labels = np.asarray(labelers.label(sample_features, protos, topk=topk, cos_th=cos_th,
+                                           out_size=shapes.SIZE))
         pred, labelled = _sparse_pred(labels)
         s = scores(pred, oracle, labelled)
         s["coverage"] = float(labelled.mean())
@@ -90,13 +101,13 @@ def _pseudo_label_quality(generator, features_shots, masks64, scribbles64, sampl
     return out
 
 
-def _bf16_agreement(generator, protos_dense, protos_sparse, key, n, topk, cos_th) -> dict[str, float]:
-    _, f32 = _samples(generator.config, generator.params, key, n, jnp.float32)
-    _, bf16 = _samples(generator.config, generator.params, key, n, jnp.bfloat16)
+def _bf16_agreement(generator, protos_dense, protos_sparse, key, n, topk, cos_th, taps) -> dict[str, float]:
+    _, f32 = _samples(generator.config, generator.params, key, n, jnp.float32, taps)
+    _, bf16 = _samples(generator.config, generator.params, key, n, jnp.bfloat16, taps)
     out = {}
     for name, protos, kw in (("dense", protos_dense, {}), ("sparse", protos_sparse, {"topk": topk, "cos_th": cos_th})):
-        a = np.asarray(labeling.pseudo_label(f32, protos, out_size=shapes.SIZE, **kw))
-        b = np.asarray(labeling.pseudo_label(bf16, protos, out_size=shapes.SIZE, **kw))
+        a = np.asarray(labelers.label(f32, protos, out_size=shapes.SIZE, **kw))
+        b = np.asarray(labelers.label(bf16, protos, out_size=shapes.SIZE, **kw))
         out[name] = float((a == b).mean())
     return out
 
@@ -171,6 +182,8 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
     g = pipeline.generator
     generator = stylegan2.LoadedGenerator(g.config, g.params, g.noises, np.asarray(pipeline.latent_avg)[0])
     topk, cos_th = int(train["topk"]), float(train["cos_th"])
+    kind = train.get("labeler", "paper")  # runs from before --labeler: the paper's
+    taps = labelers.taps_of(kind, g.config)
 
     # The five shots' codes: the export's, or inverted again (cached in the run folder when there is one).
     names, images, masks256 = builtin.shots(DOMAINS["shapes"], 5)
@@ -200,19 +213,23 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
     inversion = {"mse": float(mse.mean()), "psnr_db": float(np.mean(10 * np.log10(4.0 / mse))),
                  "lpips": float(lp.mean()), "per_shot_psnr_db": [round(float(10 * np.log10(4.0 / m)), 2) for m in mse]}
     # Prototypes as the run builds them (features of the inverted codes under one seeded noise draw).
-    _, features_shots = generator.synthesize(jnp.asarray(inv.w_plus), key=key_proto, until_res=64)
+    features_shots = labelers.shot_features(generator, inv.w_plus, key_proto, taps)
+    reliable = None if kind == "paper" else labelers.reliable_pixels(generator, inv.w_plus, key_proto, images)
 
     key_samples = jax.random.fold_in(key, 77)
     sample_images, sample_features = _samples(generator.config, generator.params, key_samples, n_samples,
-                                              jnp.float32)
+                                              jnp.float32, taps)
     sample_images = np.asarray(sample_images)
     oracle = shapes.segment(sample_images)
-    pseudo = _pseudo_label_quality(generator, features_shots, masks64, scribbles64, sample_features, oracle,
-                                   topk, cos_th)
+    pseudo = _pseudo_label_quality(kind, features_shots, masks64, scribbles64, sample_features, oracle,
+                                   topk, cos_th, reliable)
 
-    protos_dense = labeling.prototypes(features_shots, data.onehot(masks64, N_CLASSES), mode="dense")
-    protos_sparse = labeling.prototypes(features_shots, data.onehot(scribbles64, N_CLASSES + 1), mode="sparse")
-    bf16 = _bf16_agreement(generator, protos_dense, protos_sparse, key_samples, min(n_samples, 128), topk, cos_th)
+    protos_dense = labelers.fit(kind, features_shots, data.onehot(masks64, N_CLASSES), mode="dense",
+                                reliable=reliable)
+    protos_sparse = labelers.fit(kind, features_shots, data.onehot(scribbles64, N_CLASSES + 1), mode="sparse",
+                                 reliable=reliable)
+    bf16 = _bf16_agreement(generator, protos_dense, protos_sparse, key_samples, min(n_samples, 128), topk, cos_th,
+                           taps)
 
     test_names, test_labels, truth64 = builtin.test_masks(domain)
     synth, synth_styles, synth_images = _synthesis_quality(pipeline, test_labels, truth64, styles, seed,
@@ -220,7 +237,7 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
     empty = _empty_canvas(pipeline, pipeline.encoder.config.input_nc, domain.mode == "sparse")
 
     result = {
-        "domain": domain.name, "step": int(run.get("step", pipeline.config.get("opts", {}).get("steps", -1))),
+        "domain": domain.name, "labeler": kind, "step": int(run.get("step", pipeline.config.get("opts", {}).get("steps", -1))),
         "shots": list(names), "n_samples": n_samples, "n_test_masks": len(test_names),
         "generator_oracle_confidence": shapes.oracle_confidence(sample_images),
         "pseudo_labels": pseudo, "synthesis": synth, f"synthesis_{styles}styles": synth_styles,
@@ -235,7 +252,7 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "groundtruth.json").write_text(json.dumps(result, indent=1))
-    pseudo_dense = np.asarray(labeling.pseudo_label(sample_features[:8], protos_dense, out_size=shapes.SIZE))
+    pseudo_dense = np.asarray(labelers.label(sample_features[:8], protos_dense, out_size=shapes.SIZE))
     rows = [[viz.colorize(t), viz.to_uint8(im[::4, ::4]), viz.colorize(shapes.segment(im[::4, ::4]))]
             for t, im in zip(truth64[:8], synth_images[:8])]
     rows += [[viz.to_uint8(im), viz.colorize(o), viz.colorize(p)]

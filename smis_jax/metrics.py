@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import labeling
+from smis_jax import labelers, labeling
 from smis_jax.nets.psp import EncoderConfig, GradualStyleEncoder, reduce_onehot
-from smis_jax.nets.stylegan2 import Generator, GeneratorConfig
+from smis_jax.nets.stylegan2 import GeneratorConfig
 
 __all__ = ["confusion", "iou_from_confusion", "self_consistency"]
 
@@ -41,11 +41,10 @@ def iou_from_confusion(conf: np.ndarray, ignore_background: bool) -> dict[str, A
 @partial(jax.jit, static_argnames=("enc_config", "gen_config"))
 def _labels_of_synthesis(enc_config: EncoderConfig, gen_config: GeneratorConfig, enc_vars, gen_params, noises,
                          latent_avg, protos, onehot):
-    sparse = isinstance(protos, labeling.SparsePrototypes)
+    sparse = not labelers.as_labeler(protos).dense
     onehot = reduce_onehot(onehot, enc_config.input_size, sparse)  # masks at 256 -> the encoder's input
     codes = GradualStyleEncoder(enc_config).apply(enc_vars, onehot, False)
-    _, features = Generator(gen_config).apply(gen_params, codes + latent_avg, noises, until_res=64)
-    return labeling.pseudo_label(features, protos, out_size=256)
+    return labelers.label_latents(gen_config, gen_params, codes + latent_avg, noises, protos, out_size=256)
 
 
 def self_consistency(enc_config: EncoderConfig, enc_vars, gen_config: GeneratorConfig, gen_params, noises,
@@ -57,7 +56,7 @@ def self_consistency(enc_config: EncoderConfig, enc_vars, gen_config: GeneratorC
     """
     masks = np.asarray(masks)
     n_classes = enc_config.input_nc
-    sparse = isinstance(protos, labeling.SparsePrototypes)
+    sparse = not labelers.as_labeler(protos).dense
     conf = np.zeros((n_classes, n_classes), np.int64)
     for start in range(0, len(masks), batch_size):
         chunk = masks[start:start + batch_size]

@@ -33,7 +33,7 @@ import optax
 from einops import rearrange
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from smis_jax import hosts, labeling
+from smis_jax import hosts, labelers, labeling
 from smis_jax.config import TrainConfig
 from smis_jax.errors import ConfigError, MissingFileError, UserError
 from smis_jax.nets import ops
@@ -149,13 +149,13 @@ def sample_latents(cfg: StepConfig, gen_params, key: jax.Array) -> jax.Array:
 
 def _pseudo_pairs(cfg: StepConfig, gen_params, protos, key: jax.Array, shard: Callable, with_noise: bool = False):
     """Sample a batch and pseudo-label it: (w_plus (B, S, D), labels (B, M, M) int32), M the encoder's input size
-    (and the noise the sample was rendered with, ``with_noise``)."""
+    (and the noise the sample was rendered with, ``with_noise``). ``protos``: the run's
+    :class:`~smis_jax.labelers.Labeler` (or the paper's prototypes)."""
     key_w, key_noise = jax.random.split(key)
     w_plus = shard(sample_latents(cfg, gen_params, key_w))
     noise = [shard(n) for n in make_noise(cfg.generator, key_noise, cfg.batch_size, until_res=64)]
-    _, features = Generator(cfg.generator).apply(gen_params, w_plus, noise, until_res=64)
-    labels = labeling.pseudo_label(features, protos, topk=cfg.topk, cos_th=cfg.cos_th,
-                                   out_size=cfg.encoder.input_size, compat=cfg.compat)
+    labels = labelers.label_latents(cfg.generator, gen_params, w_plus, noise, protos, topk=cfg.topk,
+                                    cos_th=cfg.cos_th, out_size=cfg.encoder.input_size, compat=cfg.compat)
     return (w_plus, shard(labels), noise) if with_noise else (w_plus, shard(labels))
 
 
@@ -175,6 +175,11 @@ def label_space_loss(cfg: StepConfig, gen_params, latent, noise, labels, protos)
     generator's 64x64 features of ``latent`` (rendered with the sample's ``noise``) are scored against the class
     vectors (cosine, absent classes never), and the softmax at ``label_temperature`` is compared with the
     pseudo-labels by cross-entropy, mean over labelled pixels (sparse: class 0 pixels carry no label)."""
+    labeler = labelers.as_labeler(protos)
+    if labeler.kind != "paper":
+        raise ConfigError(f"the label-space loss scores with the paper's prototypes; --labeler {labeler.kind} has "
+                          f"none (use --labeler paper with --label-lambda)")
+    protos = labeler.protos
     _, features = Generator(cfg.generator).apply(gen_params, latent, noise, until_res=64)
     dense = class_vectors(protos)
     scores = labeling.cosine_scores(features, dense)  # (B, 64, 64, L), -inf for absent classes
@@ -312,14 +317,14 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            protos=ocp.args.StandardSave(labeling.prototypes_state(protos)),
+            protos=ocp.args.StandardSave(labelers.to_state(protos)),
             meta=ocp.args.JsonSave({**meta, "step": step}),
         ), force=True)
 
     def restore(self, abstract_state: TrainState, step: int | None = None):
         """(state, protos, meta) of ``step`` (default: the latest). ``abstract_state``: ShapeDtypeStructs with the
         sharding the state is to have (:func:`abstract_like` with :func:`state_sharding` of the run's mesh); the
-        prototypes come back as numpy arrays (the same on every process)."""
+        labeller comes back from numpy arrays (the same on every process; prototypes alone load as ``paper``)."""
         ocp = self._ocp
         step = self.latest_step() if step is None else step
         if step is None:
@@ -329,7 +334,7 @@ class Checkpointer:
             protos=ocp.args.StandardRestore(),
             meta=ocp.args.JsonRestore(),
         ))
-        return restored.state, labeling.prototypes_from_state(restored.protos), dict(restored.meta)
+        return restored.state, labelers.from_state(restored.protos), dict(restored.meta)
 
     def restore_intact(self, abstract_state: TrainState, log: Callable[[str], None] = print):
         """:meth:`restore` of the newest checkpoint that restores. Each newer, damaged one (a folder or file of it

@@ -199,7 +199,7 @@ assert all(x.sharding == sharding and len(x.sharding.device_set) == 2 for x in l
 assert int(jax.device_get(state.step)) == 5 and meta == {"who": 0, "step": 5}, meta
 for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(fresh.params))):
     np.testing.assert_array_equal(a, b + 1)
-np.testing.assert_array_equal(restored.vectors, np.ones((3, 4)))
+np.testing.assert_array_equal(restored.protos.vectors, np.ones((3, 4)))
 print("ok", jax.process_index(), flush=True)
 """
 

@@ -98,7 +98,7 @@ def test_resume_from_checkpoint_is_exact(generator, samples, tmp_path):
     restored, restored_protos, meta = ckpt.restore(abstract_train_state(cfg))
     ckpt.close()
     assert meta["step"] == 2 and meta["note"] == "test"
-    np.testing.assert_array_equal(restored_protos.vectors, protos.vectors)
+    np.testing.assert_array_equal(restored_protos.protos.vectors, protos.vectors)
     resumed, resumed_losses, _ = _run(cfg, generator, restored_protos, jax.devices()[:1], steps=2, state=restored)
     assert resumed_losses == losses[2:]
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):

@@ -25,7 +25,7 @@ import argparse
 import dataclasses
 import sys
 
-from smis_jax.config import DOMAINS, ENCODER_SIZES, TrainConfig
+from smis_jax.config import DOMAINS, ENCODER_SIZES, LABELERS, TrainConfig
 from smis_jax.precision import PRECISIONS
 
 INTERRUPTED_MESSAGE = ("interrupted; the same command with --resume continues from the last checkpoint "
@@ -54,6 +54,8 @@ TRAIN_FLAGS = {
     "label_temperature": ("--label-temperature", "softmax temperature of the label-space loss's cosine scores"),
     "topk": ("--topk", "sparse labelling: pixels per annotated vector"),
     "cos_th": ("--cos-th", "sparse labelling: cosine threshold"),
+    "labeler": ("--labeler", "pseudo-labeller: paper (the original's class means), knn, multiscale or linear "
+                             "(docs/notes-23.md)"),
     "inversion_steps": ("--inversion-steps", "steps of W+ inversion per shot"),
     "save_every": ("--save-every", "checkpoint interval (steps)"),
     "log_every": ("--log-every", "metrics interval (steps)"),
@@ -64,7 +66,7 @@ TRAIN_FLAGS = {
                                  "full float32 (parity), tensorfloat32, or default = XLA's choice (TF32 on recent "
                                  "NVIDIA cards)"),
 }
-CHOICES = {"encoder": list(ENCODER_SIZES), "precision": list(PRECISIONS)}
+CHOICES = {"encoder": list(ENCODER_SIZES), "precision": list(PRECISIONS), "labeler": list(LABELERS)}
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:

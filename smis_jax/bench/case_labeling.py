@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import labeling
+from smis_jax import labelers, labeling
 from smis_jax.bench import reference
 from smis_jax.bench.harness import (
     Memory,
@@ -30,6 +30,7 @@ from smis_jax.bench.harness import (
 from smis_jax.bench.inputs import (
     cast_floats,
     generator_dtype_report,
+    make_labeler,
     make_prototypes,
     sample,
     z_and_noise,
@@ -37,13 +38,22 @@ from smis_jax.bench.inputs import (
 from smis_jax.bench.presets import LABEL_SIZE, Preset
 from smis_jax.bench.reference import class_pair_flops, original_sparse_labels, vectors_by_class
 from smis_jax.io import load_generator, nvidiafile, torchfile
-from smis_jax.nets.stylegan2 import FEATURE_RES, GeneratorConfig, init_params
+from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, GeneratorConfig, init_params
 
 __all__ = ["bench_labeling"]
 
 def _ours_labels(gcfg, batch, dtype, topk, out_size, params, protos, cos_th, key):
     _, features, _ = sample(gcfg, params, key, batch, FEATURE_RES, dtype)
     return labeling.pseudo_label(features, protos, topk=topk, cos_th=cos_th, out_size=out_size)
+
+
+def _labeler_labels(gcfg, batch, dtype, topk, out_size, params, labeler, cos_th, key):
+    """The training step's labelling with a fitted labeller: z -> W+ -> generator to 64x64 -> labels."""
+    z, noise = z_and_noise(gcfg, key, batch, FEATURE_RES, dtype)
+    g = Generator(gcfg)
+    w = g.apply(params, z, method=Generator.mapping)
+    w_plus = jnp.broadcast_to(w[:, None, :], (batch, gcfg.n_latent, gcfg.style_dim))
+    return labelers.label_latents(gcfg, params, w_plus, noise, labeler, topk=topk, cos_th=cos_th, out_size=out_size)
 
 
 def _original_dense_labels(gcfg, batch, dtype, out_size, params, protos, key):
@@ -92,10 +102,13 @@ def _torch_original_path(ref, gcfg: GeneratorConfig, batch: int, mode: str, prot
 
 def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str = "float32", repeats: int = 3,
                    vectors_per_class: int = 9, topk: int = 3, cos_th: float = 0.5, max_memory_gb: float | None = None,
-                   torch_row: bool | str = True, seed: int = 0, weights: str | None = None) -> list[dict[str, Any]]:
+                   torch_row: bool | str = True, seed: int = 0, weights: str | None = None,
+                   labeler: str | Sequence[str] = "paper") -> list[dict[str, Any]]:
     """Pseudo-labels per second, the original's paths vs ours, for each batch size. Returns one dict per
     (batch, path): ``original-torch`` (when torch and draggan are importable, float32 only), ``original-jax``,
-    ``ours``.
+    ``ours`` (the paper's labeller), and for each ``labeler`` other than 'paper' (one name or several)
+    ``ours-<labeler>``: the same shots and masks, that labeller fitted on them (:mod:`smis_jax.labelers`), timed side by side with ``ours``
+    (``cost_vs_paper``: its time per batch over ours').
 
     ``torch_row``: True includes original-torch where it can run and otherwise says why not (one ``note:`` line on
     stderr, and ``original_torch_left_out`` in every row); a string leaves it out for that reason, said the same
@@ -135,6 +148,9 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
             params32 = init_params(gcfg, key_params)
     params = cast_floats(params32, jdtype)
     protos = make_prototypes(gcfg, params32, mode, n_classes, key_protos, vectors_per_class)
+    kinds = [labeler] if isinstance(labeler, str) else list(labeler)
+    fitted = {kind: make_labeler(gcfg, params32, mode, n_classes, key_protos, kind, vectors_per_class)
+              for kind in kinds if kind != "paper"}
     vecs = vectors_by_class(protos) if mode == "sparse" else None
     n_vectors = int(protos.vectors.shape[0])
     cos = jnp.float32(cos_th)
@@ -180,6 +196,13 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
                              f"{render_source} (render) + analytic (per-class matmuls)", xla_bytes(render_c))
             original.stages = stages
         paths = [original, ours]
+        for kind, lab in fitted.items():
+            lab_jit = jax.jit(partial(_labeler_labels, gcfg, batch, jdtype, topk, LABEL_SIZE))
+            lab_c, lab_compile = aot_compile(lab_jit, params, lab, cos, keys[0])
+            paths.append(TimedPath(f"ours-{kind}", partial(lambda c, lab, r: np.asarray(c(params, lab, cos, keys[r])),
+                                                           lab_c, lab),
+                                   lab_compile, *flops_of(lab_c, lab_jit, params, lab, cos, keys[0]),
+                                   xla_bytes(lab_c)))
         torch_path = None
         if ref is not None:
             torch_path = _torch_original_path(ref, gcfg, batch, mode, protos, keys, topk, cos_th)
@@ -217,6 +240,13 @@ def bench_labeling(preset: Preset, mode: str, batches: Sequence[int], dtype: str
                 row["speedup_vs_original_torch"] = torch_row_["time_s_median"] / row["time_s_median"]
                 row["agree_with_original_torch"] = float(np.mean(out == torch_labels))
         ours_row["labelled_fraction"] = float(np.mean(ours_labels > 0)) if mode == "sparse" else None
+        for kind in fitted:
+            lab_row = by_name[f"ours-{kind}"]
+            lab_row["cost_vs_paper"] = lab_row["time_s_median"] / ours_row["time_s_median"]
+            lab_row["labeler"] = kind
+            lab_path = next(p for p in paths if p.name == f"ours-{kind}")
+            lab_row["labelled_fraction"] = float(np.mean(np.asarray(lab_path.first_out) > 0)) \
+                if mode == "sparse" else None
         if dtype != "float32":
             ref_c = jax.jit(partial(_ours_labels, gcfg, batch, jnp.float32, topk, LABEL_SIZE))
             ref32 = np.asarray(ref_c(params32, protos, cos, keys[0]))

@@ -16,6 +16,7 @@ from smis_jax.bench.case_labeling import bench_labeling
 from smis_jax.bench.case_train_step import bench_builtin_step, bench_train_step
 from smis_jax.bench.presets import LABEL_SIZE, PRESETS, BenchError
 from smis_jax.bench.table import format_table
+from smis_jax.config import LABELERS
 from smis_jax.errors import UserError
 
 __all__ = ["main"]
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="labeling only: generator params and inputs in this dtype")
     ap.add_argument("--repeats", type=int, help="timed runs per path after the warm-up (default 3; 2 with --quick)")
     ap.add_argument("--steps", type=int, help="inversion steps per timed run (default 5; 2 with --quick)")
+    ap.add_argument("--labeler", default="paper",
+                    help="labeling: also time these pseudo-labellers (comma-separated: " + ", ".join(LABELERS)
+                    + "; smis_jax.labelers) beside the paper's ('ours'), rows ours-<labeler>")
     ap.add_argument("--vectors-per-class", type=int, default=9, help="sparse: annotated 64x64 vectors per class")
     ap.add_argument("--max-memory-gb", type=float, default=None,
                     help="skip a batch whose XLA buffers exceed this (default: 12 on CPU, no limit elsewhere)")
@@ -78,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--variants", type=int, default=4, help="app: variants per update (default 4, as the editor)")
     return ap
 
+
+
+def _labelers(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in LABELERS]
+    if bad or not names:
+        raise BenchError(f"--labeler {text!r}: expected comma-separated names among {', '.join(LABELERS)}")
+    return names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.bench == "labeling":
             rows = bench_labeling(preset, args.mode, batches, args.dtype, repeats, args.vectors_per_class,
                                   max_memory_gb=max_gb, torch_row=_torch_row(args), seed=args.seed,
-                                  weights=args.weights)
+                                  weights=args.weights, labeler=_labelers(args.labeler))
         elif args.bench == "train-step":
             rows = bench_train_step(preset, args.mode, batches, repeats, args.vectors_per_class, max_gb, args.seed)
         else:

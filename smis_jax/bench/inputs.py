@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import jaxprs_in_params
 
-from smis_jax import labeling
+from smis_jax import labelers, labeling
 from smis_jax.bench.presets import N_SHOTS, BenchError
 from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, GeneratorConfig, init_params, make_noise
 
-__all__ = ["cast_floats", "normal", "z_and_noise", "sample", "make_prototypes",
+__all__ = ["cast_floats", "normal", "z_and_noise", "sample", "make_prototypes", "make_labeler",
            "generator_dtype_report"]
 
 # Inputs are built by a few whole-tree jits or in numpy: every distinct eager op is a compile of its own, and
@@ -58,6 +58,29 @@ def make_prototypes(gcfg: GeneratorConfig, params, mode: str, n_classes: int, ke
     key_shots, key_mask = jax.random.split(key)
     _, feats, _ = jax.jit(partial(sample, gcfg, batch=N_SHOTS, until_res=FEATURE_RES, dtype=jnp.float32))(
         params, key_shots)
+    return labeling.prototypes(np.asarray(feats), _random_masks(key_mask, mode, n_classes, vectors_per_class), mode)
+
+
+def make_labeler(gcfg: GeneratorConfig, params, mode: str, n_classes: int, key: jax.Array, kind: str,
+                 vectors_per_class: int = 9):
+    """:func:`make_prototypes`' shots and masks, a labeller of ``kind`` (:mod:`smis_jax.labelers`) fitted on
+    them ('paper' gives exactly make_prototypes' prototypes, wrapped)."""
+    key_shots, key_mask = jax.random.split(key)
+    taps = labelers.taps_of(kind, gcfg)
+    z, noise = z_and_noise(gcfg, key_shots, N_SHOTS, FEATURE_RES, jnp.float32)
+
+    @jax.jit
+    def features(params, z, noise):
+        w = Generator(gcfg).apply(params, z, method=Generator.mapping)
+        w_plus = jnp.broadcast_to(w[:, None, :], (N_SHOTS, gcfg.n_latent, gcfg.style_dim))
+        return labelers.label_features(gcfg, params, w_plus, noise, taps)
+
+    onehot = _random_masks(key_mask, mode, n_classes, vectors_per_class)
+    return labelers.fit(kind, np.asarray(features(params, z, noise)), onehot, mode).replace(taps=taps)
+
+
+def _random_masks(key_mask, mode: str, n_classes: int, vectors_per_class: int) -> np.ndarray:
+    """(N_SHOTS, 64, 64, L) one-hot: a random Voronoi partition (dense) or random annotated spots (sparse)."""
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key_mask))[-1])
     h = w = FEATURE_RES
     if mode == "dense":
@@ -75,8 +98,7 @@ def make_prototypes(gcfg: GeneratorConfig, params, mode: str, n_classes: int, ke
         ids = ids.reshape(N_SHOTS, h, w)
     else:
         raise BenchError(f"mode must be 'dense' or 'sparse', got {mode!r}")
-    onehot = np.eye(n_classes, dtype=np.float32)[ids]  # (K, 64, 64, L)
-    return labeling.prototypes(np.asarray(feats), onehot, mode)
+    return np.eye(n_classes, dtype=np.float32)[ids]  # (K, 64, 64, L)
 
 
 def generator_dtype_report(gcfg: GeneratorConfig, dtype) -> dict[str, Any]:

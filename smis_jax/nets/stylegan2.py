@@ -336,6 +336,10 @@ class Generator(nn.Module):
             i = 1 + 2 * k
             x = self.convs[2 * k](x, w_plus[:, i], noise[i])
             x = self.convs[2 * k + 1](x, w_plus[:, i + 1], noise[i + 1])
+            # Every block's output is sown into the 'taps' collection (only kept when a caller asks for it with
+            # ``mutable=['taps']``: multi-scale labellers read the 16x16 and 32x32 blocks beside the 64x64 one).
+            if not self.is_initializing():  # init would make the taps part of the variables it returns
+                self.sow("taps", f"res{res}", x)
             if res == FEATURE_RES:
                 features = x
             if want_image:
