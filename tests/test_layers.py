@@ -13,7 +13,7 @@ LAYERS = [
               "smis_jax.progress", "smis_jax.viz", "smis_jax.shapes", "smis_jax.data", "smis_jax.hosts"]),
     ("nets", ["smis_jax.nets"]),
     ("io", ["smis_jax.io"]),
-    ("method", ["smis_jax.labeling", "smis_jax.optim", "smis_jax.inversion", "smis_jax.training", "smis_jax.metrics",
+    ("method", ["smis_jax.labeling", "smis_jax.refine", "smis_jax.optim", "smis_jax.inversion", "smis_jax.training", "smis_jax.metrics",
                 "smis_jax.export", "smis_jax.builtin", "smis_jax.experiment", "smis_jax.synthesize",
                 "smis_jax.evaluate", "smis_jax.groundtruth", "smis_jax.gan", "smis_jax.gan_run"]),
     ("tools", ["smis_jax.bench", "smis_jax.bench_torch", "smis_jax.app"]),
