@@ -1,11 +1,13 @@
 """Post-refinement (smis_jax.refine): the original's inference_w_post.py against a PyTorch run of its own loop on
 rosinality's generator (draggan) with the golden tiny weights; our wplus refinement; masks at any size."""
 
+import io
 import json
 import os
 import warnings
 
 import jax.numpy as jnp
+import jax
 import numpy as np
 import pytest
 
@@ -207,8 +209,8 @@ def test_wplus_refinement_lowers_its_loss_and_stays_close(gen, case):
     some = refine.refine(gen, protos, codes, labels, refine.Options("wplus", 10, layers=(0, 1, 2)))
     np.testing.assert_array_equal(np.asarray(some.w_plus)[:, 3:], codes[:, 3:])
     assert np.abs(np.asarray(some.w_plus)[:, :3] - codes[:, :3]).max() > 0
-    one = refine.refine(gen, protos, codes[1:], labels[1:], refine.Options("wplus", 10, proximity=0.0))
-    np.testing.assert_allclose(np.asarray(one.w_plus[0]), np.asarray(loose.w_plus[1]), atol=1e-5)
+    swapped = refine.refine(gen, protos, codes[::-1], labels[::-1], refine.Options("wplus", 10, proximity=0.0))
+    np.testing.assert_allclose(np.asarray(swapped.w_plus[::-1]), np.asarray(loose.w_plus), atol=1e-5)
 
 
 def test_wplus_loss_ignores_class_zero_when_sparse():
@@ -219,9 +221,10 @@ def test_wplus_loss_ignores_class_zero_when_sparse():
     lab = np.zeros((1, 64, 64), np.int32)
     lab[0, :8] = 1
     lab[0, 8:16] = 2
-    full = refine.wplus_loss(f, jnp.asarray(lab), protos, present, jnp.bool_(False), 0.1)
-    sparse = refine.wplus_loss(f, jnp.asarray(lab), protos, present, jnp.bool_(True), 0.1)
-    only1 = refine.wplus_loss(f[:, :8], jnp.asarray(lab[:, :8]), protos, present, jnp.bool_(False), 0.1)
+    loss = jax.jit(refine.wplus_loss)
+    full = loss(f, jnp.asarray(lab), protos, present, jnp.bool_(False), 0.1)
+    sparse = loss(f, jnp.asarray(lab), protos, present, jnp.bool_(True), 0.1)
+    only1 = loss(f[:, :8], jnp.asarray(lab[:, :8]), protos, present, jnp.bool_(False), 0.1)
     np.testing.assert_allclose(sparse, only1, rtol=1e-6)
     assert not np.allclose(full, sparse)
 
@@ -247,3 +250,73 @@ def test_sparse_prototypes_become_dense_class_means():
     d = refine.dense_prototypes(sp)
     np.testing.assert_allclose(d.vectors, [[0, 0], [2 ** -0.5, 2 ** -0.5], [1, 0]], atol=1e-6)
     np.testing.assert_array_equal(d.present, [False, True, True])
+
+
+def test_refine_request_parsing():
+    from smis_jax.app import editor as ed
+
+    domain = ed.EditorDomain("x", 3, "dense", np.zeros((3, 3), np.uint8), ("a", "b", "c"))
+    mask = ed.ids_json(np.ones((256, 256), np.uint8))
+    labels, method, steps = ed.parse_refine(json.dumps({"mask": mask, "method": "original", "steps": 7}).encode(),
+                                            domain)
+    assert (method, steps, labels.shape) == ("original", 7, (256, 256))
+    for bad, match in (({"method": "pca"}, "'method'"), ({"steps": -1}, "'steps'"), ({"steps": 2.5}, "'steps'")):
+        with pytest.raises(ed.InputError, match=match):
+            ed.parse_refine(json.dumps({"mask": mask, **bad}).encode(), domain)
+
+
+@pytest.fixture(scope="module")
+def dense_export(golden, tmp_path_factory, case):
+    """An export as train.run writes it (run record, dense prototypes) with the golden generator and a random
+    tiny encoder (4 classes)."""
+    import types
+
+    from smis_jax import export
+    from smis_jax.nets import psp
+
+    gen = load_generator(golden / "stylegan2_tiny128.pt")
+    enc_cfg = psp.EncoderConfig.golden(input_nc=NC, style_num=S)
+    shapes = psp.abstract_variables(enc_cfg)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.normal(0.0, 0.05, a.shape).astype(np.float32), shapes["params"])
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, a: np.full(a.shape, float("var" in str(path[-1])), np.float32), shapes["batch_stats"])
+    latent_avg = np.broadcast_to(np.asarray(gen.truncation_latent()), (S, D))
+    protos = labeling.DensePrototypes(vectors=jnp.asarray(case["protos"]), present=jnp.asarray([1, 1, 1, 0], bool))
+    return export.write(tmp_path_factory.mktemp("dense") / "export", enc_cfg,
+                        types.SimpleNamespace(params=params, batch_stats=stats), gen, latent_avg,
+                        {"dataset_type": "tiny4", "label_nc": NC}, run={"domain": "tiny4", "train": {"seed": 0}},
+                        prototypes=protos)
+
+
+@pytest.mark.slow
+def test_cli_and_editor_refine(dense_export, case, tmp_path):
+    """synthesize --refine writes the refined image (the decoded refine() result) and records the run; the editor's
+    refine gives the same image for the same mask."""
+    from PIL import Image
+
+    from smis_jax import export, synthesize, viz
+    from smis_jax.app import editor as ed
+
+    labels = case["labels"][:1].astype(np.uint8)
+    Image.fromarray(labels[0]).save(tmp_path / "m.png")
+    assert synthesize.main(["--checkpoint", str(dense_export), "--masks", str(tmp_path / "m.png"), "--out",
+                            str(tmp_path / "out"), "--refine", "wplus", "--refine-steps", "3",
+                            "--batch-size", "1"]) == 0
+    info = json.loads((tmp_path / "out" / "synthesize.json").read_text())
+    assert info["refine"]["method"] == "wplus" and info["refine"]["steps"] == 3
+    cli = np.asarray(Image.open(tmp_path / "out" / "m.png"))
+    run = export.load(dense_export)
+    codes = synthesize.encode(run.pipeline, jnp.asarray(labeling.labels_to_onehot(jnp.asarray(labels), NC)))
+    res = refine.refine(run.pipeline.generator, run.prototypes, codes + run.pipeline.latent_avg, labels,
+                        refine.default_options("wplus", 3))
+    want = viz.to_uint8(np.asarray(refine.render(run.pipeline.generator, res.w_plus))[0])
+    assert np.abs(cli.astype(int) - want.astype(int)).max() <= 1  # w+ - latent_avg + latent_avg rounds
+    plain = synthesize.decode(run.pipeline, codes, jax.random.key(0))
+    assert np.abs(np.asarray(plain) - np.asarray(refine.render(run.pipeline.generator, res.w_plus))).max() > 1e-3
+
+    editor = ed.Editor(dense_export, variants=0)
+    assert editor.info()["refine"] == list(refine.METHODS)
+    r = editor.refine(labels[0], "wplus", 3)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.image))), cli)
+    assert r.loss[1] < r.loss[0]
