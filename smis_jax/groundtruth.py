@@ -216,7 +216,7 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
 
 def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] = (0, 10, 50, 200),
                methods: Sequence[str] = refine.METHODS, batch: int = 16, report_dir: str | Path | None = None,
-               log: Callable[[str], None] = print, **overrides) -> dict[str, Any]:
+               log: Callable[[str], None] = print, n_masks: int | None = None, **overrides) -> dict[str, Any]:
     """Both refinements on the domain's held-out masks, measured against their dense truth (the oracle segments the
     refined images). Per method and step count: mIoU, accuracy, seconds per mask (``batch`` masks per call, after a
     compile; each step count is its own timed run from the encoder's codes) and the LPIPS distance of the refined
@@ -230,6 +230,8 @@ def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] =
     pipeline, gen = run_export.pipeline, run_export.pipeline.generator
     protos, sparse = refine.prototypes_for(run_export)
     _, labels256, truth64 = builtin.test_masks(domain)
+    if n_masks is not None:
+        labels256, truth64 = labels256[:n_masks], truth64[:n_masks]
     n = len(labels256) - len(labels256) % batch or len(labels256)
     labels256, truth64 = labels256[:n], truth64[:n]
     chunks = [slice(i, min(i + batch, n)) for i in range(0, n, batch)]

@@ -38,7 +38,7 @@ import numpy as np
 
 from smis_jax import data, export, refine as refinement, viz
 from smis_jax.config import DOMAINS
-from smis_jax.errors import InvalidValueError, UserError
+from smis_jax.errors import InvalidValueError, MissingFileError, UserError
 from smis_jax.files import check_writable
 from smis_jax.io import load_pipeline
 from smis_jax.nets import ops, stylegan2
@@ -215,6 +215,9 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
     if options is None:
         pipeline = load_pipeline(checkpoint)
     else:  # refinement needs the prototypes: only an export written by train.run has them
+        if not (Path(checkpoint) / "prototypes").is_dir():
+            raise MissingFileError(f"{checkpoint}: --refine needs the class prototypes of an export written by "
+                                   f"train.run (its prototypes/ folder); this checkpoint has none")
         run_export = export.load(checkpoint)
         pipeline = run_export.pipeline
         protos, sparse = refinement.prototypes_for(run_export)

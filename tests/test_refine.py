@@ -320,3 +320,17 @@ def test_cli_and_editor_refine(dense_export, case, tmp_path):
     r = editor.refine(labels[0], "wplus", 3)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.image))), cli)
     assert r.loss[1] < r.loss[0]
+
+
+def test_cli_refine_without_prototypes_says_so(tmp_path, capsys):
+    """A converted pSp checkpoint (no prototypes/) with --refine: one line naming the folder, before any loading."""
+    from PIL import Image
+
+    from smis_jax import synthesize
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "m.png")
+    (tmp_path / "ckpt").mkdir()
+    code = synthesize.main(["--checkpoint", str(tmp_path / "ckpt"), "--masks", str(tmp_path / "m.png"), "--out",
+                            str(tmp_path / "out"), "--refine", "original"])
+    assert code == 2
+    assert "--refine needs the class prototypes" in capsys.readouterr().err
