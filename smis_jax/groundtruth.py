@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,8 +32,6 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import time
 
 from smis_jax import builtin, data, export, labeling, refine, shapes, synthesize, viz
 from smis_jax.config import DOMAINS, ConfigError
