@@ -103,6 +103,16 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, masks: Seq
     return {**result, "step": int(state.step), "masks": names}
 
 
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated step counts like 0,10,50, got {text!r}") from None
+    if not steps or min(steps) < 0:
+        raise argparse.ArgumentTypeError(f"expected step counts >= 0, got {text!r}")
+    return steps
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m smis_jax.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="built-in domains: generated samples for the pseudo-label and bfloat16 measures")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="float32 matmul/conv precision (default: the run's --precision, highest if it has none)")
+    parser.add_argument("--refine-steps", type=_steps, default=None, metavar="N,N,...",
+                        help="built-in domains: also measure both W+ refinements at these step counts, e.g. "
+                             "0,10,50,200 (minutes; default off)")
     args = parser.parse_args(argv)
     if args.step is not None and args.workdir is None:
         parser.error("--step needs --workdir (an export holds one step)")
@@ -135,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if get_domain(run_export.run["domain"]).builtin and not args.masks:
                     report = args.report or run_dir
                     truth = groundtruth.evaluate(run_export, report_dir=report, run_dir=run_dir,
-                                                 n_samples=args.samples, log=log)
+                                                 n_samples=args.samples, log=log,
+                                                 refine_steps=args.refine_steps)
                     result["groundtruth"] = truth
                     print(groundtruth.format_table(truth), file=sys.stderr)
         else:

@@ -10,7 +10,10 @@ measures:
 * **synthesis quality** (the paper's protocol): held-out masks -> encoder -> generator -> oracle, mIoU and accuracy
   against the dense truth of those masks, with the stored noise and with 4 style seeds (multi-modal mixing);
 * **inversion quality**: MSE, PSNR and LPIPS of the shots re-rendered from their inverted codes, and the loss curve;
-* **bfloat16**: how often labels from a bfloat16 generator agree with float32 ones (dense 5-shot and sparse).
+* **bfloat16**: how often labels from a bfloat16 generator agree with float32 ones (dense 5-shot and sparse);
+* **refinement** (only when asked, ``refine_steps``; :func:`refinement`): synthesis mIoU and accuracy of the held-out
+  masks after the original's and our W+ refinement (:mod:`smis_jax.refine`) at each step count, the time per mask
+  (batched) and the LPIPS distance from the unrefined image, with a before/after figure ``refinement.png``.
 
 It writes ``groundtruth.json``, appends the numbers to ``metrics.jsonl``, and draws ``groundtruth.png`` (test mask |
 synthesis | its oracle segmentation; sample | oracle | pseudo-label), ``groundtruth-iou.png`` (per-class IoU bars,
@@ -20,24 +23,26 @@ ground-truth mIoU over steps, the inversion loss per shot).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, labelers, labeling, plots, shapes, synthesize, viz
+from smis_jax import builtin, data, export, labelers, labeling, plots, refine, shapes, synthesize, viz
 from smis_jax.config import DOMAINS, ConfigError
 from smis_jax.inversion import invert_cached
 from smis_jax.io import load_lpips
 from smis_jax.metrics import confusion, iou_from_confusion
 from smis_jax.nets import lpips, stylegan2
 
-__all__ = ["evaluate", "scores", "format_table"]
+__all__ = ["evaluate", "refinement", "scores", "format_table"]
 
 N_CLASSES = len(shapes.CLASS_NAMES)
 
@@ -164,13 +169,13 @@ def _empty_canvas(pipeline, n_classes_mask: int, sparse: bool) -> dict[str, floa
 def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path | None = None,
              run_dir: str | Path | None = None,
              n_samples: int = 256, styles: int = 4, seed: int = 0,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             log: Callable[[str], None] = print, refine_steps: Sequence[int] | None = None) -> dict[str, Any]:
     """Ground-truth evaluation of a built-in-domain export (see the module docstring).
 
-    ``report_dir``: where ``groundtruth.json``/``.png``, ``groundtruth-iou.png`` and ``curves.png`` go (None:
-    nowhere, the result is returned). ``run_dir``: the training run the export came from, when at hand: its
-    ``metrics.jsonl`` gets the result and draws the training curves, and its inversion cache serves exports that
-    carry no shot codes."""
+    ``report_dir``: where ``groundtruth.json``/``.png`` and ``curves.png`` go (None: nowhere, the result is
+    returned). ``run_dir``: the training run the export came from, when at hand: its ``metrics.jsonl`` gets the
+    result and draws the training curves, and its inversion cache serves exports that carry no shot codes.
+    ``refine_steps``: also measure both refinements at these step counts (:func:`refinement`; minutes)."""
     run_export = export_dir if isinstance(export_dir, export.RunExport) else export.load(export_dir)
     run, train = run_export.run, run_export.run["train"]
     domain = DOMAINS.get(run.get("domain", train["domain"]))
@@ -244,6 +249,8 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
         "inversion": inversion, "bf16_agreement": bf16, "empty_canvas": empty,
         "matmul_precision": jax.config.jax_default_matmul_precision or "default",
     }
+    if refine_steps:
+        result["refinement"] = refinement(run_export, refine_steps, report_dir=report_dir, log=log)
     if run_dir is not None:
         with open(Path(run_dir) / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": result["step"], "groundtruth": result}) + "\n")
@@ -268,6 +275,93 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
     return result
 
 
+def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] = (0, 10, 50, 200),
+               methods: Sequence[str] = refine.METHODS, batch: int = 16, report_dir: str | Path | None = None,
+               log: Callable[[str], None] = print, n_masks: int | None = None, **overrides) -> dict[str, Any]:
+    """Both refinements on the domain's held-out masks, measured against their dense truth (the oracle segments the
+    refined images). Per method and step count: mIoU, accuracy, seconds per mask (``batch`` masks per call, after a
+    compile; each step count is its own timed run from the encoder's codes) and the LPIPS distance of the refined
+    image from the unrefined one (both 64 px). ``overrides``: :class:`smis_jax.refine.Options` fields for every
+    method (e.g. ``lr``). Writes ``refinement.png`` (mask | unrefined | each method at its last step count) to
+    ``report_dir`` when given."""
+    run_export = export_dir if isinstance(export_dir, export.RunExport) else export.load(export_dir)
+    domain = DOMAINS.get(run_export.run.get("domain", run_export.run["train"]["domain"]))
+    if domain is None or not domain.builtin:
+        raise ConfigError(f"{run_export.path}: ground-truth refinement rows need a built-in domain")
+    pipeline, gen = run_export.pipeline, run_export.pipeline.generator
+    protos, sparse = refine.prototypes_for(run_export)
+    _, labels256, truth64 = builtin.test_masks(domain)
+    if n_masks is not None:
+        labels256, truth64 = labels256[:n_masks], truth64[:n_masks]
+    n = len(labels256) - len(labels256) % batch or len(labels256)
+    labels256, truth64 = labels256[:n], truth64[:n]
+    chunks = [slice(i, min(i + batch, n)) for i in range(0, n, batch)]
+    n_classes = pipeline.encoder.config.input_nc
+    w0 = [synthesize.encode(pipeline, labeling.labels_to_onehot(jnp.asarray(labels256[c]), n_classes))
+          + pipeline.latent_avg for c in chunks]
+    lpips_params = load_lpips().params
+
+    def image64(w):
+        image = np.asarray(refine.render(gen, w, gen.config.size))
+        step = image.shape[1] // shapes.SIZE
+        return image[:, ::step, ::step]
+
+    base = np.concatenate([image64(w) for w in w0])
+    out: dict[str, Any] = {"n_masks": n, "batch": batch, "device": jax.devices()[0].device_kind,
+                           "unrefined": scores(shapes.segment(base), truth64)}
+    figure_cols = {"unrefined": base[:8]}
+    for method in methods:
+        rows = {}
+        for k in steps:
+            options = refine.default_options(method, int(k), **overrides)
+            refine.refine(gen, protos, w0[0], labels256[chunks[0]], dataclasses.replace(options, steps=1),
+                          sparse=sparse).w_plus.block_until_ready()  # compile (every step count <= 256 shares it)
+            t0 = time.perf_counter()
+            results = [refine.refine(gen, protos, w, labels256[c], options, sparse=sparse) for w, c in zip(w0, chunks)]
+            jax.block_until_ready([r.w_plus for r in results])
+            seconds = (time.perf_counter() - t0) / n
+            images = np.concatenate([image64(r.w_plus) for r in results])
+            s = scores(shapes.segment(images), truth64)
+            dist = np.asarray(lpips.lpips_distance(lpips_params, jnp.asarray(images), jnp.asarray(base)))
+            loss = np.concatenate([r.losses for r in results])
+            rows[str(k)] = {"miou": s["miou"], "accuracy": s["accuracy"], "seconds_per_mask": seconds,
+                            "lpips_from_unrefined": float(dist.mean()), "loss_first": float(loss[:, 0].mean()),
+                            "loss_last": float(loss[:, -1].mean())}
+            log(f"refine {method} {k} steps: mIoU {s['miou']:.3f}, accuracy {s['accuracy']:.3f}, "
+                f"{seconds:.3f} s/mask, LPIPS from unrefined {dist.mean():.3f}")
+            figure_cols[f"{method} {k}"] = images[:8]
+        out[method] = {"options": dataclasses.asdict(refine.default_options(method, None, **overrides)),
+                       "steps": rows}
+    if report_dir is not None:
+        keep = ["unrefined"] + [f"{m} {steps[-1]}" for m in methods]
+        big = lambda a: np.kron(a, np.ones((2, 2, 1), np.uint8))  # noqa: E731
+        rows = [[big(viz.colorize(truth64[i]))] + [big(viz.to_uint8(figure_cols[k][i])) for k in keep]
+                for i in range(min(8, n))]
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
+        viz.save_png(Path(report_dir) / "refinement.png", viz.titled_grid(rows, ["mask"] + keep, pad=2))
+        (Path(report_dir) / "refinement.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _plot_curves(out_dir: Path, metrics_file: Path | None, inv) -> None:
+    series = {}
+    rows = ([json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+            if metrics_file is not None and metrics_file.is_file() else [])
+    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    miou = [(r["step"], r["eval/miou"]) for r in rows if "eval/miou" in r]
+    if loss:
+        series["encoder W+ loss"] = loss
+    if miou:
+        series["self-consistency mIoU"] = miou
+    panels = [viz.plot(series[k], title=k) for k in series]
+    history = getattr(inv, "history", None)
+    if history is not None and len(history):
+        panels.append(viz.plot([(i + 1, float(v)) for i, v in enumerate(np.asarray(history).mean(1))],
+                               title="inversion loss (mean of shots)"))
+    if panels:
+        viz.save_png(out_dir / "curves.png", viz.grid([panels], pad=4))
+
+
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"ground truth, {result['domain']} (step {result['step']}; {result['n_samples']} samples, "
              f"{result['n_test_masks']} held-out masks)", "", "| measure | mIoU | accuracy | note |", "|---|---|---|---|"]
@@ -287,4 +381,19 @@ def format_table(result: dict[str, Any]) -> str:
     b = result["bf16_agreement"]
     lines.append(f"| bfloat16 label agreement | | | dense {b['dense']:.4f}, sparse {b['sparse']:.4f} |")
     lines.append(f"| generator: oracle confidence | | | {result['generator_oracle_confidence']:.3f} |")
+    if "refinement" in result:
+        lines += ["", format_refinement(result["refinement"])]
+    return "\n".join(lines)
+
+
+def format_refinement(rows: dict[str, Any]) -> str:
+    """:func:`refinement`'s result as a markdown table."""
+    u = rows["unrefined"]
+    lines = [f"refinement of {rows['n_masks']} held-out masks ({rows['batch']} per call, {rows['device']})", "",
+             "| method | steps | synthesis mIoU | accuracy | s / mask | LPIPS from unrefined |", "|---|---|---|---|---|---|",
+             f"| none | | {u['miou']:.3f} | {u['accuracy']:.3f} | | |"]
+    for method in refine.METHODS:
+        for k, r in rows.get(method, {}).get("steps", {}).items():
+            lines.append(f"| {method} | {k} | {r['miou']:.3f} | {r['accuracy']:.3f} | {r['seconds_per_mask']:.3f} | "
+                         f"{r['lpips_from_unrefined']:.3f} |")
     return "\n".join(lines)

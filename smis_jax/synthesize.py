@@ -14,6 +14,11 @@ W+ layers in ``--latent-mask`` (default 8..style_num-1, the README's recipe; ``-
 replacing; ``--truncation`` psi pulls that w towards the mean w), with fresh noise. Every random draw comes from
 ``--seed`` and the mask's position in the sorted input list, so results do not depend on ``--batch-size``.
 ``--grid`` also writes ``OUT/grid/<name>.png`` = [colourised mask | outputs], titled, with a class legend.
+
+``--refine original|wplus --refine-steps N`` (default off: synthesis as the paper's) refines each mask's W+ before
+decoding (:mod:`smis_jax.refine`): ``original`` is the extended release's ``inference_w_post.py`` (layer-0 PCA
+coefficients, 200 updates by default), ``wplus`` ours (all of W+, a label-space loss, 50 updates by default). It
+needs an export written by ``train.run`` (its prototypes). Styles (``--styles``) mix into the refined codes.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import data, viz
+from smis_jax import data, export, refine as refinement, viz
 from smis_jax.config import DOMAINS
-from smis_jax.errors import InvalidValueError, UserError
+from smis_jax.errors import InvalidValueError, MissingFileError, UserError
 from smis_jax.files import check_writable
 from smis_jax.io import load_pipeline
 from smis_jax.nets import ops, stylegan2
@@ -204,17 +209,30 @@ def _class_names(export_config: dict, n_classes: int) -> tuple[str, ...]:
 def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, styles: int = 0,
         latent_mask: Sequence[int] | None = None, alpha: float | None = None, seed: int = 0, batch_size: int = 8,
         write_grid: bool = False, noise: str | None = None, show_progress: bool = True,
-        truncation: float = 1.0) -> list[Path]:
-    """The CLI's work: read masks, synthesise in fixed-shape batches, write PNGs (+ grids); returns written files."""
+        truncation: float = 1.0, refine: str | None = None, refine_steps: int | None = None) -> list[Path]:
+    """The CLI's work: read masks, synthesise in fixed-shape batches, write PNGs (+ grids); returns written files.
+
+    ``refine``: None (off), 'original' or 'wplus' (:mod:`smis_jax.refine`), ``refine_steps`` its Adam updates
+    (default: the method's)."""
     if batch_size < 1:
         raise InvalidValueError(f"batch size must be >= 1, got {batch_size}")
     if styles < 0:
         raise InvalidValueError(f"styles must be >= 0, got {styles}")
     if not 0.0 <= truncation <= 1.0:
         raise InvalidValueError(f"truncation must be in [0, 1], got {truncation}")
+    options = None if refine is None else refinement.default_options(refine, refine_steps)
     files = collect_masks(masks)
     out = check_writable(out, "output folder")  # before the (slow) load, not after it
-    pipeline = load_pipeline(checkpoint)
+    if options is None:
+        pipeline = load_pipeline(checkpoint)
+    else:  # refinement needs the prototypes: only an export written by train.run has them
+        if not (Path(checkpoint) / "prototypes").is_dir():
+            raise MissingFileError(f"{checkpoint}: --refine needs the class prototypes of an export written by "
+                                   f"train.run (its prototypes/ folder); this checkpoint has none")
+        run_export = export.load(checkpoint)
+        pipeline = run_export.pipeline
+        protos, sparse = refinement.prototypes_for(run_export)
+    refine_losses: list[float] = []
     cfg = pipeline.encoder.config
     noise = noise or ("random" if styles else "const")
     if latent_mask is not None:
@@ -248,9 +266,14 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
             labels = np.stack([data.read_label(f, cfg.input_nc) for f in chunk])  # (b, 256, 256) uint8
             if len(chunk) < batch:
                 labels = np.concatenate([labels, np.repeat(labels[-1:], batch - len(chunk), axis=0)])
-            images = synthesize(pipeline, data.onehot(jnp.asarray(labels), cfg.input_nc), key, styles=styles,
-                                latent_mask=latent_mask, alpha=alpha, noise=noise, first_index=start,
-                                truncation=truncation)
+            codes = encode(pipeline, data.onehot(jnp.asarray(labels), cfg.input_nc))
+            if options is not None:
+                refined = refinement.refine(pipeline.generator, protos, codes + pipeline.latent_avg, labels, options,
+                                            sparse=sparse)
+                codes = refined.w_plus - pipeline.latent_avg
+                refine_losses.extend(float(v) for v in refined.losses[: len(chunk), -1])
+            images = decode(pipeline, codes, key, styles=styles, latent_mask=latent_mask, alpha=alpha, noise=noise,
+                            first_index=start, truncation=truncation)
             if pending is not None:  # write the previous batch while this one computes
                 write(*pending)
             pending = (start, labels, images)
@@ -259,7 +282,10 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
     info = {"checkpoint": str(checkpoint), "masks": len(files), "styles": styles,
             "latent_mask": [int(i) for i in np.flatnonzero(latent_mask_array(latent_mask, cfg.style_num, warn=False))]
             if styles else None, "alpha": alpha, "truncation": truncation, "noise": noise, "seed": seed,
-            "batch_size": batch, "seconds": round(time.perf_counter() - t0, 3), "device": jax.devices()[0].device_kind}
+            "batch_size": batch,
+            "refine": None if options is None else {"method": options.method, "steps": options.steps,
+                                                    "final_loss": refine_losses},
+            "seconds": round(time.perf_counter() - t0, 3), "device": jax.devices()[0].device_kind}
     (out / "synthesize.json").write_text(json.dumps(info, indent=1))
     return written
 
@@ -291,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grid", action="store_true", help="also write OUT/grid/<name>.png = [mask | outputs]")
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help=f"float32 matmul/conv precision (default {DEFAULT_PRECISION}: full float32)")
+    parser.add_argument("--refine", choices=("original", "wplus"), default=None,
+                        help="refine each mask's W+ before decoding: 'original' (the extended release's "
+                             "inference_w_post.py) or 'wplus' (ours); default off. Needs a train.run export")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="refinement updates (default: original 200, wplus 50)")
     args = parser.parse_args(argv)
 
     try:
@@ -300,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with precision_policy(args.precision):
                 written = run(args.checkpoint, args.masks, args.out, styles=args.styles, latent_mask=args.latent_mask,
                               alpha=args.alpha, seed=args.seed, batch_size=args.batch_size, write_grid=args.grid,
-                              noise=args.noise, truncation=args.truncation)
+                              noise=args.noise, truncation=args.truncation, refine=args.refine,
+                              refine_steps=args.refine_steps)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

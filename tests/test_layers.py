@@ -14,7 +14,7 @@ LAYERS = [
               "smis_jax.tblog", "smis_jax.info", "smis_jax.precision"]),
     ("nets", ["smis_jax.nets"]),
     ("io", ["smis_jax.io"]),
-    ("method", ["smis_jax.labeling", "smis_jax.labelers", "smis_jax.optim", "smis_jax.inversion", "smis_jax.training", "smis_jax.metrics",
+    ("method", ["smis_jax.labeling", "smis_jax.labelers", "smis_jax.refine", "smis_jax.optim", "smis_jax.inversion", "smis_jax.training", "smis_jax.metrics",
                 "smis_jax.export", "smis_jax.builtin", "smis_jax.experiment", "smis_jax.synthesize",
                 "smis_jax.evaluate", "smis_jax.groundtruth", "smis_jax.gan", "smis_jax.gan_run", "smis_jax.plots"]),
     ("tools", ["smis_jax.bench", "smis_jax.bench_torch", "smis_jax.app", "smis_jax.sweep"]),

@@ -4,7 +4,8 @@ Nothing here knows about HTTP. :class:`Editor` holds the pipeline and the domain
 is one round of the page (class ids -> encoder -> generator -> PNGs) and runs exactly what
 ``python -m smis_jax.synthesize`` runs (:func:`smis_jax.synthesize.encode` / :func:`~smis_jax.synthesize.decode`):
 the main image is the CLI's plain output (stored noise), the variants are ``--styles N --seed S --truncation T``
-for a mask at index 0. The parsers turn request bodies into class ids and raise :class:`InputError` (an HTTP
+for a mask at index 0. :meth:`Editor.refine` runs ``synthesize --refine METHOD --refine-steps N`` for one mask
+under its own lock, so painting (updates) goes on while a refinement runs. The parsers turn request bodies into class ids and raise :class:`InputError` (an HTTP
 status and a one-line message) for anything a page or a user can get wrong.
 """
 
@@ -24,19 +25,21 @@ import jax
 import numpy as np
 from PIL import Image
 
-from smis_jax import builtin, config as domains, data, synthesize as syn, viz
+from smis_jax import builtin, config as domains, data, export, refine as refinement, synthesize as syn, viz
 from smis_jax.errors import ConfigError, InvalidValueError, UserError
+from smis_jax.io.converted import ConversionError
 from smis_jax.io import load_pipeline
 from smis_jax.nets import psp
 
 __all__ = ["InputError", "EditorDomain", "Update", "Editor", "domain_of", "png_bytes", "mask_png_bytes",
-           "parse_update", "parse_mask_json", "parse_mask_request", "mask_from_png", "ids_json", "MAX_UPLOAD_PIXELS",
+           "parse_update", "parse_refine", "parse_mask_json", "parse_mask_request", "mask_from_png", "ids_json", "MAX_UPLOAD_PIXELS",
            "PNG_SIGNATURE"]
 
 MASK_SIZE = psp.INPUT_SIZE  # the page's masks are (256, 256) class ids (an encoder of 64x64 input reduces them)
 MAX_UPLOAD_PIXELS = 4096 * 4096  # a larger PNG is refused before it is decoded (decompression bombs)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_SEED = 2**31 - 1
+MAX_REFINE_STEPS = 1000
 
 
 class InputError(UserError, ValueError):
@@ -90,6 +93,15 @@ class Update:
     ms: float  # wall time of the whole update, PNG encoding included
 
 
+@dataclass(frozen=True)
+class Refined:
+    image: bytes  # PNG (256, 256, 3): the refined W+ decoded with the stored noise
+    method: str
+    steps: int
+    loss: tuple[float, float]  # the refinement loss before the first and after the last update
+    ms: float
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """uint8 (H, W, 3) or (H, W) -> PNG. Compression level 1: 3-5x faster than the default, a little larger."""
     buf = io.BytesIO()
@@ -109,7 +121,14 @@ class Editor:
         if not 0 <= variants <= 16:
             raise InvalidValueError(f"variants must be in 0..16, got {variants}")
         self.checkpoint = Path(checkpoint)
-        self.pipeline = load_pipeline(checkpoint)
+        try:  # an export of train.run carries the prototypes refinement needs; a converted pSp checkpoint does not
+            run_export = export.load(checkpoint)
+            self.pipeline = run_export.pipeline
+            self._refine_protos, self._refine_sparse = refinement.prototypes_for(run_export)
+        except ConversionError:
+            self.pipeline = load_pipeline(checkpoint)
+            self._refine_protos, self._refine_sparse = None, False
+        self._refine_lock = threading.Lock()  # one refinement at a time, beside (not blocking) the updates
         self.domain = domain_of(self.pipeline.config)
         self.variants = int(variants)
         self.size = MASK_SIZE
@@ -134,6 +153,7 @@ class Editor:
 
     def info(self) -> dict[str, Any]:
         return {**self.domain.to_json(), "size": self.size, "variants": self.variants,
+                "refine": list(refinement.METHODS) if self._refine_protos is not None else [],
                 "examples": sorted(self.examples), "checkpoint": str(self.checkpoint)}
 
     def example(self, name: str) -> np.ndarray:
@@ -163,6 +183,30 @@ class Editor:
             image_png = png_bytes(viz.to_uint8(np.asarray(image[0])))
             variant_pngs = tuple(png_bytes(im) for im in viz.to_uint8(np.asarray(rows[0]))) if rows is not None else ()
             return Update(image_png, variant_pngs, 1000 * (time.perf_counter() - t0))
+
+
+    def refine(self, labels: np.ndarray, method: str = "wplus", steps: int | None = None) -> Refined:
+        """Class ids (size, size) uint8 -> the refined image (``synthesize --refine method --refine-steps steps``).
+
+        Runs under its own lock, so :meth:`update` (painting) is not held up; the first call of a method compiles
+        its loop (every step count up to 256 shares that program)."""
+        if self._refine_protos is None:
+            raise InputError(409, f"{self.checkpoint}: refinement needs the prototypes of an export written by "
+                                  f"train.run; this checkpoint has none")
+        labels = np.asarray(labels)
+        if labels.shape != (self.size, self.size) or labels.dtype != np.uint8:
+            raise ValueError(f"labels must be uint8 ({self.size}, {self.size}), got {labels.dtype} {labels.shape}")
+        options = refinement.default_options(method, steps)
+        with self._refine_lock:
+            t0 = time.perf_counter()
+            onehot = data.onehot(jax.numpy.asarray(labels[None]), self.domain.n_classes)
+            codes = syn.encode(self.pipeline, onehot)
+            result = refinement.refine(self.pipeline.generator, self._refine_protos, codes + self.pipeline.latent_avg,
+                                       labels[None], options, sparse=self._refine_sparse)
+            image = syn.decode(self.pipeline, result.w_plus - self.pipeline.latent_avg, jax.random.key(0))
+            png = png_bytes(viz.to_uint8(np.asarray(image[0])))
+            loss = (float(result.losses[0, 0]), float(result.losses[0, -1]))
+            return Refined(png, options.method, options.steps, loss, 1000 * (time.perf_counter() - t0))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,6 +266,22 @@ def parse_update(body: bytes, domain: EditorDomain, size: int = MASK_SIZE) -> tu
     if not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not 0.0 <= truncation <= 1.0:
         raise InputError(400, f"'truncation' must be a number in [0, 1], got {truncation!r}")
     return labels, seed, float(truncation)
+
+
+def parse_refine(body: bytes, domain: EditorDomain, size: int = MASK_SIZE) -> tuple[np.ndarray, str, int | None]:
+    """A refine request ``{"mask": {...}, "method": "original"|"wplus", "steps": int}`` -> (labels, method, steps)."""
+    obj = _json_object(body)
+    if "mask" not in obj:
+        raise InputError(400, "missing field 'mask'")
+    labels = parse_mask_json(obj["mask"], domain, size)
+    method = obj.get("method", "wplus")
+    if method not in refinement.METHODS:
+        raise InputError(400, f"'method' must be one of {', '.join(refinement.METHODS)}, got {method!r}")
+    steps = obj.get("steps")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool)
+                              or not 0 <= steps <= MAX_REFINE_STEPS):
+        raise InputError(400, f"'steps' must be an integer in 0..{MAX_REFINE_STEPS}, got {steps!r}")
+    return labels, method, steps
 
 
 def parse_mask_request(body: bytes, domain: EditorDomain, size: int = MASK_SIZE) -> np.ndarray:

@@ -7,6 +7,7 @@ Routes (everything local; the page loads nothing from elsewhere):
     GET  /api/info             domain, class names and colours, mask size, variants, example names
     GET  /api/example?name=N   an example mask as JSON class ids
     POST /api/update           {"mask": {width, height, ids}, "seed", "truncation"} -> image + variants (PNG base64)
+    POST /api/refine           {"mask": {...}, "method", "steps"} -> the refined image (PNG base64), losses, ms
     POST /api/upload           a label PNG (raw body) -> JSON class ids, read as the pipeline reads masks
     POST /api/mask.png         {"mask": {...}} -> the mask as a grey PNG of class ids (the download)
 
@@ -147,6 +148,11 @@ class _Handler(BaseHTTPRequestHandler):
             b64 = base64.b64encode
             return self._json(200, {"image": b64(up.image).decode(), "variants": [b64(v).decode() for v in up.variants],
                                     "ms": round(up.ms, 1), "seed": seed, "truncation": truncation})
+        if path == "/api/refine":
+            labels, method, steps = ed.parse_refine(self._body(MAX_JSON_BYTES), domain, size)
+            r = self.editor.refine(labels, method, steps)
+            return self._json(200, {"image": base64.b64encode(r.image).decode(), "method": r.method,
+                                    "steps": r.steps, "loss": list(r.loss), "ms": round(r.ms, 1)})
         if path == "/api/upload":
             name = unquote(self.headers.get("X-Filename") or "upload")  # the page percent-encodes it
             labels = ed.mask_from_png(self._body(MAX_UPLOAD_BYTES), domain, name[:200], size)

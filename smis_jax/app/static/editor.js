@@ -14,6 +14,7 @@
     info: null, size: 256, ids: null, display: null, imageData: null,
     cls: 1, tool: "brush", brush: 12, undo: [], redo: [],
     stroke: null, inFlight: false, pending: false, timer: null, lastSend: 0, errorAt: -1, updates: 0,
+    version: 0, refining: false, refines: 0,
   };
 
   // -- messages ---------------------------------------------------------------------------------------------
@@ -162,6 +163,7 @@
     $("redo").disabled = !st.redo.length;
   }
   function changed() {
+    st.version += 1;  // a refined image of an older version is marked as such
     render();
     syncButtons();
     scheduleUpdate();
@@ -212,6 +214,43 @@
     $("status").textContent = `update: ${j.ms.toFixed(0)} ms on the server, ${roundTripMs.toFixed(0)} ms round trip` +
       ` (seed ${j.seed}, ψ ${j.truncation.toFixed(2)}, ${j.variants.length} variants)`;
   }
+
+  // -- refinement: runs on the server beside the updates; painting goes on, the result shows when it is done ------
+  async function sendRefine() {
+    if (st.refining) return;
+    st.refining = true;
+    $("refine").disabled = true;
+    const version = st.version, started = performance.now();
+    const method = $("refine-method").value;
+    const steps = Math.max(0, Math.min(1000, Math.round(Number($("refine-steps").value) || 0)));
+    $("refine-status").textContent = `refining (${method}, ${steps} steps)…`;
+    const body = JSON.stringify({ mask: maskJson(), method, steps });
+    try {
+      const j = await (await api("/api/refine", { method: "POST", headers: { "Content-Type": "application/json" },
+                                                  body })).json();
+      const img = $("refined");
+      img.src = "data:image/png;base64," + j.image;
+      img.hidden = false;
+      try { await img.decode(); } catch (_) { /* replaced */ }
+      st.refines += 1;
+      img.dataset.refines = String(st.refines);
+      img.classList.toggle("stale", st.version !== version);
+      $("refine-status").textContent = `refined: ${j.method}, ${j.steps} steps, loss ${j.loss[0].toFixed(3)} → ` +
+        `${j.loss[1].toFixed(3)}, ${j.ms.toFixed(0)} ms on the server` +
+        (st.version !== version ? " (the mask has changed since)" : "");
+      clearErrorSince(started);
+    } catch (e) {
+      $("refine-status").textContent = "";
+      showError(e.message);
+    } finally {
+      st.refining = false;
+      $("refine").disabled = false;
+    }
+  }
+  $("refine").addEventListener("click", sendRefine);
+  $("refine-method").addEventListener("change", (e) => {
+    $("refine-steps").value = e.target.value === "original" ? "200" : "50";
+  });
 
   function seedValue() {
     const v = Number($("seed").value);
@@ -333,6 +372,7 @@
     const examples = $("examples");
     for (const name of info.examples) examples.add(new Option(name, name));
     examples.disabled = !info.examples.length;
+    if (!info.refine || !info.refine.length) $("refine-controls").hidden = true;
     selectClass(1);
     render();
     syncButtons();
@@ -347,6 +387,7 @@
     get size() { return st.size; },
     get updates() { return st.updates; },
     get busy() { return st.inFlight || st.pending; },
+    get refines() { return st.refines; },
   };
   start().catch((e) => showError(`cannot start the editor: ${e.message}`));
 })();

@@ -1,0 +1,361 @@
+"""Post-refinement of the encoder's W+ codes so the generator's 64x64 features agree with the mask.
+
+Two methods, both jitted and batched over masks (one program for B masks; each mask has its own Adam state, since
+Adam is element-wise and the batch loss is the sum of the per-mask losses):
+
+* ``original``: the extended release's ``scripts/inference_w_post.py`` (SPEC 1g), exact. A per-layer PCA of sampled
+  W+ (:func:`compute_pca`); the top-8 PCA coefficients of **layer 0** are optimised; layers 0..L-1 (L = 8) are
+  rebuilt from layer 0's coefficients with each layer's basis and mean, layers >= L stay the encoder's; Adam
+  lr 0.05, the generator's stored noise; loss ``1 - mean_pixels cos(F64, P[class(pixel)])`` with the **dense**
+  prototypes (even for sparse sets), class-0 pixels masked (cosine 0, still counted in the mean) for sparse sets.
+* ``wplus`` (ours, beyond the original): all of W+ (or a chosen set of layers) is optimised directly with a
+  label-space loss, the cross-entropy of ``softmax(cos(F64, P) / temperature)`` against the mask's class (sparse:
+  over annotated pixels only), plus ``proximity * mean((w - w_encoder)^2)`` over the optimised layers.
+
+Masks come at any size and are reduced to 64x64 with torch's ``nearest`` rule (source pixel ``floor(i * H / 64)``,
+:func:`labels_to_64`; ``x[::4, ::4]`` for 256), as :mod:`smis_jax.labeling` does, so refinement does not depend on
+the encoder's input size. Codes are full W+ (latent_avg included), as the original's ``return_latents`` gives.
+
+Quirks of the original kept on purpose (see docs/notes-22.md): the sampled W+ of the PCA has the same w on every
+layer (pSp feeds one style, no mixing), so every layer's basis and mean are the same and layers 1..L-1 become
+layer 0's reconstruction from iteration 0 on (also with ``steps=0``); masked pixels count in the mean; ``steps``
+counts Adam updates (the original runs 201 iterations and its last saved image, iteration 200, is the render after
+200 updates). Changed on purpose: the PCA is computed from ``jax.random.key(0)`` in float64 with one basis shared
+by the layers (the same numbers the per-layer computation gives), instead of a fresh CUDA draw saved to
+``pca.pt``; :func:`compute_pca` takes about a second, so it is recomputed (and cached per generator in the
+process) rather than written into the export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import weakref
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from smis_jax import builtin, data, labelers, labeling
+from smis_jax.config import DOMAINS, ConfigError
+from smis_jax.errors import InvalidValueError
+from smis_jax.nets import ops
+from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, LoadedGenerator
+
+__all__ = ["METHODS", "PCA", "Options", "Result", "compute_pca", "pca_from_w", "labels_to_64", "refine",
+           "render", "dense_prototypes", "prototypes_for", "default_options"]
+
+METHODS = ("original", "wplus")
+PCA_SAMPLES = 1024  # the original's N
+EPS = 1e-8  # torch.nn.functional.cosine_similarity's eps
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True)
+class PCA:
+    """Per-layer PCA of sampled W+: mean (S, D), vectors (S, D, D) (columns, ascending eigenvalues), values (S, D)."""
+
+    mean: np.ndarray
+    vectors: np.ndarray
+    values: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Refinement settings. ``steps`` = Adam updates. ``original``: ``lr``, ``top`` coefficients of layer 0,
+    ``rebuilt`` = L layers. ``wplus``: ``lr``, ``layers`` (None: all), ``temperature``, ``proximity``."""
+
+    method: str = "wplus"
+    steps: int = 50
+    lr: float = 0.05
+    top: int = 8
+    rebuilt: int = 8
+    layers: tuple[int, ...] | None = None
+    temperature: float = 0.1
+    proximity: float = 1.0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise InvalidValueError(f"refinement method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if int(self.steps) < 0:
+            raise InvalidValueError(f"refinement steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            raise InvalidValueError(f"refinement learning rate must be > 0, got {self.lr}")
+        if not self.temperature > 0:
+            raise InvalidValueError(f"refinement temperature must be > 0, got {self.temperature}")
+        if self.proximity < 0:
+            raise InvalidValueError(f"refinement proximity weight must be >= 0, got {self.proximity}")
+        if self.top < 1 or self.rebuilt < 1:
+            raise InvalidValueError(f"refinement top and rebuilt must be >= 1, got {self.top}, {self.rebuilt}")
+
+
+def default_options(method: str, steps: int | None = None, **overrides) -> Options:
+    """The defaults of each method: ``original`` as the script (lr 0.05, 200 updates = its last saved image),
+    ``wplus`` ours (lr 0.05, 50 updates, temperature 0.1, proximity 1)."""
+    if method == "original":
+        base = Options("original", 200 if steps is None else steps, lr=0.05)
+    else:
+        base = Options(method, 50 if steps is None else steps)
+    return dataclasses.replace(base, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """w_plus (B, S, D) refined W+ (latent_avg included); losses (B, steps + 1): the loss at iterations
+    0..steps-1 (before each update) and after the last update."""
+
+    w_plus: jax.Array
+    losses: np.ndarray
+    options: Options
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PCA
+
+def pca_from_w(w: np.ndarray, n_latent: int) -> PCA:
+    """The original's per-layer PCA of W+ samples that repeat one w (N, D) on every layer: mean, covariance
+    ``dev^T dev / N``, ``eigh`` (ascending; ``torch.symeig``'s order). Computed in float64, stored float32."""
+    w = np.asarray(w, np.float64)
+    n, d = w.shape
+    mu = w.mean(0)
+    dev = w - mu
+    values, vectors = np.linalg.eigh(dev.T @ dev / n)
+    rep = lambda a: np.broadcast_to(a.astype(np.float32), (n_latent, *a.shape))  # noqa: E731
+    return PCA(rep(mu), rep(vectors), rep(values))
+
+
+_PCA_CACHE: "weakref.WeakKeyDictionary[LoadedGenerator, PCA]" = weakref.WeakKeyDictionary()
+
+
+def compute_pca(generator: LoadedGenerator, key: jax.Array | None = None, n: int = PCA_SAMPLES) -> PCA:
+    """PCA of ``n`` sampled W+ (``mapping(z)``, z ~ N(0, I) from ``key``, default ``key(0)``); cached per generator."""
+    if key is None and n == PCA_SAMPLES and generator in _PCA_CACHE:
+        return _PCA_CACHE[generator]
+    k = jax.random.key(0) if key is None else key
+    z = jax.random.normal(k, (n, generator.config.style_dim), jnp.float32)
+    out = pca_from_w(np.asarray(generator.mapping(z)), generator.config.n_latent)
+    if key is None and n == PCA_SAMPLES:
+        _PCA_CACHE[generator] = out
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masks and prototypes
+
+def labels_to_64(labels, n_classes: int) -> np.ndarray:
+    """(B, H, W) class ids at any size -> (B, 64, 64) int32 by torch's nearest rule (source ``floor(i * H / 64)``)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or labels.shape[1] < 1 or labels.shape[2] < 1:
+        raise InvalidValueError(f"masks must be (B, H, W) class ids, got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise InvalidValueError(f"mask values must be class ids in 0..{n_classes - 1}, got {labels.min()}..{labels.max()}")
+    h, w = labels.shape[1:]
+    # torch: scale = in / out in float32, src = min(floor(dst * scale), in - 1)
+    rows = np.minimum(np.floor(np.arange(FEATURE_RES, dtype=np.float32) * np.float32(h / FEATURE_RES)), h - 1)
+    cols = np.minimum(np.floor(np.arange(FEATURE_RES, dtype=np.float32) * np.float32(w / FEATURE_RES)), w - 1)
+    return labels[:, rows.astype(np.int64)][:, :, cols.astype(np.int64)].astype(np.int32)
+
+
+def dense_prototypes(protos) -> labeling.DensePrototypes:
+    """The dense prototypes refinement uses. Dense: as they are. Sparse (no dense set at hand): each class's mean
+    annotated unit vector, L2-normalised (an approximation of the original's ``compute_rep_vec``; prefer the
+    shots' dense prototypes where the masks are at hand)."""
+    if isinstance(protos, labeling.DensePrototypes):
+        return protos
+    if not isinstance(protos, labeling.SparsePrototypes):
+        raise InvalidValueError(f"refinement needs dense or sparse prototypes, got {type(protos).__name__}")
+    v, cls = np.asarray(protos.vectors, np.float32), np.asarray(protos.classes)
+    sums = np.zeros((protos.n_classes, v.shape[1]), np.float32)
+    np.add.at(sums, cls, v)
+    present = np.bincount(cls, minlength=protos.n_classes) > 0
+    sums /= np.linalg.norm(sums, axis=-1, keepdims=True) + np.float32(labeling.EPS)
+    return labeling.DensePrototypes(vectors=jnp.asarray(sums), present=jnp.asarray(present))
+
+
+def prototypes_for(run_export) -> tuple[labeling.DensePrototypes, bool]:
+    """(dense prototypes, sparse?) for an export (:class:`smis_jax.export.RunExport`).
+
+    Dense domains: the export's prototypes. Sparse domains: the original's ``compute_rep_vec``, i.e. dense
+    prototypes of the shots' sparse masks (class 0 = the unannotated pixels), rebuilt for the built-in domains
+    from the export's shot codes and the built-in shots with the run's seeded noise (as ``train.run`` builds its
+    prototypes); other sparse exports get :func:`dense_prototypes`' approximation."""
+    labeler = labelers.as_labeler(run_export.prototypes)  # an export's labeller (--labeler), paper's when old
+    protos, sparse = labeler.protos, not labeler.dense
+    if labeler.kind == "paper" and isinstance(protos, labeling.DensePrototypes):
+        return protos, False
+    domain = DOMAINS.get(str(run_export.run.get("domain")))
+    shots = run_export.shots
+    if domain is not None and domain.builtin and shots is not None and len(shots.names):
+        # the paper's dense prototypes of the shots (another --labeler keeps none): what train.run builds for paper
+        _, _, masks = builtin.shots(domain, shots.names)
+        seed = int(run_export.run.get("train", {}).get("seed", 0))
+        _, key_proto = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
+        _, features = run_export.pipeline.generator.synthesize(jnp.asarray(shots.w_plus), key=key_proto,
+                                                               until_res=FEATURE_RES)
+        return labeling.prototypes(features, data.onehot(masks, domain.n_classes), mode="dense"), sparse
+    if labeler.kind != "paper":
+        raise ConfigError(f"{run_export.path}: refinement scores with the paper's prototypes, and this export's "
+                          f"--labeler {labeler.kind} keeps none; train with --labeler paper to refine its results")
+    return dense_prototypes(protos), True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The jitted loops
+
+def _history_capacity(steps: int) -> int:
+    """Loss-history slots: one program serves every step count up to 256 (then powers of two)."""
+    return max(256, 1 << int(np.ceil(np.log2(max(steps, 1)))))
+
+
+def _features(gen_cfg, gen_params, noise, w_plus):
+    _, f = Generator(gen_cfg).apply(gen_params, w_plus, noise, FEATURE_RES)
+    return f.astype(jnp.float32)  # (B, 64, 64, C)
+
+
+def _safe_norm(x):
+    return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1), 1e-30))
+
+
+def original_loss(features, labels64, proto_vectors, ignore0):
+    """The script's ``optimization_loss`` per mask (B,): ``1 - mean_pixels cos(F, P[label])`` with torch's
+    ``cosine_similarity`` (each norm clamped at 1e-8); pixels of class 0 give cosine 0 when ``ignore0``."""
+    b = features.shape[0]
+    f = features.reshape(b, -1, features.shape[-1])  # (B, P, C)
+    target = proto_vectors[labels64.reshape(b, -1)]  # (B, P, C)
+    dot = jnp.einsum("bpc,bpc->bp", f, target, precision=_PRECISION)
+    cos = dot / (jnp.maximum(_safe_norm(f), EPS) * jnp.maximum(_safe_norm(target), EPS))
+    keep = jnp.logical_not(jnp.logical_and(ignore0, labels64.reshape(b, -1) == 0))
+    return 1.0 - jnp.mean(jnp.where(keep, cos, 0.0), axis=1)
+
+
+def wplus_loss(features, labels64, proto_vectors, present, ignore0, temperature):
+    """Cross-entropy of ``softmax(cos(F, P) / T)`` over the present classes against the mask (B,), averaged over
+    the pixels whose class has a prototype (and, when ``ignore0``, is not class 0)."""
+    b = features.shape[0]
+    f = features.reshape(b, -1, features.shape[-1])
+    f = f / (_safe_norm(f)[..., None] + labeling.EPS)
+    cos = jnp.einsum("bpc,lc->bpl", f, proto_vectors, precision=_PRECISION)
+    logits = jnp.where(present, cos / temperature, -1e30)
+    lab = labels64.reshape(b, -1)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), lab[..., None], axis=-1)[..., 0]
+    valid = present[lab] & jnp.logical_not(jnp.logical_and(ignore0, lab == 0))
+    return jnp.sum(jnp.where(valid, nll, 0.0), axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
+
+
+def _adam_loop(loss_fn, params, steps, lr, capacity: int):
+    """Adam (torch defaults: betas 0.9/0.999, eps 1e-8) for ``steps`` updates of ``sum_b loss_b``; returns
+    (params, history (capacity + 1, B)) where history[i] is the loss before update i, history[steps] the final."""
+    tx = optax.adam(lr)
+    grad_fn = jax.value_and_grad(lambda p: (lambda l: (jnp.sum(l), l))(loss_fn(p)), has_aux=True)
+
+    def body(i, carry):
+        p, state, hist = carry
+        (_, per), g = grad_fn(p)
+        updates, state = tx.update(g, state, p)
+        return optax.apply_updates(p, updates), state, hist.at[i].set(per)
+
+    b = jax.eval_shape(loss_fn, params).shape[0]
+    hist = jnp.zeros((capacity + 1, b), jnp.float32)
+    params, _, hist = jax.lax.fori_loop(0, steps, body, (params, tx.init(params), hist))
+    return params, hist.at[steps].set(loss_fn(params))
+
+
+@functools.lru_cache(maxsize=None)
+def _original_fn(gen_cfg, top: int, rebuilt: int, capacity: int):
+    def fn(gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, steps, lr):
+        # mean (L, D), vectors (L, D, D): the first ``rebuilt`` layers' PCA.
+        d = w0.shape[-1]
+        g0 = jnp.einsum("de,be->bd", jnp.linalg.inv(vectors[0]), w0[:, 0] - mean[0], precision=_PRECISION)
+        fixed, start = g0, d - top  # the script's g_partial[:1]; st_dim = D - top, ed_dim = D
+
+        def codes_of(coeffs):  # (B, top) -> W+ (B, S, D)
+            g = jnp.concatenate([fixed[:, :start], coeffs], axis=1)  # (B, D)
+            rebuilt_codes = jnp.einsum("lde,be->bld", vectors, g, precision=_PRECISION) + mean[None]
+            return jnp.concatenate([rebuilt_codes, w0[:, rebuilt:]], axis=1)
+
+        loss_fn = lambda c: original_loss(_features(gen_cfg, gen_params, noise, codes_of(c)), labels64,  # noqa
+                                          proto_vectors, ignore0)
+        coeffs, hist = _adam_loop(loss_fn, fixed[:, start:], steps, lr, capacity)
+        return codes_of(coeffs), hist
+
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _wplus_fn(gen_cfg, capacity: int):
+    def fn(gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask, steps, lr, temperature,
+           proximity):
+        sel = layer_mask[None, :, None].astype(jnp.float32)
+        n_sel = jnp.maximum(jnp.sum(layer_mask), 1) * w0.shape[-1]
+
+        def loss_fn(delta):
+            w = w0 + delta * sel
+            ce = wplus_loss(_features(gen_cfg, gen_params, noise, w), labels64, proto_vectors, present, ignore0,
+                            temperature)
+            return ce + proximity * jnp.sum((delta * sel) ** 2, axis=(1, 2)) / n_sel
+
+        delta, hist = _adam_loop(loss_fn, jnp.zeros_like(w0), steps, lr, capacity)
+        return w0 + delta * sel, hist
+
+    return jax.jit(fn)
+
+
+def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Options | None = None,
+           sparse: bool = False, pca: PCA | None = None) -> Result:
+    """Refine W+ codes against their masks.
+
+    generator: the pipeline's (its stored noise is used). prototypes: dense (or sparse, see
+    :func:`dense_prototypes`). w_plus: (B, S, D) full W+ (encoder codes + latent_avg). labels: (B, H, W) class ids
+    at any size (reduced to 64x64 by :func:`labels_to_64`). sparse: class 0 means "not annotated" and is ignored.
+    pca: for ``original``, the PCA to use (default :func:`compute_pca` of ``generator``).
+    """
+    options = options or Options()
+    protos = dense_prototypes(prototypes)
+    cfg = generator.config
+    w_plus = jnp.asarray(w_plus, jnp.float32)
+    if w_plus.ndim != 3 or w_plus.shape[1:] != (cfg.n_latent, cfg.style_dim):
+        raise InvalidValueError(f"codes must be (B, {cfg.n_latent}, {cfg.style_dim}), got {tuple(w_plus.shape)}")
+    if protos.vectors.shape[-1] != cfg.feature_channels:
+        raise InvalidValueError(f"prototypes have {protos.vectors.shape[-1]} channels, the generator's 64x64 "
+                                f"features {cfg.feature_channels}")
+    labels64 = labels_to_64(labels, protos.n_classes)
+    if labels64.shape[0] != w_plus.shape[0]:
+        raise InvalidValueError(f"{labels64.shape[0]} masks for {w_plus.shape[0]} codes")
+    steps = int(options.steps)
+    capacity = _history_capacity(steps)
+    noise = list(generator.noises)[:cfg.num_noise_layers(FEATURE_RES)]
+    common = (generator.params, noise, w_plus, jnp.asarray(labels64), jnp.asarray(protos.vectors, jnp.float32))
+    if options.method == "original":
+        pca = pca or compute_pca(generator)
+        n = min(options.rebuilt, cfg.n_latent)
+        top = min(options.top, cfg.style_dim)
+        fn = _original_fn(cfg, top, n, capacity)
+        out, hist = fn(*common, jnp.bool_(sparse), jnp.asarray(pca.mean[:n]), jnp.asarray(pca.vectors[:n]),
+                       jnp.int32(steps), jnp.float32(options.lr))
+    else:
+        layers = range(cfg.n_latent) if options.layers is None else options.layers
+        bad = [i for i in layers if not 0 <= int(i) < cfg.n_latent]
+        if bad:
+            raise InvalidValueError(f"refinement layers must be in 0..{cfg.n_latent - 1}, got {bad}")
+        mask = np.zeros(cfg.n_latent, bool)
+        mask[list(layers)] = True
+        fn = _wplus_fn(cfg, capacity)
+        out, hist = fn(*common, jnp.asarray(protos.present), jnp.bool_(sparse), jnp.asarray(mask), jnp.int32(steps),
+                       jnp.float32(options.lr), jnp.float32(options.temperature), jnp.float32(options.proximity))
+    return Result(out, np.asarray(hist)[: steps + 1].T, options)
+
+
+@functools.lru_cache(maxsize=None)
+def _render_fn(gen_cfg, out_size: int):
+    def fn(gen_params, noise, w_plus):
+        image, _ = Generator(gen_cfg).apply(gen_params, w_plus, noise)
+        return ops.adaptive_avg_pool(image, (out_size, out_size))
+
+    return jax.jit(fn)
+
+
+def render(generator: LoadedGenerator, w_plus, out_size: int = 256) -> jax.Array:
+    """W+ (B, S, D) -> images (B, out_size, out_size, 3) in [-1, 1] with the stored noise and pSp's face_pool
+    (what :func:`smis_jax.synthesize.decode` gives for the encoder's codes)."""
+    return _render_fn(generator.config, int(out_size))(generator.params, list(generator.noises), jnp.asarray(w_plus))
+

@@ -1,0 +1,336 @@
+"""Post-refinement (smis_jax.refine): the original's inference_w_post.py against a PyTorch run of its own loop on
+rosinality's generator (draggan) with the golden tiny weights; our wplus refinement; masks at any size."""
+
+import io
+import json
+import os
+import warnings
+
+import jax.numpy as jnp
+import jax
+import numpy as np
+import pytest
+
+from smis_jax import labeling, refine
+from smis_jax.errors import InvalidValueError
+from smis_jax.io import load_generator
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+S, D, C, NC = 12, 64, 32, 4  # golden tiny128: n_latent, style_dim, 64x64 feature channels; 4 classes
+ITERS = 12  # the quick parity run; the slow test runs the original's 201
+# float32 through Adam: Adam's first steps are +-lr per coefficient whatever the gradient's size, so a gradient
+# component near zero can flip between implementations; the loss curve is insensitive to that, the codes less so.
+LOSS_TOL = 1e-5  # absolute, on every iteration's loss (losses are ~1)
+CODES_TOL = 1e-3  # max |ours - torch| / max |torch| on the final W+
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def torch_gen(golden):
+    """rosinality's Generator (as draggan vendors it) with the golden tiny channel table and g_ema weights; its
+    forward stops at the 64x64 features (the loss needs nothing above; the original renders the image too)."""
+    os.environ.pop("CUDA_HOME", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = pytest.importorskip("draggan.deprecated.stylegan2.model")
+    channels = {int(k): v for k, v in json.loads((golden / "stylegan2_tiny128.json").read_text())["channels"].items()}
+
+    class Tiny(model.Generator):
+        def __setattr__(self, name, value):  # the constructor's channel table -> the golden one
+            super().__setattr__(name, dict(channels) if name == "channels" else value)
+
+    g = Tiny(128, D, 4).eval()
+    g.load_state_dict(torch.load(golden / "stylegan2_tiny128.pt", map_location="cpu", weights_only=False)["g_ema"])
+    for p in g.parameters():
+        p.requires_grad_(False)
+    tap = {}
+
+    def hook(module, args, out):
+        tap["f"] = out
+        raise _Stop
+
+    g.convs[7].register_forward_hook(hook)
+
+    def features(codes):
+        try:
+            g([codes], input_is_latent=True, randomize_noise=False)
+        except _Stop:
+            pass
+        return tap["f"]
+
+    return g, features
+
+
+@pytest.fixture(scope="module")
+def gen(golden):
+    return load_generator(golden / "stylegan2_tiny128.pt")
+
+
+@pytest.fixture(scope="module")
+def case(torch_gen):
+    """The script's PCA in torch (1024 sampled W+, bmm covariance, eigh for symeig), two encoder-like W+ codes,
+    prototypes (one class absent: a zero vector, as the original's), two masks at 256."""
+    g, _ = torch_gen
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        vecs = g.style(torch.from_numpy(rng.standard_normal((1024, D)).astype(np.float32)))[:, None].repeat(1, S, 1)
+        n = vecs.shape[0]
+        mu = vecs.mean(dim=0).unsqueeze(0)
+        dev = vecs - mu.repeat((n, 1, 1))
+        cov = torch.bmm(dev.permute(1, 2, 0), dev.permute(1, 0, 2)) / n
+        values, vectors = torch.linalg.eigh(cov)
+        w = g.style(torch.from_numpy(rng.standard_normal((2, D)).astype(np.float32)))
+    codes = w[:, None].repeat(1, S, 1) + 0.3 * torch.from_numpy(rng.standard_normal((2, S, D)).astype(np.float32))
+    protos = rng.standard_normal((NC, C)).astype(np.float32)
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    protos[3] = 0
+    labels = np.zeros((2, 256, 256), np.int64)
+    labels[0, :128] = 1
+    labels[0, 100:200, 50:150] = 2
+    labels[1, :, 128:] = 3
+    labels[1, 30:90, 30:90] = 1
+    return dict(mu=mu, vectors=vectors, values=values, codes=codes, protos=protos, labels=labels, w_samples=vecs[:, 0])
+
+
+def _optimization_loss(feature_map, x, c, label_nc, mask_classes):
+    """The script's optimization_loss, line for line."""
+    b, ch, h, w = feature_map.shape
+    hw = h * w
+    feature_map_reshaped = feature_map.reshape(b, ch, hw)
+    x_reshaped = F.interpolate(x.float(), size=(h, w)).reshape(b, label_nc, hw).permute(0, 2, 1)
+    x_c = torch.bmm(x_reshaped, c).permute(0, 2, 1)
+    mask = torch.ones_like(feature_map_reshaped)
+    for cid in mask_classes:
+        mask.permute(0, 2, 1)[x_reshaped[:, :, cid] == 1] = 0.0
+    return 1.0 - F.cosine_similarity(mask * feature_map_reshaped, mask * x_c, dim=1).mean()
+
+
+def _torch_original(torch_gen, case, i, sparse, iters):
+    """The script's loop for mask i (st_dim 504:512 -> D-8:D, L = 8, Adam lr 0.05): (losses, final codes)."""
+    _, features = torch_gen
+    mu, eigenvectors = case["mu"], case["vectors"]
+    x = F.one_hot(torch.from_numpy(case["labels"][i:i + 1]), NC).permute(0, 3, 1, 2).float()
+    codes = case["codes"][i:i + 1].clone()
+    initial_codes = codes.clone().detach()
+    st_dim, ed_dim, L = D - 8, D, 8
+    g_partial = torch.bmm(torch.inverse(eigenvectors), (codes - mu).permute(1, 2, 0))
+    optimized_codes = torch.nn.Parameter(g_partial[:1, st_dim:ed_dim].clone().data)
+    optimizer = torch.optim.Adam([optimized_codes], lr=0.05)
+    c = torch.from_numpy(case["protos"]).unsqueeze(0)
+
+    def rebuild():
+        g = torch.cat([g_partial[:1, :st_dim], optimized_codes, g_partial[:1, ed_dim:]], dim=1).repeat((S, 1, 1))
+        codes = torch.bmm(eigenvectors, g).permute(2, 0, 1) + mu
+        codes[:, L:] = initial_codes[:, L:]
+        return codes
+
+    losses = []
+    for _ in range(iters):
+        loss = _optimization_loss(features(rebuild()), x, c, NC, [0] if sparse else [])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return np.array(losses), rebuild().detach().numpy()[0]
+
+
+def _ours(gen, case, sparse, iters):
+    pca = refine.PCA(case["mu"][0].numpy(), case["vectors"].numpy(), case["values"].numpy())
+    protos = labeling.DensePrototypes(vectors=jnp.asarray(case["protos"]), present=jnp.asarray([1, 1, 1, 0], bool))
+    return refine.refine(gen, protos, case["codes"].numpy(), case["labels"], refine.Options("original", iters),
+                         sparse=sparse, pca=pca)
+
+
+def _check_parity(torch_gen, gen, case, sparse, iters):
+    ours = _ours(gen, case, sparse, iters)  # both masks in one batched call
+    assert ours.losses.shape == (2, iters + 1)
+    for i in range(2):
+        losses, codes = _torch_original(torch_gen, case, i, sparse, iters)
+        assert np.max(np.abs(ours.losses[i, :iters] - losses)) < LOSS_TOL
+        err = np.max(np.abs(np.asarray(ours.w_plus[i]) - codes)) / np.max(np.abs(codes))
+        assert err < CODES_TOL, err
+        assert losses[-1] < losses[0]  # the run did something
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_original_matches_the_script(torch_gen, gen, case, sparse):
+    """Loss at every iteration and the final codes of our batched run equal the script's own loop per mask."""
+    _check_parity(torch_gen, gen, case, sparse, ITERS)
+
+
+@pytest.mark.slow
+def test_original_matches_the_script_201_iterations(torch_gen, gen, case):
+    _check_parity(torch_gen, gen, case, False, 201)
+
+
+def test_original_rebuilds_layers_from_layer_zero(gen, case):
+    """steps=0: layers 0..7 all become layer 0's code (the script's quirk), layers >= 8 stay the encoder's."""
+    out = np.asarray(_ours(gen, case, False, 0).w_plus)
+    codes = case["codes"].numpy()
+    np.testing.assert_allclose(out[:, :8], np.repeat(codes[:, :1], 8, 1), atol=1e-4)
+    np.testing.assert_array_equal(out[:, 8:], codes[:, 8:])
+
+
+def test_pca_matches_torch(gen, case):
+    """Our PCA of the same w samples: same mean and eigenvalues; the top-8 eigenvectors span the same directions."""
+    pca = refine.pca_from_w(case["w_samples"].numpy(), S)
+    assert pca.vectors.shape == (S, D, D) and pca.mean.shape == (S, D)
+    np.testing.assert_allclose(pca.mean[3], case["mu"][0, 3].numpy(), atol=1e-6)
+    np.testing.assert_allclose(pca.values[0], case["values"][0].numpy(), rtol=1e-3, atol=1e-7)
+    overlap = np.abs(np.sum(pca.vectors[0][:, -8:] * case["vectors"][0].numpy()[:, -8:], axis=0))
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-4)
+    own = refine.compute_pca(gen)
+    assert refine.compute_pca(gen) is own  # cached per generator
+    assert np.all(np.diff(own.values[0]) >= 0)  # ascending, as symeig
+
+
+@pytest.mark.parametrize("size", [256, 200, 64, 100])
+def test_labels_to_64_is_torch_nearest(size):
+    labels = np.random.default_rng(size).integers(0, 5, (2, size, size))
+    want = F.interpolate(torch.from_numpy(labels)[:, None].float(), size=(64, 64))[:, 0].numpy().astype(np.int32)
+    np.testing.assert_array_equal(refine.labels_to_64(labels, 5), want)
+
+
+def test_wplus_refinement_lowers_its_loss_and_stays_close(gen, case):
+    """wplus: the label-space loss falls, more proximity keeps the codes closer, only chosen layers move, and a
+    batched call equals separate calls."""
+    protos = labeling.DensePrototypes(vectors=jnp.asarray(case["protos"]), present=jnp.asarray([1, 1, 1, 0], bool))
+    codes, labels = case["codes"].numpy(), case["labels"]
+    loose = refine.refine(gen, protos, codes, labels, refine.Options("wplus", 10, proximity=0.0))
+    tight = refine.refine(gen, protos, codes, labels, refine.Options("wplus", 10, proximity=100.0))
+    assert np.all(loose.losses[:, -1] < loose.losses[:, 0])
+    moved = lambda r: np.abs(np.asarray(r.w_plus) - codes).mean()  # noqa: E731
+    assert moved(tight) < 0.5 * moved(loose)
+    some = refine.refine(gen, protos, codes, labels, refine.Options("wplus", 10, layers=(0, 1, 2)))
+    np.testing.assert_array_equal(np.asarray(some.w_plus)[:, 3:], codes[:, 3:])
+    assert np.abs(np.asarray(some.w_plus)[:, :3] - codes[:, :3]).max() > 0
+    swapped = refine.refine(gen, protos, codes[::-1], labels[::-1], refine.Options("wplus", 10, proximity=0.0))
+    np.testing.assert_allclose(np.asarray(swapped.w_plus[::-1]), np.asarray(loose.w_plus), atol=1e-5)
+
+
+def test_wplus_loss_ignores_class_zero_when_sparse():
+    """Sparse: class-0 pixels do not count; a pixel of an absent class does not count either."""
+    f = jnp.asarray(np.random.default_rng(1).standard_normal((1, 64, 64, 3)), jnp.float32)
+    protos = jnp.eye(3, dtype=jnp.float32)
+    present = jnp.asarray([True, True, False])
+    lab = np.zeros((1, 64, 64), np.int32)
+    lab[0, :8] = 1
+    lab[0, 8:16] = 2
+    loss = jax.jit(refine.wplus_loss)
+    full = loss(f, jnp.asarray(lab), protos, present, jnp.bool_(False), 0.1)
+    sparse = loss(f, jnp.asarray(lab), protos, present, jnp.bool_(True), 0.1)
+    only1 = loss(f[:, :8], jnp.asarray(lab[:, :8]), protos, present, jnp.bool_(False), 0.1)
+    np.testing.assert_allclose(sparse, only1, rtol=1e-6)
+    assert not np.allclose(full, sparse)
+
+
+def test_bad_input_is_a_user_error(gen, case):
+    protos = labeling.DensePrototypes(vectors=jnp.asarray(case["protos"]), present=jnp.ones(NC, bool))
+    codes = case["codes"].numpy()
+    with pytest.raises(InvalidValueError, match="refinement method"):
+        refine.Options("latent")
+    with pytest.raises(InvalidValueError, match="steps"):
+        refine.Options("wplus", -1)
+    with pytest.raises(InvalidValueError, match="class ids in 0..3"):
+        refine.refine(gen, protos, codes, case["labels"] + 1)
+    with pytest.raises(InvalidValueError, match="layers must be in 0..11"):
+        refine.refine(gen, protos, codes, case["labels"], refine.Options("wplus", 1, layers=(12,)))
+    with pytest.raises(InvalidValueError, match="codes must be"):
+        refine.refine(gen, protos, codes[:, :5], case["labels"])
+
+
+def test_sparse_prototypes_become_dense_class_means():
+    v = np.asarray([[1, 0], [0, 1], [1, 0]], np.float32)
+    sp = labeling.SparsePrototypes(vectors=jnp.asarray(v), classes=jnp.asarray([1, 1, 2]), n_classes=3)
+    d = refine.dense_prototypes(sp)
+    np.testing.assert_allclose(d.vectors, [[0, 0], [2 ** -0.5, 2 ** -0.5], [1, 0]], atol=1e-6)
+    np.testing.assert_array_equal(d.present, [False, True, True])
+
+
+def test_refine_request_parsing():
+    from smis_jax.app import editor as ed
+
+    domain = ed.EditorDomain("x", 3, "dense", np.zeros((3, 3), np.uint8), ("a", "b", "c"))
+    mask = ed.ids_json(np.ones((256, 256), np.uint8))
+    labels, method, steps = ed.parse_refine(json.dumps({"mask": mask, "method": "original", "steps": 7}).encode(),
+                                            domain)
+    assert (method, steps, labels.shape) == ("original", 7, (256, 256))
+    for bad, match in (({"method": "pca"}, "'method'"), ({"steps": -1}, "'steps'"), ({"steps": 2.5}, "'steps'")):
+        with pytest.raises(ed.InputError, match=match):
+            ed.parse_refine(json.dumps({"mask": mask, **bad}).encode(), domain)
+
+
+@pytest.fixture(scope="module")
+def dense_export(golden, tmp_path_factory, case):
+    """An export as train.run writes it (run record, dense prototypes) with the golden generator and a random
+    tiny encoder (4 classes)."""
+    import types
+
+    from smis_jax import export
+    from smis_jax.nets import psp
+
+    gen = load_generator(golden / "stylegan2_tiny128.pt")
+    enc_cfg = psp.EncoderConfig.golden(input_nc=NC, style_num=S)
+    shapes = psp.abstract_variables(enc_cfg)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.normal(0.0, 0.05, a.shape).astype(np.float32), shapes["params"])
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, a: np.full(a.shape, float("var" in str(path[-1])), np.float32), shapes["batch_stats"])
+    latent_avg = np.broadcast_to(np.asarray(gen.truncation_latent()), (S, D))
+    protos = labeling.DensePrototypes(vectors=jnp.asarray(case["protos"]), present=jnp.asarray([1, 1, 1, 0], bool))
+    return export.write(tmp_path_factory.mktemp("dense") / "export", enc_cfg,
+                        types.SimpleNamespace(params=params, batch_stats=stats), gen, latent_avg,
+                        {"dataset_type": "tiny4", "label_nc": NC}, run={"domain": "tiny4", "train": {"seed": 0}},
+                        prototypes=protos)
+
+
+@pytest.mark.slow
+def test_cli_and_editor_refine(dense_export, case, tmp_path):
+    """synthesize --refine writes the refined image (the decoded refine() result) and records the run; the editor's
+    refine gives the same image for the same mask."""
+    from PIL import Image
+
+    from smis_jax import export, synthesize, viz
+    from smis_jax.app import editor as ed
+
+    labels = case["labels"][:1].astype(np.uint8)
+    Image.fromarray(labels[0]).save(tmp_path / "m.png")
+    assert synthesize.main(["--checkpoint", str(dense_export), "--masks", str(tmp_path / "m.png"), "--out",
+                            str(tmp_path / "out"), "--refine", "wplus", "--refine-steps", "3",
+                            "--batch-size", "1"]) == 0
+    info = json.loads((tmp_path / "out" / "synthesize.json").read_text())
+    assert info["refine"]["method"] == "wplus" and info["refine"]["steps"] == 3
+    cli = np.asarray(Image.open(tmp_path / "out" / "m.png"))
+    run = export.load(dense_export)
+    codes = synthesize.encode(run.pipeline, jnp.asarray(labeling.labels_to_onehot(jnp.asarray(labels), NC)))
+    res = refine.refine(run.pipeline.generator, run.prototypes, codes + run.pipeline.latent_avg, labels,
+                        refine.default_options("wplus", 3))
+    want = viz.to_uint8(np.asarray(refine.render(run.pipeline.generator, res.w_plus))[0])
+    assert np.abs(cli.astype(int) - want.astype(int)).max() <= 1  # w+ - latent_avg + latent_avg rounds
+    plain = synthesize.decode(run.pipeline, codes, jax.random.key(0))
+    assert np.abs(np.asarray(plain) - np.asarray(refine.render(run.pipeline.generator, res.w_plus))).max() > 1e-3
+
+    editor = ed.Editor(dense_export, variants=0)
+    assert editor.info()["refine"] == list(refine.METHODS)
+    r = editor.refine(labels[0], "wplus", 3)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.image))), cli)
+    assert r.loss[1] < r.loss[0]
+
+
+def test_cli_refine_without_prototypes_says_so(tmp_path, capsys):
+    """A converted pSp checkpoint (no prototypes/) with --refine: one line naming the folder, before any loading."""
+    from PIL import Image
+
+    from smis_jax import synthesize
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "m.png")
+    (tmp_path / "ckpt").mkdir()
+    code = synthesize.main(["--checkpoint", str(tmp_path / "ckpt"), "--masks", str(tmp_path / "m.png"), "--out",
+                            str(tmp_path / "out"), "--refine", "original"])
+    assert code == 2
+    assert "--refine needs the class prototypes" in capsys.readouterr().err
