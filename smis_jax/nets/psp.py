@@ -212,9 +212,10 @@ class Conv2d(nn.Module):
         fan_in = c_in * k * k
         w = self.param("kernel", _torch_uniform(fan_in), (k, k, c_in, self.features))  # HWIO
         p = k // 2
-        # ops.conv: lax.conv_general_dilated forward and input gradient; on the CPU its kernel gradient is k*k
-        # matmuls (the same sums; XLA:CPU's own took several times the forward pass: BENCHMARKS.md).
-        y = ops.conv(x, w.astype(x.dtype), self.stride, ((p, p), (p, p)))
+        # XLA's own kernel gradient: ops.conv's k*k matmuls (which pay for the generator's) measured no faster here
+        # (the built-in 64x64 encoder's step, batch 32: 966 ms XLA's, 1092 ms matmuls; BENCHMARKS.md).
+        y = lax.conv_general_dilated(x, w.astype(x.dtype), (self.stride, self.stride), ((p, p), (p, p)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
             y = y + self.param("bias", _torch_uniform(fan_in), (self.features,))
         return y
