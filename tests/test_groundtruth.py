@@ -126,7 +126,7 @@ def test_pseudo_labels_of_one_hot_features_are_exact():
     features_shots = data.onehot(masks64, n).astype(np.float32)
     oracle = builtin.test_masks(DOMAINS["shapes"], 8)[2]
     sample_features = data.onehot(oracle, n).astype(np.float32)
-    out = groundtruth._pseudo_label_quality(None, features_shots, masks64, scribbles64, sample_features, oracle,
+    out = groundtruth._pseudo_label_quality("paper", features_shots, masks64, scribbles64, sample_features, oracle,
                                             topk=3, cos_th=0.5)
     for key in ("dense_1shot", "dense_5shot", "sparse_1shot", "sparse_5shot"):
         assert out[key]["miou"] == 1.0 and out[key]["accuracy"] == 1.0, (key, out[key])
