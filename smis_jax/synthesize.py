@@ -60,7 +60,7 @@ def domain_latent_mask(pipeline) -> list[int]:
     """The layers multi-modal synthesis replaces by default: the export's domain's (``Domain.latent_mask``; 6..9
     for the built-in 64 px domains), else :func:`default_latent_mask`."""
     style_num = pipeline.encoder.config.style_num
-    domain = DOMAINS.get(str((pipeline.config or {}).get("opts", {}).get("dataset_type")))
+    domain = export_domain(pipeline)
     if domain is not None and domain.style_num == style_num:
         return list(domain.latent_mask)
     return default_latent_mask(style_num)
@@ -151,9 +151,14 @@ def encode(pipeline, onehot: jax.Array) -> jax.Array:
     return pipeline.encoder.encode(onehot, sparse=is_sparse(pipeline))
 
 
+def export_domain(pipeline):
+    """The export's domain preset (its ``opts.dataset_type``), or None when unknown."""
+    return DOMAINS.get(str((pipeline.config or {}).get("opts", {}).get("dataset_type")))
+
+
 def is_sparse(pipeline) -> bool:
     """Whether the export's domain annotates sparsely (class 0 = "not annotated"); False when unknown."""
-    domain = DOMAINS.get(str((pipeline.config or {}).get("opts", {}).get("dataset_type")))
+    domain = export_domain(pipeline)
     return domain is not None and domain.mode == "sparse"
 
 
