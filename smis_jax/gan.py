@@ -273,9 +273,10 @@ def _fake(cfg: GanConfig, g_params, key, batch: int, shard):
 
 @functools.lru_cache(maxsize=8)
 def make_train_step(cfg: GanConfig, mesh: Mesh):
-    """``step(state, reals (B, S, S, 3), do_r1) -> (state, metrics)``: one D update, [one R1 D update,] one G
-    update and the EMA, jitted once (``do_r1`` is a traced flag), state donated, the batch sharded over ``mesh``'s
-    data axis."""
+    """``step(state, reals (B, S, S, 3), do_r1, train_g=True) -> (state, metrics)``: one D update, [one R1 D
+    update,] [one G update and the EMA], jitted once (``do_r1`` and ``train_g`` are traced flags), state donated,
+    the batch sharded over ``mesh``'s data axis. ``train_g=False`` is a discriminator warm-up step (a run that
+    starts from a trained generator and a fresh discriminator)."""
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:
         raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")
@@ -287,7 +288,7 @@ def make_train_step(cfg: GanConfig, mesh: Mesh):
     def shard(x):
         return jax.lax.with_sharding_constraint(x, batched)
 
-    def step(state: GanState, reals, do_r1):
+    def step(state: GanState, reals, do_r1, train_g):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         k_d, k_g = jax.random.split(key)
         reals = shard(reals)
@@ -317,25 +318,33 @@ def make_train_step(cfg: GanConfig, mesh: Mesh):
         d_params, d_opt, metrics["r1"] = jax.lax.cond(
             do_r1, r1_update, lambda d_params, d_opt: (d_params, d_opt, jnp.float32(jnp.nan)), d_params, d_opt)
 
-        def g_loss(g_params):
-            logits = disc.apply(d_params, _fake(cfg, g_params, k_g, b, shard))
-            return jnp.mean(jax.nn.softplus(-logits))
+        def g_update(g_params, g_opt, g_ema):
+            def g_loss(g_params):
+                logits = disc.apply(d_params, _fake(cfg, g_params, k_g, b, shard))
+                return jnp.mean(jax.nn.softplus(-logits))
 
-        loss_g, grads = jax.value_and_grad(g_loss)(state.g_params)
-        updates, g_opt = g_tx.update(grads, state.g_opt, state.g_params)
-        g_params = optax.apply_updates(state.g_params, updates)
-        beta = ema_beta(cfg, state.step)
-        g_ema = jax.tree.map(lambda p, e: p + beta * (e - p), g_params, state.g_ema)
-        metrics["loss_g"] = loss_g
+            loss_g, grads = jax.value_and_grad(g_loss)(g_params)
+            updates, g_opt = g_tx.update(grads, g_opt, g_params)
+            g_params = optax.apply_updates(g_params, updates)
+            beta = ema_beta(cfg, state.step)
+            g_ema = jax.tree.map(lambda p, e: p + beta * (e - p), g_params, g_ema)
+            return g_params, g_opt, g_ema, loss_g
+
+        # A discriminator warm-up step (``train_g`` False) leaves G, its Adam state and the EMA untouched.
+        g_params, g_opt, g_ema, metrics["loss_g"] = jax.lax.cond(
+            train_g, g_update, lambda p, o, e: (p, o, e, jnp.float32(jnp.nan)), state.g_params, state.g_opt,
+            state.g_ema)
         return GanState(state.step + 1, g_params, d_params, g_ema, g_opt, d_opt, state.key), metrics
 
-    jitted = jax.jit(step, in_shardings=(replicated, batched, replicated), out_shardings=(replicated, replicated),
-                     donate_argnums=(0,))
+    jitted = jax.jit(step, in_shardings=(replicated, batched, replicated, replicated),
+                     out_shardings=(replicated, replicated), donate_argnums=(0,))
 
-    def run(state: GanState, reals, do_r1: bool):
-        state, metrics = jitted(state, reals, jnp.asarray(bool(do_r1)))
+    def run(state: GanState, reals, do_r1: bool, train_g: bool = True):
+        state, metrics = jitted(state, reals, jnp.asarray(bool(do_r1)), jnp.asarray(bool(train_g)))
         if not do_r1:
             del metrics["r1"]  # a step without R1 reports no penalty
+        if not train_g:
+            del metrics["loss_g"]  # nor a warm-up step a generator loss
         return state, metrics
 
     return run

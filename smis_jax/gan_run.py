@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from smis_jax import data, plots, shapes, tblog, viz
 from smis_jax.errors import ConfigError, MissingFileError
-from smis_jax.gan import GanConfig, GanState, init_state, make_train_step, sample_images
+from smis_jax.gan import GanConfig, GanState, g_optimizer, init_state, make_train_step, sample_images
+from smis_jax.io import load_generator
 from smis_jax.io.converted import save_converted
 from smis_jax.nets import stylegan2
 from smis_jax.training import data_mesh
@@ -205,11 +207,19 @@ def _preview(cfg: GanConfig, g_ema, path: Path, n: int = 32) -> np.ndarray:
 def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str | Path | None = None,
           resume: bool = False, log_every: int = 50, image_every: int = 500, save_every: int = 250,
           eval_every: int = 1000, keep: int = 2, devices=None, retune: bool = False,
+          init_generator: str | Path | None = None, d_warmup_kimg: float = 0.0,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or ``resume``) a GAN until ``max_kimg`` thousand real images have been shown; returns the last metrics.
 
     ``retune``: a resumed run may change the optimisation settings in ``RETUNABLE`` (recorded in config.json under
-    ``retuned`` with the step); the networks, data and batch never change within a run."""
+    ``retuned`` with the step); the networks, data and batch never change within a run.
+
+    ``init_generator``: a new run starts from a trained generator folder (what ``export_generator`` writes, e.g. the
+    shipped ``smis_jax/assets/shapes-gan``) instead of a fresh one: G and its EMA both start from the folder's
+    (EMA) weights, D and both Adam states are fresh, and the step count continues from the folder's
+    ``provenance.json`` kimg (so the data stream and the EMA's half-life continue too). The first
+    ``d_warmup_kimg`` thousand images then train D alone, so a fresh D does not push a trained G around. Both
+    are recorded in config.json (``init_generator``) and honoured on ``--resume``."""
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
     existing = GanCheckpointer(ckpt_dir).latest_step() if ckpt_dir.is_dir() else None
@@ -217,6 +227,9 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
         raise ConfigError(f"{workdir} already holds checkpoints up to step {existing}; pass --resume or choose "
                          f"another --workdir")
     invocation = {"argv": _as_typed(sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if existing is not None and init_generator is not None:
+        raise ConfigError(f"{workdir} already holds checkpoints up to step {existing}; --init-generator only "
+                         f"starts a new run (resume this one with --resume alone)")
     if existing is not None:
         record = _read_record(workdir)
         saved = GanConfig.from_json(record["gan"])
@@ -239,6 +252,9 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
         record = {"gan": cfg.to_json(), "folder": None if folder is None else str(Path(folder).absolute()),
                   "versions": {"python": platform.python_version(), "jax": jax.__version__},
                   "invocations": [invocation]}
+        init = _read_init_generator(cfg, init_generator, d_warmup_kimg) if init_generator is not None else None
+        if init is not None:
+            record["init_generator"] = init[0]
     reals = RealData(cfg.size, folder, cfg.seed)
     mesh = data_mesh(devices)
     record["devices"] = [str(d) for d in mesh.devices.flat]
@@ -253,8 +269,19 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
         state, meta = ckpt.restore(_abstract(cfg, replicated))
         wall = float(meta.get("wall_s", 0.0))
         log(f"resuming at step {int(state.step)} ({int(state.step) * cfg.batch_size / 1000:.1f} kimg)")
+    elif init is not None:
+        fresh = init_state(cfg)
+        # G and its EMA as two sets of buffers: the step donates the state, and one buffer donated twice crashes
+        g_params, g_ema = (jax.tree.map(lambda a: jnp.array(a, copy=True), init[1]) for _ in range(2))
+        state = fresh.replace(step=jnp.asarray(record["init_generator"]["start_step"], jnp.int32),
+                              g_params=g_params, g_ema=g_ema, g_opt=g_optimizer(cfg).init(g_params))
+        state, wall = jax.device_put(state, replicated), 0.0
+        log(f"starting from the generator {init_generator} at step {int(state.step)} "
+            f"({record['init_generator']['kimg']:.1f} kimg), fresh discriminator; D alone until step "
+            f"{record['init_generator']['g_from_step']}")
     else:
         state, wall = jax.device_put(init_state(cfg), replicated), 0.0
+    g_from_step = int(record.get("init_generator", {}).get("g_from_step", 0))
     step_fn = make_train_step(cfg, mesh)
     max_steps = math.ceil(max_kimg * 1000 / cfg.batch_size)
     start = int(jax.device_get(state.step))
@@ -266,7 +293,8 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
     steps_since = 0
     try:
         for step in range(start, max_steps):
-            state, metrics = step_fn(state, reals.batch(step, cfg.batch_size), step % cfg.r1_every == 0)
+            state, metrics = step_fn(state, reals.batch(step, cfg.batch_size), step % cfg.r1_every == 0,
+                                     step >= g_from_step)
             pending.append(metrics)
             steps_since += 1
             done = step + 1
@@ -300,6 +328,26 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
     return last
 
 
+def _read_init_generator(cfg: GanConfig, path: str | Path, d_warmup_kimg: float) -> tuple[dict[str, Any], Any]:
+    """(record, params) of a trained generator folder a new run starts from; its config must be the run's."""
+    path = Path(path)
+    g = load_generator(path)
+    if g.config != cfg.generator:
+        raise ConfigError(f"{path}: its generator ({g.config.to_json()}) is not the run's ({cfg.generator.to_json()}); "
+                         f"pass the folder's --size, --style-dim, --n-mlp and --channels")
+    if d_warmup_kimg < 0:
+        raise ConfigError(f"--d-warmup-kimg must be >= 0, got {d_warmup_kimg}")
+    prov_file = path / "provenance.json"
+    prov = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
+    kimg = float(prov.get("kimg", 0.0))
+    start = int(round(kimg * 1000 / cfg.batch_size))
+    params = jax.device_get(g.params)
+    record = {"path": str(path.absolute()), "params_sha256": params_sha256(params), "kimg": kimg,
+              "provenance_params_sha256": prov.get("params_sha256"), "start_step": start,
+              "d_warmup_kimg": d_warmup_kimg, "g_from_step": start + math.ceil(d_warmup_kimg * 1000 / cfg.batch_size)}
+    return record, params
+
+
 def params_sha256(tree) -> str:
     """A hash of a parameter tree's leaves (paths, dtypes, shapes, bytes): what a provenance file pins."""
     h = hashlib.sha256()
@@ -329,7 +377,7 @@ def export_generator(workdir: str | Path, out_dir: str | Path, step: int | None 
             "wall_s": float(meta.get("wall_s", 0.0)), "data": record.get("data"), "devices": record.get("devices"),
             "versions": record.get("versions"),
             "invocations": [{**i, "argv": _as_typed(i["argv"])} for i in record.get("invocations", [])],
-            "retuned": record.get("retuned", []),
+            "retuned": record.get("retuned", []), "init_generator": record.get("init_generator"),
             "params_sha256": params_sha256(params), **(provenance or {})}
     (out / "provenance.json").write_text(json.dumps(prov, indent=1))
     return out

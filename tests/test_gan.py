@@ -2,6 +2,7 @@
 exact resume, export to what ``stylegan2.load`` reads and to a rosinality ``.pt``."""
 
 import json
+import math
 import warnings
 
 import jax
@@ -182,3 +183,45 @@ def test_rosinality_code_loads_the_exported_pt(rosinality, tmp_path):
         image, _ = ref([torch.from_numpy(w_plus)], input_is_latent=True, randomize_noise=False)
     ours, _ = stylegan2.LoadedGenerator(config, params, noises).synthesize(jnp.asarray(w_plus), noise="const")
     assert rel_err(ours, image.numpy().transpose(0, 2, 3, 1)) < FORWARD_TOL
+
+
+@pytest.mark.e2e
+def test_a_run_starts_from_a_trained_generator_with_a_discriminator_warmup(tmp_path):
+    """--init-generator: G and its EMA start from an exported generator (the step count continues from its kimg),
+    D is fresh and trains alone for --d-warmup-kimg; then G trains. A resume keeps the warm-up's end; a mismatched
+    config is refused naming the folder."""
+    cfg = gan.GanConfig(**TINY)
+    kw = dict(log_every=2, image_every=100, save_every=2, eval_every=100)
+    gan_run.train(cfg, tmp_path / "first", max_kimg=0.008, **kw)  # 2 steps of 4
+    shipped = gan_run.export_generator(tmp_path / "first", tmp_path / "g")
+    g0 = load_generator(shipped).params
+
+    with pytest.raises(ValueError, match=r"g: its generator .* is not the run's"):
+        gan_run.train(cfg.replace(style_dim=16), tmp_path / "bad", max_kimg=0.024, init_generator=shipped, **kw)
+    # warm-up of 2 steps (0.008 kimg), from step 2 (0.008 kimg) to step 4: G untouched, D trained
+    gan_run.train(cfg, tmp_path / "more", max_kimg=0.016, init_generator=shipped, d_warmup_kimg=0.008, **kw)
+    record = json.loads((tmp_path / "more" / "config.json").read_text())
+    init = record["init_generator"]
+    assert (init["start_step"], init["g_from_step"], init["kimg"]) == (2, 4, 0.008)
+    assert init["params_sha256"] == gan_run.params_sha256(g0)
+    _, warm, meta = gan_run.restore_latest(tmp_path / "more")
+    assert meta["step"] == 4
+    for a, b, c in zip(jax.tree.leaves(warm.g_params), jax.tree.leaves(warm.g_ema), jax.tree.leaves(g0)):
+        assert np.array_equal(np.asarray(a), np.asarray(c)) and np.array_equal(np.asarray(b), np.asarray(c))
+    rows = [json.loads(line) for line in (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4] and "loss_g" not in rows[0]  # warm-up steps report no G loss
+    d_first = gan_run.restore_latest(tmp_path / "first")[1].d_params
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b))
+                   for a, b in zip(jax.tree.leaves(warm.d_params), jax.tree.leaves(d_first)))
+
+    with pytest.raises(ValueError, match="--init-generator only starts a new run"):
+        gan_run.train(cfg, tmp_path / "more", max_kimg=0.024, resume=True, init_generator=shipped, **kw)
+    gan_run.train(cfg, tmp_path / "more", max_kimg=0.024, resume=True, **kw)  # past the warm-up: G trains
+    _, state, meta = gan_run.restore_latest(tmp_path / "more")
+    assert meta["step"] == 6
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b))
+                   for a, b in zip(jax.tree.leaves(state.g_params), jax.tree.leaves(g0)))
+    rows = [json.loads(line) for line in (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 6 and math.isfinite(rows[-1]["loss_g"])
+    prov = json.loads((gan_run.export_generator(tmp_path / "more", tmp_path / "g2") / "provenance.json").read_text())
+    assert prov["init_generator"] == init and prov["step"] == 6

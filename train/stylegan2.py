@@ -2,6 +2,8 @@
 
     python -m train.stylegan2 train --workdir runs/gan-shapes --max-kimg 200          # built-in domain, 64 px
     python -m train.stylegan2 train --workdir runs/gan-shapes --max-kimg 400 --resume # continue exactly
+    python -m train.stylegan2 train --workdir runs/gan-more --max-kimg 1000 --init-generator \
+        smis_jax/assets/shapes-gan --d-warmup-kimg 4 --n-mlp 2 ...                     # go on from a shipped G
     python -m train.stylegan2 train ... --resume --retune --r1-gamma 1                # new optimisation settings
     python -m train.stylegan2 train --workdir runs/gan-x --data photos/ --size 128    # a folder of images
     python -m train.stylegan2 export --workdir runs/gan-shapes --out ckpt/shapes-gan   # what stylegan2.load reads
@@ -64,6 +66,10 @@ def parse_args(argv=None):
     t.add_argument("--image-every", type=int, default=500)
     t.add_argument("--save-every", type=int, default=250)
     t.add_argument("--eval-every", type=int, default=1000, help="oracle quality of EMA samples (built-in domain)")
+    t.add_argument("--init-generator", metavar="DIR",
+                   help="a new run starts from this trained generator folder (G and EMA; fresh D), continuing its kimg")
+    t.add_argument("--d-warmup-kimg", type=float, default=0.0,
+                   help="with --init-generator: train D alone for this many kimg first (default 0)")
     _config_flags(t)
     e = sub.add_parser("export", help="write the EMA generator for stylegan2.load (+ provenance.json)")
     e.add_argument("--workdir", required=True)
@@ -86,7 +92,8 @@ def main(argv=None) -> int:
             fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(GanConfig)}
             gan_run.train(GanConfig(**fields), args.workdir, max_kimg=args.max_kimg, folder=args.data,
                           resume=args.resume, log_every=args.log_every, image_every=args.image_every,
-                          save_every=args.save_every, eval_every=args.eval_every, retune=args.retune)
+                          save_every=args.save_every, eval_every=args.eval_every, retune=args.retune,
+                          init_generator=args.init_generator, d_warmup_kimg=args.d_warmup_kimg)
         elif args.command == "export":
             out = gan_run.export_generator(args.workdir, args.out, args.step)
             print(f"wrote {out}")
