@@ -274,8 +274,8 @@ def _fake(cfg: GanConfig, g_params, key, batch: int, shard):
 @functools.lru_cache(maxsize=8)
 def make_train_step(cfg: GanConfig, mesh: Mesh):
     """``step(state, reals (B, S, S, 3), do_r1, train_g=True) -> (state, metrics)``: one D update, [one R1 D
-    update,] [one G update and the EMA], jitted once (``do_r1`` and ``train_g`` are traced flags), state donated,
-    the batch sharded over ``mesh``'s data axis. ``train_g=False`` is a discriminator warm-up step (a run that
+    update,] [one G update and the EMA], jitted once per combination of the static flags ``do_r1`` and
+    ``train_g`` (a plain and an R1 program in a normal run), state donated, the batch sharded over ``mesh``'s data axis. ``train_g=False`` is a discriminator warm-up step (a run that
     starts from a trained generator and a fresh discriminator)."""
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:
@@ -314,9 +314,11 @@ def make_train_step(cfg: GanConfig, mesh: Mesh):
             updates, d_opt = d_tx.update(grads, d_opt, d_params)
             return optax.apply_updates(d_params, updates), d_opt, penalty
 
-        # One program for both kinds of step: lax.cond runs only the taken branch, and the step compiles once.
-        d_params, d_opt, metrics["r1"] = jax.lax.cond(
-            do_r1, r1_update, lambda d_params, d_opt: (d_params, d_opt, jnp.float32(jnp.nan)), d_params, d_opt)
+        # One program per kind of step (the flags are static), not one with a lax.cond: XLA:CPU runs a
+        # conditional's branch ~8x slower than the same computation outside one (R1: 5.4 s against 0.64 s,
+        # BENCHMARKS.md), which made every R1 step cost five plain ones.
+        if do_r1:
+            d_params, d_opt, metrics["r1"] = r1_update(d_params, d_opt)
 
         def g_update(g_params, g_opt, g_ema):
             def g_loss(g_params):
@@ -331,21 +333,18 @@ def make_train_step(cfg: GanConfig, mesh: Mesh):
             return g_params, g_opt, g_ema, loss_g
 
         # A discriminator warm-up step (``train_g`` False) leaves G, its Adam state and the EMA untouched.
-        g_params, g_opt, g_ema, metrics["loss_g"] = jax.lax.cond(
-            train_g, g_update, lambda p, o, e: (p, o, e, jnp.float32(jnp.nan)), state.g_params, state.g_opt,
-            state.g_ema)
+        g_params, g_opt, g_ema = state.g_params, state.g_opt, state.g_ema
+        if train_g:
+            g_params, g_opt, g_ema, metrics["loss_g"] = g_update(g_params, g_opt, g_ema)
         return GanState(state.step + 1, g_params, d_params, g_ema, g_opt, d_opt, state.key), metrics
 
-    jitted = jax.jit(step, in_shardings=(replicated, batched, replicated, replicated),
+    jitted = jax.jit(step, static_argnums=(2, 3), in_shardings=(replicated, batched),
                      out_shardings=(replicated, replicated), donate_argnums=(0,))
 
     def run(state: GanState, reals, do_r1: bool, train_g: bool = True):
-        state, metrics = jitted(state, reals, jnp.asarray(bool(do_r1)), jnp.asarray(bool(train_g)))
-        if not do_r1:
-            del metrics["r1"]  # a step without R1 reports no penalty
-        if not train_g:
-            del metrics["loss_g"]  # nor a warm-up step a generator loss
-        return state, metrics
+        return jitted(state, reals, bool(do_r1), bool(train_g))  # a step without R1 reports no penalty, etc.
+
+    run.lower = lambda state, reals, do_r1, train_g=True: jitted.lower(state, reals, bool(do_r1), bool(train_g))
 
     return run
 
