@@ -15,6 +15,7 @@ stream, or a seeded permutation of a folder per epoch), so ``--resume`` continue
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -168,7 +169,10 @@ def generator_quality(config: stylegan2.GeneratorConfig, g_params, n: int = 256,
 
     ``oracle_confidence``: share of generated pixels within the oracle's colour tolerance (1.0 for real scenes);
     ``class_freq`` / ``data_class_freq``: pixel share per class of the oracle's segmentation of generated images
-    and of real masks; ``class_freq_tv``: their total-variation distance (0 = same layout statistics).
+    and of real masks; ``class_freq_tv``: their total-variation distance (0 = same layout statistics);
+    ``colour_fidelity`` / ``data_colour_fidelity``: per object class, the share of regions shaped like it that are
+    drawn in its colour (``shapes.colour_fidelity``; a red lake counts against water), on generated images and on
+    the real scenes (the shape classifier's own ceiling); ``colour_fidelity_min``: the lowest generated class.
     """
     images = []
     key = jax.random.key(seed)
@@ -180,10 +184,19 @@ def generator_quality(config: stylegan2.GeneratorConfig, g_params, n: int = 256,
     seg = shapes.segment(images)
     real = shapes.render_batch(shapes.TEST_SEED, 0, n, config.size).mask
     gen_freq, data_freq = shapes.class_frequencies(seg), shapes.class_frequencies(real)
+    fidelity, data_fidelity = (shapes.colour_fidelity(m, _shape_classifier(config.size)) for m in (seg, real))
+    shares = [v for v in fidelity["per_class"].values() if v is not None]
     return {"oracle_confidence": shapes.oracle_confidence(images), "class_freq": gen_freq.round(4).tolist(),
+            "colour_fidelity": fidelity, "data_colour_fidelity": data_fidelity,
+            "colour_fidelity_min": min(shares) if shares else float("nan"),
             "data_class_freq": data_freq.round(4).tolist(),
             "class_freq_tv": float(0.5 * np.abs(gen_freq - data_freq).sum()),
             "layout_agreement": _pairwise_agreement(seg), "data_layout_agreement": _pairwise_agreement(real), "n": n}
+
+
+@functools.lru_cache(maxsize=2)
+def _shape_classifier(size: int) -> shapes.ShapeClassifier:
+    return shapes.shape_classifier(size=size)
 
 
 def _pairwise_agreement(masks: np.ndarray, pairs: int = 64) -> float:
@@ -311,7 +324,7 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
                 t_last, steps_since = now, 0
                 if folder is None and done % eval_every == 0:
                     q = generator_quality(cfg.generator, state.g_ema, n=128)
-                    last.update({f"quality/{k}": v for k, v in q.items() if not isinstance(v, list)})
+                    last.update({f"quality/{k}": v for k, v in q.items() if isinstance(v, (int, float))})
                 metrics_file.write(json.dumps(last) + "\n")
                 events.record(last)
                 log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()))

@@ -27,7 +27,8 @@ import numpy as np
 __all__ = [
     "CLASS_NAMES", "BASE_COLORS", "MAX_DEVIATION", "ORACLE_TOLERANCE", "SIZE", "Scene", "render", "render_batch",
     "segment", "oracle_confidence", "class_frequencies", "scribbles", "upsample_mask", "downsample_mask",
-    "SHOT_SEED", "TEST_SEED", "TRAIN_SEED",
+    "SHOT_SEED", "TEST_SEED", "TRAIN_SEED", "OBJECT_CLASSES", "regions", "ShapeClassifier", "shape_classifier",
+    "colour_fidelity",
 ]
 
 SIZE = 64
@@ -213,3 +214,91 @@ def downsample_mask(mask, size: int) -> np.ndarray:
     if mask.shape[-1] != size * f or mask.shape[-2] != size * f:
         raise ValueError(f"mask of shape {mask.shape[-2:]} is not a multiple of {size}")
     return mask[..., f // 2::f, f // 2::f]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Colour fidelity: is a region drawn in the colour its shape calls for?
+
+OBJECT_CLASSES = (SUN, WATER, TREE, HOUSE)  # the classes whose regions have a shape of their own
+MIN_REGION_PX = 6  # smaller connected regions (specks at a boundary) are not judged
+_SHAPE_K = 7
+
+
+def _region_features(region: np.ndarray, size: int) -> np.ndarray:
+    """Shape features of one connected region (a boolean (H, W) mask): log aspect (width / height), fill of the
+    bounding box, the width at 10/30/50/70/90% of its height over its widest row, log area and the height of its
+    centre in the image. Nothing about colour."""
+    ys, xs = np.nonzero(region)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    h, w = y1 - y0, x1 - x0
+    widths = region[y0:y1, x0:x1].sum(1).astype(np.float32)
+    profile = [widths[min(int(f * h), h - 1)] / widths.max() for f in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    return np.array([np.log(w / h), len(ys) / (h * w), *profile, np.log(len(ys)), ys.mean() / size], np.float32)
+
+
+def regions(mask: np.ndarray, classes=OBJECT_CLASSES) -> list[tuple[int, np.ndarray]]:
+    """The connected regions (8-neighbour) of ``classes`` in one (H, W) class map with at least MIN_REGION_PX
+    pixels: [(class, features)]."""
+    from scipy import ndimage
+
+    out = []
+    for c in classes:
+        labels, n = ndimage.label(mask == c, structure=np.ones((3, 3)))
+        for i in range(1, n + 1):
+            region = labels == i
+            if region.sum() >= MIN_REGION_PX:
+                out.append((c, _region_features(region, mask.shape[0])))
+    return out
+
+
+class ShapeClassifier(NamedTuple):
+    """k-nearest neighbours (standardised features) over the regions of real scenes, whose class is known."""
+
+    features: np.ndarray  # (N, F) standardised
+    classes: np.ndarray  # (N,)
+    mean: np.ndarray
+    std: np.ndarray
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        x = (np.atleast_2d(features) - self.mean) / self.std
+        d = ((x[:, None, :] - self.features[None]) ** 2).sum(-1)
+        nearest = self.classes[np.argsort(d, axis=1)[:, :_SHAPE_K]]
+        votes = np.stack([(nearest == c).sum(1) for c in OBJECT_CLASSES], 1)
+        return np.asarray(OBJECT_CLASSES)[votes.argmax(1)]
+
+
+def shape_classifier(n_scenes: int = 1000, size: int = SIZE) -> ShapeClassifier:
+    """A region's class from its shape alone, fitted on the exact masks of ``n_scenes`` training-stream scenes."""
+    masks = render_batch(TRAIN_SEED, 0, n_scenes, size).mask
+    found = [r for m in masks for r in regions(m)]
+    x = np.stack([f for _, f in found])
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    return ShapeClassifier((x - mean) / std, np.array([c for c, _ in found]), mean, std)
+
+
+def colour_fidelity(masks: np.ndarray, classifier: ShapeClassifier) -> dict:
+    """Of the regions whose shape says class c (a lake's wide ellipse, a house's roofed box, a tree's crown on a
+    trunk, the sun's disc), the share drawn in c's colour, per class of OBJECT_CLASSES.
+
+    ``masks``: (N, H, W) class maps by colour (:func:`segment` of generated images). A lake drawn red (the house's
+    colour) is a region with a lake's shape and the house's colour: it lowers water's fidelity. A house drawn as a
+    roofless red blob has a shape the classifier may call a lake or a tree: it lowers theirs. Returns
+    ``{"per_class": {name: share}, "n_regions": {name: count}, "confusion": [[shape c, colour c'] counts]}``;
+    a class with no region of its shape has no share (None). On real scenes (masks = truth) the shares are the
+    classifier's own precision: the ceiling to read generated figures against."""
+    found = [r for m in np.asarray(masks) for r in regions(m)]
+    k = len(OBJECT_CLASSES)
+    confusion = np.zeros((k, k), np.int64)
+    if found:
+        colours = np.array([c for c, _ in found])
+        shapes_ = classifier.predict(np.stack([f for _, f in found]))
+        index = {c: i for i, c in enumerate(OBJECT_CLASSES)}
+        for s, c in zip(shapes_, colours):
+            confusion[index[int(s)], index[int(c)]] += 1
+    per_class, counts = {}, {}
+    for i, c in enumerate(OBJECT_CLASSES):
+        n = int(confusion[i].sum())
+        counts[CLASS_NAMES[c]] = n
+        per_class[CLASS_NAMES[c]] = float(confusion[i, i] / n) if n else None
+    return {"per_class": per_class, "n_regions": counts, "confusion": confusion.tolist(),
+            "classes": [CLASS_NAMES[c] for c in OBJECT_CLASSES]}
