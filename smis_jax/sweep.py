@@ -14,7 +14,7 @@ afresh. Each seed's output goes to ``WORKDIR/seed-S.log``.
 
 Writes ``WORKDIR/sweep.json`` (per row of groundtruth.json, per-class IoU included: the values per seed, mean,
 standard deviation (n - 1), min and max) and ``WORKDIR/sweep.md`` (the same as a markdown table, mean +- sd and
-range, seeds named).
+range, seeds named) and ``WORKDIR/sweep.png`` (per-class bars: mean, min..max, a dot per seed).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from smis_jax import plots, viz
 from smis_jax.config import DOMAINS
 
 __all__ = ["flatten", "spread", "format_markdown", "main"]
@@ -149,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{first.get('n_samples')} samples, {first.get('n_test_masks')} held-out masks)")
     table = format_markdown(rows, args.seeds, title)
     (workdir / "sweep.md").write_text(table)
+    viz.save_png(workdir / "sweep.png", plots.groundtruth_bars([results[s] for s in args.seeds]))
     print(table)
     return 0
 

@@ -96,6 +96,10 @@ def test_readme_quotes_the_shipped_generators_provenance():
         f"{100 * q['data_layout_agreement']:.1f}% for real scenes",
         f"--max-kimg 400 --batch-size {gan['batch_size']} --n-mlp {gan['n_mlp']} --lr {gan['lr']:g} "
         f"--r1-gamma {gan['r1_gamma']:g}",
+        "same 512 samples: " + ", ".join(f"{k} {v:.2f}" for k, v in q["colour_fidelity"]["per_class"].items())
+        + ", against " + " / ".join(f"{v:.2f}" for v in q["data_colour_fidelity"]["per_class"].values()),
+        f"Of the {q['colour_fidelity']['n_regions']['water']} lake-shaped regions, "
+        f"{q['colour_fidelity']['confusion'][1][3]} are drawn red",
     ]
     for phrase in expected:
         assert phrase in text, phrase

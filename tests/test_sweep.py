@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from smis_jax import sweep
+from test_figures import assert_drawn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,6 +82,7 @@ def test_sweep_on_a_tiny_schedule_then_resumed(tmp_path):
         assert set(r["values"]) == {"0", "1"} and r["min"] <= r["mean"] <= r["max"], name
     assert rows["inversion/mse"]["values"]["0"] != rows["inversion/mse"]["values"]["1"]  # the seed drew other codes
     assert "over seeds 0, 1" in (work / "sweep.md").read_text()
+    assert_drawn(np.asarray(Image.open(work / "sweep.png")), (960, 1040))
 
     again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
