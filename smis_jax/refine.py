@@ -1,7 +1,7 @@
 """Post-refinement of the encoder's W+ codes so the generator's 64x64 features agree with the mask.
 
-Two methods, both jitted and batched over masks (one program for B masks; each mask has its own Adam state, since
-Adam is element-wise and the batch loss is the sum of the per-mask losses):
+Two methods, both jitted and batched over masks (one program per Adam step for B masks, looped in Python; each mask
+has its own Adam state, since Adam is element-wise and the batch loss is the sum of the per-mask losses):
 
 * ``original``: the extended release's ``scripts/inference_w_post.py`` (SPEC 1g), exact. A per-layer PCA of sampled
   W+ (:func:`compute_pca`); the top-8 PCA coefficients of **layer 0** are optimised; layers 0..L-1 (L = 8) are
@@ -202,11 +202,6 @@ def prototypes_for(run_export) -> tuple[labeling.DensePrototypes, bool]:
 # ---------------------------------------------------------------------------------------------------------------
 # The jitted loops
 
-def _history_capacity(steps: int) -> int:
-    """Loss-history slots: one program serves every step count up to 256 (then powers of two)."""
-    return max(256, 1 << int(np.ceil(np.log2(max(steps, 1)))))
-
-
 def _features(gen_cfg, gen_params, noise, w_plus):
     _, f = Generator(gen_cfg).apply(gen_params, w_plus, noise, FEATURE_RES)
     return f.astype(jnp.float32)  # (B, 64, 64, C)
@@ -242,62 +237,83 @@ def wplus_loss(features, labels64, proto_vectors, present, ignore0, temperature)
     return jnp.sum(jnp.where(valid, nll, 0.0), axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
 
 
-def _adam_loop(loss_fn, params, steps, lr, capacity: int):
-    """Adam (torch defaults: betas 0.9/0.999, eps 1e-8) for ``steps`` updates of ``sum_b loss_b``; returns
-    (params, history (capacity + 1, B)) where history[i] is the loss before update i, history[steps] the final."""
-    tx = optax.adam(lr)
-    grad_fn = jax.value_and_grad(lambda p: (lambda l: (jnp.sum(l), l))(loss_fn(p)), has_aux=True)
+@functools.lru_cache(maxsize=None)
+def _adam_step(loss):
+    """One jitted Adam update (torch defaults: betas 0.9/0.999, eps 1e-8) of ``sum_b loss(p, *args)_b``:
+    ``(p, state, lr, *args) -> (p, state, loss before the update (B,))``, p and state donated.
 
-    def body(i, carry):
-        p, state, hist = carry
-        (_, per), g = grad_fn(p)
-        updates, state = tx.update(g, state, p)
-        return optax.apply_updates(p, updates), state, hist.at[i].set(per)
+    The driver (:func:`_adam_run`) loops in Python. The same updates as a ``lax.fori_loop`` inside one program ran
+    2.5x slower: XLA:CPU runs a loop's body slower than the same computation outside a loop (BENCHMARKS.md)."""
+    grad_fn = jax.value_and_grad(lambda p, *a: (lambda l: (jnp.sum(l), l))(loss(p, *a)), has_aux=True)
 
-    b = jax.eval_shape(loss_fn, params).shape[0]
-    hist = jnp.zeros((capacity + 1, b), jnp.float32)
-    params, _, hist = jax.lax.fori_loop(0, steps, body, (params, tx.init(params), hist))
-    return params, hist.at[steps].set(loss_fn(params))
+    def step(p, state, lr, *args):
+        (_, per), g = grad_fn(p, *args)
+        updates, state = optax.adam(lr).update(g, state, p)
+        return optax.apply_updates(p, updates), state, per
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _adam_run(loss, final, p, args, steps: int, lr) -> tuple[jax.Array, np.ndarray]:
+    """``steps`` Adam updates of ``p`` from :func:`_adam_step`; returns (``final(p, *args)``'s codes, history
+    (steps + 1, B)) where history[i] is the loss before update i and history[steps] the final loss."""
+    step = _adam_step(loss)
+    state = optax.adam(lr).init(p)
+    hist = []
+    for _ in range(steps):
+        p, state, per = step(p, state, lr, *args)
+        hist.append(per)
+    codes, last = final(p, *args)
+    return codes, np.stack([np.asarray(h) for h in hist + [last]])
 
 
 @functools.lru_cache(maxsize=None)
-def _original_fn(gen_cfg, top: int, rebuilt: int, capacity: int):
-    def fn(gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, steps, lr):
-        # mean (L, D), vectors (L, D, D): the first ``rebuilt`` layers' PCA.
-        d = w0.shape[-1]
+def _original_fns(gen_cfg, top: int, rebuilt: int):
+    """(prepare, loss, final) of the original: the layer-0 PCA coefficients' top ``top`` are optimised."""
+
+    def prepare(w0, mean, vectors):
+        # mean (L, D), vectors (L, D, D): the first ``rebuilt`` layers' PCA; g0: the script's g_partial[:1]
         g0 = jnp.einsum("de,be->bd", jnp.linalg.inv(vectors[0]), w0[:, 0] - mean[0], precision=_PRECISION)
-        fixed, start = g0, d - top  # the script's g_partial[:1]; st_dim = D - top, ed_dim = D
+        return g0[:, w0.shape[-1] - top:], g0  # st_dim = D - top, ed_dim = D
 
-        def codes_of(coeffs):  # (B, top) -> W+ (B, S, D)
-            g = jnp.concatenate([fixed[:, :start], coeffs], axis=1)  # (B, D)
-            rebuilt_codes = jnp.einsum("lde,be->bld", vectors, g, precision=_PRECISION) + mean[None]
-            return jnp.concatenate([rebuilt_codes, w0[:, rebuilt:]], axis=1)
+    def codes_of(coeffs, w0, mean, vectors, g0):  # (B, top) -> W+ (B, S, D)
+        g = jnp.concatenate([g0[:, :w0.shape[-1] - top], coeffs], axis=1)  # (B, D)
+        rebuilt_codes = jnp.einsum("lde,be->bld", vectors, g, precision=_PRECISION) + mean[None]
+        return jnp.concatenate([rebuilt_codes, w0[:, rebuilt:]], axis=1)
 
-        loss_fn = lambda c: original_loss(_features(gen_cfg, gen_params, noise, codes_of(c)), labels64,  # noqa
-                                          proto_vectors, ignore0)
-        coeffs, hist = _adam_loop(loss_fn, fixed[:, start:], steps, lr, capacity)
-        return codes_of(coeffs), hist
+    def loss(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0):
+        return original_loss(_features(gen_cfg, gen_params, noise, codes_of(coeffs, w0, mean, vectors, g0)),
+                             labels64, proto_vectors, ignore0)
 
-    return jax.jit(fn)
+    def final(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0):
+        return (codes_of(coeffs, w0, mean, vectors, g0),
+                loss(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0))
+
+    return jax.jit(prepare), loss, jax.jit(final)
 
 
 @functools.lru_cache(maxsize=None)
-def _wplus_fn(gen_cfg, capacity: int):
-    def fn(gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask, steps, lr, temperature,
-           proximity):
+def _wplus_fns(gen_cfg):
+    """(loss, final) of ours: an offset ``delta`` on the selected layers of W+ is optimised."""
+
+    def codes_of(delta, w0, layer_mask):
+        return w0 + delta * layer_mask[None, :, None].astype(jnp.float32)
+
+    def loss(delta, gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask, temperature,
+             proximity):
         sel = layer_mask[None, :, None].astype(jnp.float32)
         n_sel = jnp.maximum(jnp.sum(layer_mask), 1) * w0.shape[-1]
+        ce = wplus_loss(_features(gen_cfg, gen_params, noise, codes_of(delta, w0, layer_mask)), labels64,
+                        proto_vectors, present, ignore0, temperature)
+        return ce + proximity * jnp.sum((delta * sel) ** 2, axis=(1, 2)) / n_sel
 
-        def loss_fn(delta):
-            w = w0 + delta * sel
-            ce = wplus_loss(_features(gen_cfg, gen_params, noise, w), labels64, proto_vectors, present, ignore0,
-                            temperature)
-            return ce + proximity * jnp.sum((delta * sel) ** 2, axis=(1, 2)) / n_sel
+    def final(delta, gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask, temperature,
+              proximity):
+        return (codes_of(delta, w0, layer_mask),
+                loss(delta, gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask,
+                     temperature, proximity))
 
-        delta, hist = _adam_loop(loss_fn, jnp.zeros_like(w0), steps, lr, capacity)
-        return w0 + delta * sel, hist
-
-    return jax.jit(fn)
+    return loss, jax.jit(final)
 
 
 def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Options | None = None,
@@ -322,16 +338,17 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
     if labels64.shape[0] != w_plus.shape[0]:
         raise InvalidValueError(f"{labels64.shape[0]} masks for {w_plus.shape[0]} codes")
     steps = int(options.steps)
-    capacity = _history_capacity(steps)
     noise = list(generator.noises)[:cfg.num_noise_layers(FEATURE_RES)]
     common = (generator.params, noise, w_plus, jnp.asarray(labels64), jnp.asarray(protos.vectors, jnp.float32))
+    lr = jnp.float32(options.lr)
     if options.method == "original":
         pca = pca or compute_pca(generator)
         n = min(options.rebuilt, cfg.n_latent)
         top = min(options.top, cfg.style_dim)
-        fn = _original_fn(cfg, top, n, capacity)
-        out, hist = fn(*common, jnp.bool_(sparse), jnp.asarray(pca.mean[:n]), jnp.asarray(pca.vectors[:n]),
-                       jnp.int32(steps), jnp.float32(options.lr))
+        prepare, loss, final = _original_fns(cfg, top, n)
+        mean, vectors = jnp.asarray(pca.mean[:n]), jnp.asarray(pca.vectors[:n])
+        coeffs, g0 = prepare(w_plus, mean, vectors)
+        out, hist = _adam_run(loss, final, coeffs, (*common, jnp.bool_(sparse), mean, vectors, g0), steps, lr)
     else:
         layers = range(cfg.n_latent) if options.layers is None else options.layers
         bad = [i for i in layers if not 0 <= int(i) < cfg.n_latent]
@@ -339,10 +356,11 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
             raise InvalidValueError(f"refinement layers must be in 0..{cfg.n_latent - 1}, got {bad}")
         mask = np.zeros(cfg.n_latent, bool)
         mask[list(layers)] = True
-        fn = _wplus_fn(cfg, capacity)
-        out, hist = fn(*common, jnp.asarray(protos.present), jnp.bool_(sparse), jnp.asarray(mask), jnp.int32(steps),
-                       jnp.float32(options.lr), jnp.float32(options.temperature), jnp.float32(options.proximity))
-    return Result(out, np.asarray(hist)[: steps + 1].T, options)
+        loss, final = _wplus_fns(cfg)
+        args = (*common, jnp.asarray(protos.present), jnp.bool_(sparse), jnp.asarray(mask),
+                jnp.float32(options.temperature), jnp.float32(options.proximity))
+        out, hist = _adam_run(loss, final, jnp.zeros_like(w_plus), args, steps, lr)
+    return Result(out, hist.T, options)
 
 
 @functools.lru_cache(maxsize=None)
