@@ -274,9 +274,10 @@ def _fake(cfg: GanConfig, g_params, key, batch: int, shard):
 @functools.lru_cache(maxsize=8)
 def make_train_step(cfg: GanConfig, mesh: Mesh):
     """``step(state, reals (B, S, S, 3), do_r1, train_g=True) -> (state, metrics)``: one D update, [one R1 D
-    update,] [one G update and the EMA], jitted once per combination of the static flags ``do_r1`` and
-    ``train_g`` (a plain and an R1 program in a normal run), state donated, the batch sharded over ``mesh``'s data axis. ``train_g=False`` is a discriminator warm-up step (a run that
-    starts from a trained generator and a fresh discriminator)."""
+    update,] [one G update and the EMA], jitted once per combination of the static flags ``do_r1`` and ``train_g``
+    (a plain and an R1 program in a normal run), state donated, the batch sharded over ``mesh``'s data axis.
+    ``train_g=False`` is a discriminator warm-up step (a run that starts from a trained generator and a fresh
+    discriminator). ``step.lower(...)`` lowers the same program (for XLA's cost analysis)."""
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:
         raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")

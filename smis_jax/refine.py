@@ -254,66 +254,64 @@ def _adam_step(loss):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def _adam_run(loss, final, p, args, steps: int, lr) -> tuple[jax.Array, np.ndarray]:
-    """``steps`` Adam updates of ``p`` from :func:`_adam_step`; returns (``final(p, *args)``'s codes, history
-    (steps + 1, B)) where history[i] is the loss before update i and history[steps] the final loss."""
+@functools.lru_cache(maxsize=None)
+def _adam_final(loss, codes):
+    """Jitted ``(p, *args) -> (codes(p, *args), loss(p, *args))``: the refined W+ and the loss after the last update."""
+    return jax.jit(lambda p, *args: (codes(p, *args), loss(p, *args)))
+
+
+def _adam_run(loss, codes, p, args, steps: int, lr) -> tuple[jax.Array, np.ndarray]:
+    """``steps`` Adam updates of ``p`` from :func:`_adam_step`; returns (``codes(p, *args)``, history (steps + 1, B))
+    where history[i] is the loss before update i and history[steps] the final loss. ``codes`` takes ``loss``'s
+    arguments."""
     step = _adam_step(loss)
     state = optax.adam(lr).init(p)
     hist = []
     for _ in range(steps):
         p, state, per = step(p, state, lr, *args)
         hist.append(per)
-    codes, last = final(p, *args)
-    return codes, np.stack([np.asarray(h) for h in hist + [last]])
+    out, last = _adam_final(loss, codes)(p, *args)
+    return out, np.stack([np.asarray(h) for h in hist + [last]])
 
 
 @functools.lru_cache(maxsize=None)
 def _original_fns(gen_cfg, top: int, rebuilt: int):
-    """(prepare, loss, final) of the original: the layer-0 PCA coefficients' top ``top`` are optimised."""
+    """(prepare, loss, codes) of the original: the layer-0 PCA coefficients' top ``top`` are optimised."""
 
     def prepare(w0, mean, vectors):
         # mean (L, D), vectors (L, D, D): the first ``rebuilt`` layers' PCA; g0: the script's g_partial[:1]
         g0 = jnp.einsum("de,be->bd", jnp.linalg.inv(vectors[0]), w0[:, 0] - mean[0], precision=_PRECISION)
         return g0[:, w0.shape[-1] - top:], g0  # st_dim = D - top, ed_dim = D
 
-    def codes_of(coeffs, w0, mean, vectors, g0):  # (B, top) -> W+ (B, S, D)
+    def codes(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0):  # -> W+ (B, S, D)
         g = jnp.concatenate([g0[:, :w0.shape[-1] - top], coeffs], axis=1)  # (B, D)
         rebuilt_codes = jnp.einsum("lde,be->bld", vectors, g, precision=_PRECISION) + mean[None]
         return jnp.concatenate([rebuilt_codes, w0[:, rebuilt:]], axis=1)
 
     def loss(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0):
-        return original_loss(_features(gen_cfg, gen_params, noise, codes_of(coeffs, w0, mean, vectors, g0)),
-                             labels64, proto_vectors, ignore0)
+        w = codes(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0)
+        return original_loss(_features(gen_cfg, gen_params, noise, w), labels64, proto_vectors, ignore0)
 
-    def final(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0):
-        return (codes_of(coeffs, w0, mean, vectors, g0),
-                loss(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0))
-
-    return jax.jit(prepare), loss, jax.jit(final)
+    return jax.jit(prepare), loss, codes
 
 
 @functools.lru_cache(maxsize=None)
 def _wplus_fns(gen_cfg):
-    """(loss, final) of ours: an offset ``delta`` on the selected layers of W+ is optimised."""
+    """(loss, codes) of ours: an offset ``delta`` on the selected layers of W+ is optimised."""
 
-    def codes_of(delta, w0, layer_mask):
+    def codes(delta, gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask, temperature,
+              proximity):
         return w0 + delta * layer_mask[None, :, None].astype(jnp.float32)
 
     def loss(delta, gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask, temperature,
              proximity):
         sel = layer_mask[None, :, None].astype(jnp.float32)
         n_sel = jnp.maximum(jnp.sum(layer_mask), 1) * w0.shape[-1]
-        ce = wplus_loss(_features(gen_cfg, gen_params, noise, codes_of(delta, w0, layer_mask)), labels64,
-                        proto_vectors, present, ignore0, temperature)
+        ce = wplus_loss(_features(gen_cfg, gen_params, noise, w0 + delta * sel), labels64, proto_vectors, present,
+                        ignore0, temperature)
         return ce + proximity * jnp.sum((delta * sel) ** 2, axis=(1, 2)) / n_sel
 
-    def final(delta, gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask, temperature,
-              proximity):
-        return (codes_of(delta, w0, layer_mask),
-                loss(delta, gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask,
-                     temperature, proximity))
-
-    return loss, jax.jit(final)
+    return loss, codes
 
 
 def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Options | None = None,
@@ -345,10 +343,10 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
         pca = pca or compute_pca(generator)
         n = min(options.rebuilt, cfg.n_latent)
         top = min(options.top, cfg.style_dim)
-        prepare, loss, final = _original_fns(cfg, top, n)
+        prepare, loss, codes = _original_fns(cfg, top, n)
         mean, vectors = jnp.asarray(pca.mean[:n]), jnp.asarray(pca.vectors[:n])
         coeffs, g0 = prepare(w_plus, mean, vectors)
-        out, hist = _adam_run(loss, final, coeffs, (*common, jnp.bool_(sparse), mean, vectors, g0), steps, lr)
+        out, hist = _adam_run(loss, codes, coeffs, (*common, jnp.bool_(sparse), mean, vectors, g0), steps, lr)
     else:
         layers = range(cfg.n_latent) if options.layers is None else options.layers
         bad = [i for i in layers if not 0 <= int(i) < cfg.n_latent]
@@ -356,10 +354,10 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
             raise InvalidValueError(f"refinement layers must be in 0..{cfg.n_latent - 1}, got {bad}")
         mask = np.zeros(cfg.n_latent, bool)
         mask[list(layers)] = True
-        loss, final = _wplus_fns(cfg)
+        loss, codes = _wplus_fns(cfg)
         args = (*common, jnp.asarray(protos.present), jnp.bool_(sparse), jnp.asarray(mask),
                 jnp.float32(options.temperature), jnp.float32(options.proximity))
-        out, hist = _adam_run(loss, final, jnp.zeros_like(w_plus), args, steps, lr)
+        out, hist = _adam_run(loss, codes, jnp.zeros_like(w_plus), args, steps, lr)
     return Result(out, hist.T, options)
 
 

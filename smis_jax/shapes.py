@@ -261,8 +261,9 @@ class ShapeClassifier(NamedTuple):
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         x = (np.atleast_2d(features) - self.mean) / self.std
-        d = ((x[:, None, :] - self.features[None]) ** 2).sum(-1)
-        nearest = self.classes[np.argsort(d, axis=1)[:, :_SHAPE_K]]
+        # squared distances as |x|^2 - 2 x.f + |f|^2: (n, N), without an (n, N, F) intermediate
+        d = (x * x).sum(1)[:, None] - 2 * x @ self.features.T + (self.features ** 2).sum(1)[None]
+        nearest = self.classes[np.argpartition(d, _SHAPE_K - 1, axis=1)[:, :_SHAPE_K]]
         votes = np.stack([(nearest == c).sum(1) for c in OBJECT_CLASSES], 1)
         return np.asarray(OBJECT_CLASSES)[votes.argmax(1)]
 
