@@ -136,6 +136,9 @@ class TrainConfig:
     # encoder's codes (training.label_space_loss).
     label_lambda: float = 0.0
     label_temperature: float = 0.1
+    # Beyond the paper: weight of an image-space term, pSp's MSE between the sample and the image decoded from the
+    # encoder's codes (same noise), both average-pooled to at most 64x64 (training.image_space_loss).
+    image_lambda: float = 0.0
     # How generated samples are pseudo-labelled (smis_jax.labelers): 'paper' (the original's class means / annotated
     # vectors), 'knn', 'multiscale' or 'linear'.
     labeler: str = "paper"
@@ -184,6 +187,8 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not self.label_lambda >= 0:
             raise ConfigError(f"label_lambda must be >= 0, got {self.label_lambda}")
+        if not self.image_lambda >= 0:
+            raise ConfigError(f"image_lambda must be >= 0, got {self.image_lambda}")
         if not self.label_temperature > 0:
             raise ConfigError(f"label_temperature must be > 0, got {self.label_temperature}")
         if self.labeler not in LABELERS:

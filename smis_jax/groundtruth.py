@@ -290,6 +290,7 @@ def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] =
         raise ConfigError(f"{run_export.path}: ground-truth refinement rows need a built-in domain")
     pipeline, gen = run_export.pipeline, run_export.pipeline.generator
     protos, sparse = refine.prototypes_for(run_export)
+    run_labeler = labelers.as_labeler(run_export.prototypes)
     _, labels256, truth64 = builtin.test_masks(domain)
     if n_masks is not None:
         labels256, truth64 = labels256[:n_masks], truth64[:n_masks]
@@ -315,22 +316,25 @@ def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] =
         for k in steps:
             options = refine.default_options(method, int(k), **overrides)
             refine.refine(gen, protos, w0[0], labels256[chunks[0]], dataclasses.replace(options, steps=1),
-                          sparse=sparse).w_plus.block_until_ready()  # compile (every step count <= 256 shares it)
+                          sparse=sparse, labeler=run_labeler).w_plus.block_until_ready()  # compile (every step count <= 256 shares it)
             t0 = time.perf_counter()
-            results = [refine.refine(gen, protos, w, labels256[c], options, sparse=sparse) for w, c in zip(w0, chunks)]
+            results = [refine.refine(gen, protos, w, labels256[c], options, sparse=sparse, labeler=run_labeler)
+                       for w, c in zip(w0, chunks)]
             jax.block_until_ready([r.w_plus for r in results])
             seconds = (time.perf_counter() - t0) / n
             images = np.concatenate([image64(r.w_plus) for r in results])
             s = scores(shapes.segment(images), truth64)
             dist = np.asarray(lpips.lpips_distance(lpips_params, jnp.asarray(images), jnp.asarray(base)))
             loss = np.concatenate([r.losses for r in results])
-            rows[str(k)] = {"miou": s["miou"], "accuracy": s["accuracy"], "seconds_per_mask": seconds,
+            rows[str(k)] = {"miou": s["miou"], "accuracy": s["accuracy"], "per_class": s["per_class"],
+                            "seconds_per_mask": seconds,
                             "lpips_from_unrefined": float(dist.mean()), "loss_first": float(loss[:, 0].mean()),
                             "loss_last": float(loss[:, -1].mean())}
             log(f"refine {method} {k} steps: mIoU {s['miou']:.3f}, accuracy {s['accuracy']:.3f}, "
                 f"{seconds:.3f} s/mask, LPIPS from unrefined {dist.mean():.3f}")
             figure_cols[f"{method} {k}"] = images[:8]
-        out[method] = {"options": dataclasses.asdict(refine.default_options(method, None, **overrides)),
+        chosen = refine.default_options(method, None, **overrides)
+        out[method] = {"options": {**dataclasses.asdict(chosen), "scorer": refine.resolve_scorer(chosen, run_labeler)},
                        "steps": rows}
     if report_dir is not None:
         keep = ["unrefined"] + [f"{m} {steps[-1]}" for m in methods]

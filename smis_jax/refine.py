@@ -9,8 +9,10 @@ has its own Adam state, since Adam is element-wise and the batch loss is the sum
   lr 0.05, the generator's stored noise; loss ``1 - mean_pixels cos(F64, P[class(pixel)])`` with the **dense**
   prototypes (even for sparse sets), class-0 pixels masked (cosine 0, still counted in the mean) for sparse sets.
 * ``wplus`` (ours, beyond the original): all of W+ (or a chosen set of layers) is optimised directly with a
-  label-space loss, the cross-entropy of ``softmax(cos(F64, P) / temperature)`` against the mask's class (sparse:
-  over annotated pixels only), plus ``proximity * mean((w - w_encoder)^2)`` over the optimised layers.
+  label-space loss against the mask's class (sparse: over annotated pixels only), plus
+  ``proximity * mean((w - w_encoder)^2)`` over the optimised layers. The label model (``scorer``) is the run's own
+  ``linear`` labeller (its softmax over multi-scale features) when there is one, else
+  ``softmax(cos(F64, P) / temperature)`` with the prototypes.
 
 Masks come at any size and are reduced to 64x64 with torch's ``nearest`` rule (source pixel ``floor(i * H / 64)``,
 :func:`labels_to_64`; ``x[::4, ::4]`` for 256), as :mod:`smis_jax.labeling` does, so refinement does not depend on
@@ -42,10 +44,12 @@ from smis_jax.errors import InvalidValueError
 from smis_jax.nets import ops
 from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, LoadedGenerator
 
-__all__ = ["METHODS", "PCA", "Options", "Result", "compute_pca", "pca_from_w", "labels_to_64", "refine",
-           "render", "dense_prototypes", "prototypes_for", "default_options"]
+__all__ = ["METHODS", "SCORERS", "PCA", "Options", "Result", "compute_pca", "pca_from_w", "labels_to_64", "refine",
+           "render", "dense_prototypes", "prototypes_for", "default_options", "resolve_scorer",
+           "linear_loss"]
 
 METHODS = ("original", "wplus")
+SCORERS = ("auto", "prototypes", "labeler")  # wplus: cos(F64, P) / T, or the run's `linear` labeller's logits
 PCA_SAMPLES = 1024  # the original's N
 EPS = 1e-8  # torch.nn.functional.cosine_similarity's eps
 _PRECISION = jax.lax.Precision.HIGHEST
@@ -63,7 +67,10 @@ class PCA:
 @dataclasses.dataclass(frozen=True)
 class Options:
     """Refinement settings. ``steps`` = Adam updates. ``original``: ``lr``, ``top`` coefficients of layer 0,
-    ``rebuilt`` = L layers. ``wplus``: ``lr``, ``layers`` (None: all), ``temperature``, ``proximity``."""
+    ``rebuilt`` = L layers. ``wplus``: ``lr``, ``layers`` (None: all), ``temperature``, ``proximity``, ``scorer``
+    (``prototypes``: ``softmax(cos(F64, P) / temperature)``; ``labeler``: the softmax of the run's ``linear``
+    labeller over its multi-scale features, the classifier that made the encoder's pseudo-labels; ``auto``:
+    ``labeler`` when :func:`refine` is given a ``linear`` labeller, else ``prototypes``)."""
 
     method: str = "wplus"
     steps: int = 50
@@ -72,7 +79,8 @@ class Options:
     rebuilt: int = 8
     layers: tuple[int, ...] | None = None
     temperature: float = 0.1
-    proximity: float = 1.0
+    proximity: float = 3.0
+    scorer: str = "auto"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -85,13 +93,18 @@ class Options:
             raise InvalidValueError(f"refinement temperature must be > 0, got {self.temperature}")
         if self.proximity < 0:
             raise InvalidValueError(f"refinement proximity weight must be >= 0, got {self.proximity}")
+        if self.scorer not in SCORERS:
+            raise InvalidValueError(f"refinement scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
+        if self.scorer == "labeler" and self.method != "wplus":
+            raise InvalidValueError(f"scorer {self.scorer!r} is for --refine wplus; the original scores with its "
+                                    f"prototypes")
         if self.top < 1 or self.rebuilt < 1:
             raise InvalidValueError(f"refinement top and rebuilt must be >= 1, got {self.top}, {self.rebuilt}")
 
 
 def default_options(method: str, steps: int | None = None, **overrides) -> Options:
     """The defaults of each method: ``original`` as the script (lr 0.05, 200 updates = its last saved image),
-    ``wplus`` ours (lr 0.05, 50 updates, temperature 0.1, proximity 1)."""
+    ``wplus`` ours (lr 0.05, 50 updates, temperature 0.1, proximity 3, scorer auto)."""
     if method == "original":
         base = Options("original", 200 if steps is None else steps, lr=0.05)
     else:
@@ -237,6 +250,22 @@ def wplus_loss(features, labels64, proto_vectors, present, ignore0, temperature)
     return jnp.sum(jnp.where(valid, nll, 0.0), axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
 
 
+def linear_loss(features, labels64, weight, bias, present, ignore0, shifted):
+    """Cross-entropy of a ``linear`` labeller's softmax against the mask (B,), over the pixels whose class the
+    labeller knows (and, when ``ignore0``, is not class 0). ``shifted``: a sparse labeller's rows are classes 1..
+    (class 0 = not annotated)."""
+    b = features.shape[0]
+    f = features.reshape(b, -1, features.shape[-1]).astype(jnp.float32)
+    logits = jnp.einsum("bpc,cl->bpl", f, weight, precision=_PRECISION) + bias
+    logits = jnp.where(present, logits, -1e30)
+    lab = labels64.reshape(b, -1)
+    row = jnp.maximum(lab - shifted.astype(lab.dtype), 0)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), row[..., None], axis=-1)[..., 0]
+    known = present[row] & jnp.logical_not(jnp.logical_and(shifted, lab == 0))
+    valid = known & jnp.logical_not(jnp.logical_and(ignore0, lab == 0))
+    return jnp.sum(jnp.where(valid, nll, 0.0), axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
+
+
 @functools.lru_cache(maxsize=None)
 def _adam_step(loss):
     """One jitted Adam update (torch defaults: betas 0.9/0.999, eps 1e-8) of ``sum_b loss(p, *args)_b``:
@@ -314,14 +343,34 @@ def _wplus_fns(gen_cfg):
     return loss, codes
 
 
+@functools.lru_cache(maxsize=None)
+def _wplus_labeler_fns(gen_cfg, taps: tuple[int, ...]):
+    """(loss, codes) of ours scored by a ``linear`` labeller reading the blocks ``taps``."""
+
+    def codes(delta, gen_params, noise, w0, labels64, weight, bias, present, ignore0, shifted, layer_mask,
+              proximity):
+        return w0 + delta * layer_mask[None, :, None].astype(jnp.float32)
+
+    def loss(delta, gen_params, noise, w0, labels64, weight, bias, present, ignore0, shifted, layer_mask,
+             proximity):
+        sel = layer_mask[None, :, None].astype(jnp.float32)
+        n_sel = jnp.maximum(jnp.sum(layer_mask), 1) * w0.shape[-1]
+        features = labelers.label_features(gen_cfg, gen_params, w0 + delta * sel, noise, taps)
+        ce = linear_loss(features, labels64, weight, bias, present, ignore0, shifted)
+        return ce + proximity * jnp.sum((delta * sel) ** 2, axis=(1, 2)) / n_sel
+
+    return loss, codes
+
+
 def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Options | None = None,
-           sparse: bool = False, pca: PCA | None = None) -> Result:
+           sparse: bool = False, pca: PCA | None = None, labeler: labelers.Labeler | None = None) -> Result:
     """Refine W+ codes against their masks.
 
     generator: the pipeline's (its stored noise is used). prototypes: dense (or sparse, see
     :func:`dense_prototypes`). w_plus: (B, S, D) full W+ (encoder codes + latent_avg). labels: (B, H, W) class ids
     at any size (reduced to 64x64 by :func:`labels_to_64`). sparse: class 0 means "not annotated" and is ignored.
     pca: for ``original``, the PCA to use (default :func:`compute_pca` of ``generator``).
+    labeler: the run's labeller, needed by ``scorer="labeler"`` (a ``linear`` one: the export's ``prototypes``).
     """
     options = options or Options()
     protos = dense_prototypes(prototypes)
@@ -354,11 +403,42 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
             raise InvalidValueError(f"refinement layers must be in 0..{cfg.n_latent - 1}, got {bad}")
         mask = np.zeros(cfg.n_latent, bool)
         mask[list(layers)] = True
+        if resolve_scorer(options, labeler) == "labeler":
+            lab = _linear_labeler(labeler, protos.n_classes, sparse)
+            loss, codes = _wplus_labeler_fns(cfg, tuple(lab.taps))
+            args = (*common[:4], jnp.asarray(lab.weight, jnp.float32), jnp.asarray(lab.bias, jnp.float32),
+                    jnp.asarray(lab.present), jnp.bool_(sparse), jnp.bool_(not lab.dense), jnp.asarray(mask),
+                    jnp.float32(options.proximity))
+            out, hist = _adam_run(loss, codes, jnp.zeros_like(w_plus), args, steps, lr)
+            return Result(out, hist.T, options)
         loss, codes = _wplus_fns(cfg)
         args = (*common, jnp.asarray(protos.present), jnp.bool_(sparse), jnp.asarray(mask),
                 jnp.float32(options.temperature), jnp.float32(options.proximity))
         out, hist = _adam_run(loss, codes, jnp.zeros_like(w_plus), args, steps, lr)
     return Result(out, hist.T, options)
+
+
+def resolve_scorer(options: Options, labeler=None) -> str:
+    """What ``wplus`` scores with: ``options.scorer``, with ``auto`` = ``labeler`` for a ``linear`` labeller."""
+    if options.method != "wplus":
+        return "prototypes"
+    if options.scorer == "auto":
+        linear = isinstance(labeler, labelers.Labeler) and labeler.kind == "linear"
+        return "labeler" if linear else "prototypes"
+    return options.scorer
+
+
+def _linear_labeler(labeler, n_classes: int, sparse: bool) -> labelers.Labeler:
+    if labeler is None or not isinstance(labeler, labelers.Labeler) or labeler.kind != "linear":
+        got = "none" if labeler is None else getattr(labeler, "kind", type(labeler).__name__)
+        raise ConfigError(f"refinement scorer 'labeler' needs the run's linear labeller (train.run --labeler "
+                          f"linear, the built-in default); got {got}")
+    if labeler.n_classes != n_classes:
+        raise InvalidValueError(f"the labeller has {labeler.n_classes} classes, the prototypes {n_classes}")
+    if labeler.dense == sparse:
+        raise InvalidValueError(f"a {'dense' if labeler.dense else 'sparse'} labeller cannot score "
+                                f"{'sparse' if sparse else 'dense'} masks")
+    return labeler
 
 
 @functools.lru_cache(maxsize=None)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import data, export, refine as refinement, viz
+from smis_jax import data, export, labelers, refine as refinement, viz
 from smis_jax.config import DOMAINS
 from smis_jax.errors import InvalidValueError, MissingFileError, UserError
 from smis_jax.files import check_writable
@@ -214,18 +214,19 @@ def _class_names(export_config: dict, n_classes: int) -> tuple[str, ...]:
 def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, styles: int = 0,
         latent_mask: Sequence[int] | None = None, alpha: float | None = None, seed: int = 0, batch_size: int = 8,
         write_grid: bool = False, noise: str | None = None, show_progress: bool = True,
-        truncation: float = 1.0, refine: str | None = None, refine_steps: int | None = None) -> list[Path]:
+        truncation: float = 1.0, refine: str | None = None, refine_steps: int | None = None,
+        refine_scorer: str = "auto") -> list[Path]:
     """The CLI's work: read masks, synthesise in fixed-shape batches, write PNGs (+ grids); returns written files.
 
     ``refine``: None (off), 'original' or 'wplus' (:mod:`smis_jax.refine`), ``refine_steps`` its Adam updates
-    (default: the method's)."""
+    (default: the method's), ``refine_scorer`` what ``wplus`` scores with (:data:`smis_jax.refine.SCORERS`)."""
     if batch_size < 1:
         raise InvalidValueError(f"batch size must be >= 1, got {batch_size}")
     if styles < 0:
         raise InvalidValueError(f"styles must be >= 0, got {styles}")
     if not 0.0 <= truncation <= 1.0:
         raise InvalidValueError(f"truncation must be in [0, 1], got {truncation}")
-    options = None if refine is None else refinement.default_options(refine, refine_steps)
+    options = None if refine is None else refinement.default_options(refine, refine_steps, scorer=refine_scorer)
     files = collect_masks(masks)
     out = check_writable(out, "output folder")  # before the (slow) load, not after it
     if options is None:
@@ -237,6 +238,7 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
         run_export = export.load(checkpoint)
         pipeline = run_export.pipeline
         protos, sparse = refinement.prototypes_for(run_export)
+        run_labeler = labelers.as_labeler(run_export.prototypes)
     refine_losses: list[float] = []
     cfg = pipeline.encoder.config
     noise = noise or ("random" if styles else "const")
@@ -274,7 +276,7 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
             codes = encode(pipeline, data.onehot(jnp.asarray(labels), cfg.input_nc))
             if options is not None:
                 refined = refinement.refine(pipeline.generator, protos, codes + pipeline.latent_avg, labels, options,
-                                            sparse=sparse)
+                                            sparse=sparse, labeler=run_labeler)
                 codes = refined.w_plus - pipeline.latent_avg
                 refine_losses.extend(float(v) for v in refined.losses[: len(chunk), -1])
             images = decode(pipeline, codes, key, styles=styles, latent_mask=latent_mask, alpha=alpha, noise=noise,
@@ -289,6 +291,7 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
             if styles else None, "alpha": alpha, "truncation": truncation, "noise": noise, "seed": seed,
             "batch_size": batch,
             "refine": None if options is None else {"method": options.method, "steps": options.steps,
+                                                    "scorer": refinement.resolve_scorer(options, run_labeler),
                                                     "final_loss": refine_losses},
             "seconds": round(time.perf_counter() - t0, 3), "device": jax.devices()[0].device_kind}
     (out / "synthesize.json").write_text(json.dumps(info, indent=1))
@@ -327,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "inference_w_post.py) or 'wplus' (ours); default off. Needs a train.run export")
     parser.add_argument("--refine-steps", type=int, default=None,
                         help="refinement updates (default: original 200, wplus 50)")
+    parser.add_argument("--refine-scorer", choices=refinement.SCORERS, default="auto",
+                        help="what 'wplus' scores the features with: the run's linear labeller ('labeler'), the "
+                             "prototypes' cosine ('prototypes'), or 'auto' (default): the labeller where the run "
+                             "has a linear one")
     args = parser.parse_args(argv)
 
     try:
@@ -337,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 written = run(args.checkpoint, args.masks, args.out, styles=args.styles, latent_mask=args.latent_mask,
                               alpha=args.alpha, seed=args.seed, batch_size=args.batch_size, write_grid=args.grid,
                               noise=args.noise, truncation=args.truncation, refine=args.refine,
-                              refine_steps=args.refine_steps)
+                              refine_steps=args.refine_steps, refine_scorer=args.refine_scorer)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -84,6 +84,7 @@ class StepConfig:
     cos_th: float = TrainConfig.cos_th
     label_lambda: float = TrainConfig.label_lambda
     label_temperature: float = TrainConfig.label_temperature
+    image_lambda: float = TrainConfig.image_lambda
     compat: bool = False  # dense labels: let zero prototypes of absent classes compete (the original's bug)
 
     def __post_init__(self):
@@ -153,8 +154,11 @@ def _pseudo_pairs(cfg: StepConfig, gen_params, protos, key: jax.Array, shard: Ca
     :class:`~smis_jax.labelers.Labeler` (or the paper's prototypes)."""
     key_w, key_noise = jax.random.split(key)
     w_plus = shard(sample_latents(cfg, gen_params, key_w))
-    noise = [shard(n) for n in make_noise(cfg.generator, key_noise, cfg.batch_size, until_res=64)]
-    labels = labelers.label_latents(cfg.generator, gen_params, w_plus, noise, protos, topk=cfg.topk,
+    # every layer's noise when the image is rendered (image_lambda); its first layers are those up to 64x64
+    full = with_noise and cfg.image_lambda > 0
+    noise = [shard(n) for n in make_noise(cfg.generator, key_noise, cfg.batch_size, until_res=None if full else 64)]
+    labels = labelers.label_latents(cfg.generator, gen_params, w_plus, noise[:cfg.generator.num_noise_layers(64)],
+                                    protos, topk=cfg.topk,
                                     cos_th=cfg.cos_th, out_size=cfg.encoder.input_size, compat=cfg.compat)
     return (w_plus, shard(labels), noise) if with_noise else (w_plus, shard(labels))
 
@@ -192,6 +196,17 @@ def label_space_loss(cfg: StepConfig, gen_params, latent, noise, labels, protos)
     return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
+def image_space_loss(cfg: StepConfig, gen_params, latent, w_plus, noise) -> jax.Array:
+    """Beyond the paper, pSp's image term: MSE between the sample (``w_plus``, fixed) and the image decoded from the
+    encoder's ``latent``, both with the sample's ``noise`` (every layer) and average-pooled to at most 64x64."""
+    generator = Generator(cfg.generator)
+    target, _ = generator.apply(gen_params, w_plus, noise)
+    image, _ = generator.apply(gen_params, latent, noise)
+    side = min(64, cfg.generator.size)
+    pool = partial(ops.adaptive_avg_pool, out_hw=(side, side))
+    return jnp.mean((pool(image.astype(jnp.float32)) - jax.lax.stop_gradient(pool(target.astype(jnp.float32)))) ** 2)
+
+
 def latent_loss(cfg: StepConfig, params, batch_stats, onehot, w_plus, latent_avg):
     """pSp's loss on W+: ``l2_lambda * MSE(encoder(onehot) + latent_avg, w_plus) + w_norm_lambda * WNorm``.
 
@@ -227,9 +242,14 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
     def loss_fn(params, batch_stats, onehot, w_plus, latent_avg, gen_params, noise, labels, protos):
         loss, (batch_stats, metrics, latent) = latent_loss(cfg, params, batch_stats, onehot, w_plus, latent_avg)
         if cfg.label_lambda:
-            label_loss = label_space_loss(cfg, gen_params, latent, noise, labels, protos)
+            label_loss = label_space_loss(cfg, gen_params, latent, noise[:cfg.generator.num_noise_layers(64)], labels,
+                                          protos)
             loss = loss + cfg.label_lambda * label_loss
             metrics = {**metrics, "loss": loss, "loss_label": label_loss}
+        if cfg.image_lambda:
+            image_loss = image_space_loss(cfg, gen_params, latent, w_plus, noise)
+            loss = loss + cfg.image_lambda * image_loss
+            metrics = {**metrics, "loss": loss, "loss_image": image_loss}
         return loss, (batch_stats, metrics, latent)
 
     def step(state: TrainState, gen_params, protos, latent_avg):

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from smis_jax import labeling, refine
-from smis_jax.errors import InvalidValueError
+from smis_jax import data, labelers, labeling, refine
+from smis_jax.errors import ConfigError, InvalidValueError
 from smis_jax.io import load_generator
 
 torch = pytest.importorskip("torch")
@@ -232,6 +232,84 @@ def test_wplus_loss_ignores_class_zero_when_sparse():
     only1 = loss(f[:, :8], jnp.asarray(lab[:, :8]), protos, present, jnp.bool_(False), 0.1)
     np.testing.assert_allclose(sparse, only1, rtol=1e-6)
     assert not np.allclose(full, sparse)
+
+
+def _np_ce(features, labels, weight, bias, present, shifted):
+    """Mean cross-entropy per mask in float64: rows = classes (dense) or classes 1.. (``shifted``, class 0 skipped)."""
+    out = []
+    for f, lab in zip(np.asarray(features, np.float64), labels):
+        logits = f.reshape(-1, f.shape[-1]) @ np.asarray(weight, np.float64) + np.asarray(bias, np.float64)
+        logits[:, ~present] = -np.inf
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        terms = []
+        for q, c in enumerate(lab.reshape(-1)):
+            row = c - 1 if shifted else c
+            if row >= 0 and present[row]:
+                terms.append(-logp[q, row])
+        out.append(np.mean(terms))
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("shifted", [False, True], ids=["dense", "sparse"])
+def test_linear_loss_is_the_cross_entropy_of_the_labeller(shifted):
+    """The labeller-scored wplus loss against a float64 NumPy cross-entropy: dense rows are classes 0..L-1, sparse
+    rows classes 1..L-1 with class 0 (not annotated) skipped; classes the labeller never saw do not count."""
+    rng = np.random.default_rng(3)
+    f = rng.standard_normal((2, 64, 64, 5)).astype(np.float32)
+    weight = rng.standard_normal((5, 4)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    present = np.asarray([True, False, True, True])
+    lab = rng.integers(0, 5 if shifted else 4, (2, 64, 64)).astype(np.int32)
+    got = jax.jit(refine.linear_loss)(jnp.asarray(f), jnp.asarray(lab), weight, bias, jnp.asarray(present),
+                                      jnp.bool_(shifted), jnp.bool_(shifted))
+    np.testing.assert_allclose(np.asarray(got), _np_ce(f, lab, weight, bias, present, shifted), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def linear_labeler(gen, case):
+    """A linear labeller fitted on the multi-scale features of two other codes drawn with the case's masks."""
+    taps = labelers.taps_of("linear", gen.config)
+    w = np.asarray(gen.mapping(jnp.asarray(np.random.default_rng(5).standard_normal((2, D)), jnp.float32)))
+    codes = jnp.broadcast_to(jnp.asarray(w)[:, None], (2, S, D))
+    noise = list(gen.noises)[:gen.config.num_noise_layers(64)]
+    features = labelers.label_features(gen.config, gen.params, codes, noise, taps)
+    return labelers.fit("linear", features, data.onehot(jnp.asarray(case["labels"]), NC))
+
+
+def test_wplus_scored_by_the_linear_labeller(gen, case, linear_labeler):
+    """scorer 'labeler': the loss is the labeller's cross-entropy, it falls, the labeller's own labels of the refined
+    codes agree with the masks more than before; 'auto' picks it for a linear labeller and the prototypes without."""
+    protos = labeling.DensePrototypes(vectors=jnp.asarray(case["protos"]), present=jnp.ones(NC, bool))
+    codes, labels = case["codes"].numpy(), case["labels"]
+    r = refine.refine(gen, protos, codes, labels, refine.Options("wplus", 20, proximity=0.0, scorer="labeler"),
+                      labeler=linear_labeler)
+    assert np.all(r.losses[:, -1] < 0.7 * r.losses[:, 0])
+    noise = list(gen.noises)[:gen.config.num_noise_layers(64)]
+    feats = lambda w: labelers.label_features(gen.config, gen.params, jnp.asarray(w), noise, linear_labeler.taps)  # noqa: E731
+    lab64 = refine.labels_to_64(labels, NC)
+    w_, b_, p_ = (np.asarray(a) for a in (linear_labeler.weight, linear_labeler.bias, linear_labeler.present))
+    np.testing.assert_allclose(r.losses[:, 0], _np_ce(feats(codes), lab64, w_, b_, p_, False), rtol=1e-4)
+    agree = lambda w: (np.asarray(labelers.label(feats(w), linear_labeler, out_size=64)) == lab64).mean()  # noqa: E731
+    assert agree(r.w_plus) > agree(codes) + 0.1
+    auto = refine.refine(gen, protos, codes, labels, refine.Options("wplus", 2, proximity=0.0),
+                         labeler=linear_labeler)
+    np.testing.assert_allclose(auto.losses[:, 0], r.losses[:, 0], rtol=1e-6)
+    cosine = refine.refine(gen, protos, codes, labels, refine.Options("wplus", 2, proximity=0.0))
+    assert not np.allclose(cosine.losses[:, 0], r.losses[:, 0])
+    assert refine.resolve_scorer(refine.Options("wplus"), linear_labeler) == "labeler"
+    assert refine.resolve_scorer(refine.Options("wplus"), labelers.as_labeler(protos)) == "prototypes"
+    assert refine.resolve_scorer(refine.Options("original"), linear_labeler) == "prototypes"
+    with pytest.raises(ConfigError, match="needs the run's linear labeller.*got paper"):
+        refine.refine(gen, protos, codes, labels, refine.Options("wplus", 1, scorer="labeler"),
+                      labeler=labelers.as_labeler(protos))
+    with pytest.raises(InvalidValueError, match="cannot score sparse masks"):
+        refine.refine(gen, protos, codes, labels, refine.Options("wplus", 1, scorer="labeler"), sparse=True,
+                      labeler=linear_labeler)
+    with pytest.raises(InvalidValueError, match="scorer 'labeler' is for --refine wplus"):
+        refine.Options("original", scorer="labeler")
+    with pytest.raises(InvalidValueError, match="scorer must be one of"):
+        refine.Options("wplus", scorer="oracle")
 
 
 def test_bad_input_is_a_user_error(gen, case):

@@ -52,6 +52,8 @@ TRAIN_FLAGS = {
     "label_lambda": ("--label-lambda", "weight of the label-space loss (beyond the paper; 0 = the paper's W+ MSE "
                                        "only)"),
     "label_temperature": ("--label-temperature", "softmax temperature of the label-space loss's cosine scores"),
+    "image_lambda": ("--image-lambda", "weight of the image-space loss, MSE between the sample and the image decoded "
+                                       "from the encoder's codes at <= 64 px (beyond the paper; 0 = off)"),
     "topk": ("--topk", "sparse labelling: pixels per annotated vector"),
     "cos_th": ("--cos-th", "sparse labelling: cosine threshold"),
     "labeler": ("--labeler", "pseudo-labeller: paper (the original's class means), knn, multiscale or linear "

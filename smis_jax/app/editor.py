@@ -25,7 +25,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from smis_jax import builtin, config as domains, data, export, refine as refinement, synthesize as syn, viz
+from smis_jax import (builtin, config as domains, data, export, labelers, refine as refinement, synthesize as syn,
+                      viz)
 from smis_jax.errors import ConfigError, InvalidValueError, UserError
 from smis_jax.io.converted import ConversionError
 from smis_jax.io import load_pipeline
@@ -125,9 +126,10 @@ class Editor:
             run_export = export.load(checkpoint)
             self.pipeline = run_export.pipeline
             self._refine_protos, self._refine_sparse = refinement.prototypes_for(run_export)
+            self._refine_labeler = labelers.as_labeler(run_export.prototypes)
         except ConversionError:
             self.pipeline = load_pipeline(checkpoint)
-            self._refine_protos, self._refine_sparse = None, False
+            self._refine_protos, self._refine_sparse, self._refine_labeler = None, False, None
         self._refine_lock = threading.Lock()  # one refinement at a time, beside (not blocking) the updates
         self.domain = domain_of(self.pipeline.config)
         self.variants = int(variants)
@@ -202,7 +204,8 @@ class Editor:
             onehot = data.onehot(jax.numpy.asarray(labels[None]), self.domain.n_classes)
             codes = syn.encode(self.pipeline, onehot)
             result = refinement.refine(self.pipeline.generator, self._refine_protos, codes + self.pipeline.latent_avg,
-                                       labels[None], options, sparse=self._refine_sparse)
+                                       labels[None], options, sparse=self._refine_sparse,
+                                       labeler=self._refine_labeler)
             image = syn.decode(self.pipeline, result.w_plus - self.pipeline.latent_avg, jax.random.key(0))
             png = png_bytes(viz.to_uint8(np.asarray(image[0])))
             loss = (float(result.losses[0, 0]), float(result.losses[0, -1]))

@@ -192,7 +192,7 @@ def bench_builtin_step(domain: str = "shapes", batches: Sequence[int] | None = N
     now = TrainConfig.for_domain(domain, **overrides)
     rows = []
     for batch in (batches or [now.batch_size]):
-        variants = {"previous": now.replace(**BUILTIN_BEFORE, label_lambda=0.0),
+        variants = {"previous": now.replace(**BUILTIN_BEFORE, label_lambda=0.0, image_lambda=0.0),
                     "ours": now.replace(batch_size=batch)}
         paths, bases = [], {}
         for name, cfg in variants.items():
