@@ -46,7 +46,7 @@ from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, LoadedGenerator
 
 __all__ = ["METHODS", "SCORERS", "PCA", "Options", "Result", "compute_pca", "pca_from_w", "labels_to_64", "refine",
            "render", "dense_prototypes", "prototypes_for", "default_options", "resolve_scorer",
-           "linear_loss"]
+           "check_scorer", "linear_loss"]
 
 METHODS = ("original", "wplus")
 SCORERS = ("auto", "prototypes", "labeler")  # wplus: cos(F64, P) / T, or the run's `linear` labeller's logits
@@ -191,7 +191,8 @@ def prototypes_for(run_export) -> tuple[labeling.DensePrototypes, bool]:
     Dense domains: the export's prototypes. Sparse domains: the original's ``compute_rep_vec``, i.e. dense
     prototypes of the shots' sparse masks (class 0 = the unannotated pixels), rebuilt for the built-in domains
     from the export's shot codes and the built-in shots with the run's seeded noise (as ``train.run`` builds its
-    prototypes); other sparse exports get :func:`dense_prototypes`' approximation."""
+    prototypes); other sparse exports get :func:`dense_prototypes`' approximation. Other domains' ``linear`` runs
+    keep no prototypes: (None, sparse?), which :func:`refine` accepts for ``wplus`` scored by that labeller."""
     labeler = labelers.as_labeler(run_export.prototypes)  # an export's labeller (--labeler), paper's when old
     protos, sparse = labeler.protos, not labeler.dense
     if labeler.kind == "paper" and isinstance(protos, labeling.DensePrototypes):
@@ -206,6 +207,8 @@ def prototypes_for(run_export) -> tuple[labeling.DensePrototypes, bool]:
         _, features = run_export.pipeline.generator.synthesize(jnp.asarray(shots.w_plus), key=key_proto,
                                                                until_res=FEATURE_RES)
         return labeling.prototypes(features, data.onehot(masks, domain.n_classes), mode="dense"), sparse
+    if labeler.kind == "linear":  # no prototypes: wplus scores with the labeller itself (refine(labeler=...))
+        return None, sparse
     if labeler.kind != "paper":
         raise ConfigError(f"{run_export.path}: refinement scores with the paper's prototypes, and this export's "
                           f"--labeler {labeler.kind} keeps none; train with --labeler paper to refine its results")
@@ -367,13 +370,20 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
     """Refine W+ codes against their masks.
 
     generator: the pipeline's (its stored noise is used). prototypes: dense (or sparse, see
-    :func:`dense_prototypes`). w_plus: (B, S, D) full W+ (encoder codes + latent_avg). labels: (B, H, W) class ids
+    :func:`dense_prototypes`); None only for ``wplus`` scored by a ``linear`` ``labeler``. w_plus: (B, S, D) full W+ (encoder codes + latent_avg). labels: (B, H, W) class ids
     at any size (reduced to 64x64 by :func:`labels_to_64`). sparse: class 0 means "not annotated" and is ignored.
     pca: for ``original``, the PCA to use (default :func:`compute_pca` of ``generator``).
     labeler: the run's labeller, needed by ``scorer="labeler"`` (a ``linear`` one: the export's ``prototypes``).
     """
     options = options or Options()
-    protos = dense_prototypes(prototypes)
+    check_scorer(prototypes, options, labeler)
+    if prototypes is None:  # an export whose labeller keeps no prototypes: only its own scores can refine
+        lab = _linear_labeler(labeler, labeler.n_classes, sparse)
+        channels = generator.config.feature_channels
+        protos = labeling.DensePrototypes(vectors=jnp.zeros((lab.n_classes, channels), jnp.float32),
+                                          present=jnp.ones((lab.n_classes,), bool))  # unused: shapes only
+    else:
+        protos = dense_prototypes(prototypes)
     cfg = generator.config
     w_plus = jnp.asarray(w_plus, jnp.float32)
     if w_plus.ndim != 3 or w_plus.shape[1:] != (cfg.n_latent, cfg.style_dim):
@@ -426,6 +436,16 @@ def resolve_scorer(options: Options, labeler=None) -> str:
         linear = isinstance(labeler, labelers.Labeler) and labeler.kind == "linear"
         return "labeler" if linear else "prototypes"
     return options.scorer
+
+
+def check_scorer(prototypes, options: Options, labeler=None) -> None:
+    """Raise a :class:`ConfigError` when ``options`` need prototypes and there are none (an export whose labeller
+    keeps none): what :func:`refine` checks first, for callers that want to fail before any work."""
+    if prototypes is None and resolve_scorer(options, labeler) != "labeler":
+        kind = getattr(labeler, "kind", None)
+        raise ConfigError(f"refinement '{options.method}' (scorer {options.scorer}) scores with the paper's "
+                          f"prototypes, and there are none here (the run's labeller: {kind}); use --refine "
+                          f"wplus with a linear labeller, or train with --labeler paper")
 
 
 def _linear_labeler(labeler, n_classes: int, sparse: bool) -> labelers.Labeler:

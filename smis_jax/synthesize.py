@@ -239,6 +239,7 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
         pipeline = run_export.pipeline
         protos, sparse = refinement.prototypes_for(run_export)
         run_labeler = labelers.as_labeler(run_export.prototypes)
+        refinement.check_scorer(protos, options, run_labeler)
     refine_losses: list[float] = []
     cfg = pipeline.encoder.config
     noise = noise or ("random" if styles else "const")

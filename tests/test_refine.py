@@ -300,6 +300,11 @@ def test_wplus_scored_by_the_linear_labeller(gen, case, linear_labeler):
     assert refine.resolve_scorer(refine.Options("wplus"), linear_labeler) == "labeler"
     assert refine.resolve_scorer(refine.Options("wplus"), labelers.as_labeler(protos)) == "prototypes"
     assert refine.resolve_scorer(refine.Options("original"), linear_labeler) == "prototypes"
+    # a run whose labeller keeps no prototypes (a real preset's linear run) refines with the labeller alone
+    alone = refine.refine(gen, None, codes, labels, refine.Options("wplus", 20, proximity=0.0), labeler=linear_labeler)
+    np.testing.assert_allclose(np.asarray(alone.w_plus), np.asarray(r.w_plus), atol=1e-6)
+    with pytest.raises(ConfigError, match="refinement 'original' .* there are none here .*linear"):
+        refine.refine(gen, None, codes, labels, refine.Options("original", 1), labeler=linear_labeler)
     with pytest.raises(ConfigError, match="needs the run's linear labeller.*got paper"):
         refine.refine(gen, protos, codes, labels, refine.Options("wplus", 1, scorer="labeler"),
                       labeler=labelers.as_labeler(protos))
@@ -348,10 +353,9 @@ def test_refine_request_parsing():
             ed.parse_refine(json.dumps({"mask": mask, **bad}).encode(), domain)
 
 
-@pytest.fixture(scope="module")
-def dense_export(golden, tmp_path_factory, case):
-    """An export as train.run writes it (run record, dense prototypes) with the golden generator and a random
-    tiny encoder (4 classes)."""
+def _write_export(out, golden, prototypes):
+    """An export as train.run writes it (run record, the labeller's state) with the golden generator and a random
+    tiny encoder (4 classes) of a domain without built-in shots."""
     import types
 
     from smis_jax import export
@@ -365,11 +369,16 @@ def dense_export(golden, tmp_path_factory, case):
     stats = jax.tree_util.tree_map_with_path(
         lambda path, a: np.full(a.shape, float("var" in str(path[-1])), np.float32), shapes["batch_stats"])
     latent_avg = np.broadcast_to(np.asarray(gen.truncation_latent()), (S, D))
-    protos = labeling.DensePrototypes(vectors=jnp.asarray(case["protos"]), present=jnp.asarray([1, 1, 1, 0], bool))
-    return export.write(tmp_path_factory.mktemp("dense") / "export", enc_cfg,
-                        types.SimpleNamespace(params=params, batch_stats=stats), gen, latent_avg,
+    return export.write(out, enc_cfg, types.SimpleNamespace(params=params, batch_stats=stats), gen, latent_avg,
                         {"dataset_type": "tiny4", "label_nc": NC}, run={"domain": "tiny4", "train": {"seed": 0}},
-                        prototypes=protos)
+                        prototypes=prototypes)
+
+
+@pytest.fixture(scope="module")
+def dense_export(golden, tmp_path_factory, case):
+    """An export with the paper's dense prototypes."""
+    protos = labeling.DensePrototypes(vectors=jnp.asarray(case["protos"]), present=jnp.asarray([1, 1, 1, 0], bool))
+    return _write_export(tmp_path_factory.mktemp("dense") / "export", golden, protos)
 
 
 @pytest.mark.slow
@@ -417,3 +426,31 @@ def test_cli_refine_without_prototypes_says_so(tmp_path, capsys):
                             str(tmp_path / "out"), "--refine", "original"])
     assert code == 2
     assert "--refine needs the class prototypes" in capsys.readouterr().err
+
+
+
+def test_a_linear_run_without_prototypes_refines_with_wplus(golden, linear_labeler, case, tmp_path, capsys):
+    """A linear-labeller export of a domain without built-in shots keeps no prototypes: synthesize --refine wplus
+    scores with the labeller (and records it), --refine original says in one line why it cannot, and the editor
+    offers wplus only."""
+    from PIL import Image
+
+    from smis_jax import synthesize
+    from smis_jax.app import editor as ed
+
+    path = _write_export(tmp_path / "export", golden, linear_labeler)
+    Image.fromarray(case["labels"][0].astype(np.uint8)).save(tmp_path / "m.png")
+    args = ["--checkpoint", str(path), "--masks", str(tmp_path / "m.png"), "--refine-steps", "2", "--batch-size", "1"]
+    assert synthesize.main([*args, "--out", str(tmp_path / "a"), "--refine", "wplus"]) == 0
+    info = json.loads((tmp_path / "a" / "synthesize.json").read_text())
+    assert info["refine"]["scorer"] == "labeler" and info["refine"]["final_loss"][0] > 0
+    capsys.readouterr()
+    assert synthesize.main([*args, "--out", str(tmp_path / "b"), "--refine", "original"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refinement 'original'" in err[0] and "linear" in err[0], err
+    assert synthesize.main([*args, "--out", str(tmp_path / "c"), "--refine", "wplus", "--refine-scorer",
+                            "prototypes"]) == 2
+    editor = ed.Editor(path, variants=0)
+    assert editor.info()["refine"] == ["wplus"]
+    with pytest.raises(ed.InputError, match="'original' needs the paper's prototypes"):
+        editor.refine(case["labels"][0].astype(np.uint8), "original", 1)

@@ -130,6 +130,10 @@ class Editor:
         except ConversionError:
             self.pipeline = load_pipeline(checkpoint)
             self._refine_protos, self._refine_sparse, self._refine_labeler = None, False, None
+        # both methods with prototypes; a linear run without them (a real preset) refines with wplus on its labeller
+        linear = self._refine_labeler is not None and self._refine_labeler.kind == "linear"
+        self._refine_methods = list(refinement.METHODS) if self._refine_protos is not None else \
+            (["wplus"] if linear else [])
         self._refine_lock = threading.Lock()  # one refinement at a time, beside (not blocking) the updates
         self.domain = domain_of(self.pipeline.config)
         self.variants = int(variants)
@@ -155,7 +159,7 @@ class Editor:
 
     def info(self) -> dict[str, Any]:
         return {**self.domain.to_json(), "size": self.size, "variants": self.variants,
-                "refine": list(refinement.METHODS) if self._refine_protos is not None else [],
+                "refine": list(self._refine_methods),
                 "examples": sorted(self.examples), "checkpoint": str(self.checkpoint)}
 
     def example(self, name: str) -> np.ndarray:
@@ -192,9 +196,13 @@ class Editor:
 
         Runs under its own lock, so :meth:`update` (painting) is not held up; the first call of a method compiles
         its loop (every step count up to 256 shares that program)."""
-        if self._refine_protos is None:
+        if not self._refine_methods:
             raise InputError(409, f"{self.checkpoint}: refinement needs the prototypes of an export written by "
                                   f"train.run; this checkpoint has none")
+        if method not in self._refine_methods:
+            raise InputError(409, f"{self.checkpoint}: refinement '{method}' needs the paper's prototypes; this "
+                                  f"export (--labeler {self._refine_labeler.kind}) refines with "
+                                  f"{', '.join(self._refine_methods)}")
         labels = np.asarray(labels)
         if labels.shape != (self.size, self.size) or labels.dtype != np.uint8:
             raise ValueError(f"labels must be uint8 ({self.size}, {self.size}), got {labels.dtype} {labels.shape}")
