@@ -99,7 +99,8 @@ class EventLog:
         if resume_step is not None:
             forget_after(self.logdir, resume_step)
         _opened[0] += 1  # two starts in one second of one process still get two files
-        self._writer = EventsWriter(str(self.logdir / "events"), f".{os.getpid()}.{_opened[0]}")
+        # zero-padded: TensorBoard reads a folder's files in name order, and ".10" sorts before ".9"
+        self._writer = EventsWriter(str(self.logdir / "events"), f".{os.getpid()}.{_opened[0]:06d}")
         if resume_step is not None:
             self._add(resume_step + 1, session_log=self._pb.SessionLog(status=self._pb.SessionLog.START))
 

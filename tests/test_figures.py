@@ -162,9 +162,12 @@ def test_event_writer_loads_neither_torch_nor_tensorflow(tmp_path):
     assert [(e.step, e.tag, e.value) for e in tblog.read_events(tmp_path)] == [(1, "loss", 0.5)]
 
 
-def test_tensorboard_itself_reads_the_event_files(tmp_path):
-    """TensorBoard's own reader (where the optional `tensorboard` app is installed: `.[tensorboard]`)."""
+def test_tensorboard_itself_reads_the_event_files(tmp_path, monkeypatch):
+    """TensorBoard's own reader (where the optional `tensorboard` app is installed: `.[tensorboard]`). The process
+    has opened 8 logs before (as an xdist worker may have): the run's files are its 9th and 10th, which TensorBoard
+    must still read in that order (it sorts by name)."""
     ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    monkeypatch.setattr(tblog, "_opened", [8])
     log = tblog.EventLog(tmp_path, enabled=True)
     log.config(0, {"lr": 0.001})
     for step in (5, 10, 15):
