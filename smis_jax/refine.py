@@ -327,39 +327,28 @@ def _original_fns(gen_cfg, top: int, rebuilt: int):
     return jax.jit(prepare), loss, codes
 
 
-@functools.lru_cache(maxsize=None)
-def _wplus_fns(gen_cfg):
-    """(loss, codes) of ours: an offset ``delta`` on the selected layers of W+ is optimised."""
+def _prototype_score(features, labels64, ignore0, proto_vectors, present, temperature):
+    return wplus_loss(features.astype(jnp.float32), labels64, proto_vectors, present, ignore0, temperature)
 
-    def codes(delta, gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask, temperature,
-              proximity):
-        return w0 + delta * layer_mask[None, :, None].astype(jnp.float32)
 
-    def loss(delta, gen_params, noise, w0, labels64, proto_vectors, present, ignore0, layer_mask, temperature,
-             proximity):
-        sel = layer_mask[None, :, None].astype(jnp.float32)
-        n_sel = jnp.maximum(jnp.sum(layer_mask), 1) * w0.shape[-1]
-        ce = wplus_loss(_features(gen_cfg, gen_params, noise, w0 + delta * sel), labels64, proto_vectors, present,
-                        ignore0, temperature)
-        return ce + proximity * jnp.sum((delta * sel) ** 2, axis=(1, 2)) / n_sel
-
-    return loss, codes
+def _labeler_score(features, labels64, ignore0, weight, bias, present, shifted):
+    return linear_loss(features, labels64, weight, bias, present, ignore0, shifted)
 
 
 @functools.lru_cache(maxsize=None)
-def _wplus_labeler_fns(gen_cfg, taps: tuple[int, ...]):
-    """(loss, codes) of ours scored by a ``linear`` labeller reading the blocks ``taps``."""
+def _wplus_fns(gen_cfg, taps: tuple[int, ...], score):
+    """(loss, codes) of ours: an offset ``delta`` on the selected layers of W+ is optimised; ``score(features of
+    the blocks taps, labels64, ignore0, *score_args)`` is the label-space term (:func:`_prototype_score` or
+    :func:`_labeler_score`)."""
 
-    def codes(delta, gen_params, noise, w0, labels64, weight, bias, present, ignore0, shifted, layer_mask,
-              proximity):
+    def codes(delta, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, score_args):
         return w0 + delta * layer_mask[None, :, None].astype(jnp.float32)
 
-    def loss(delta, gen_params, noise, w0, labels64, weight, bias, present, ignore0, shifted, layer_mask,
-             proximity):
+    def loss(delta, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, score_args):
         sel = layer_mask[None, :, None].astype(jnp.float32)
         n_sel = jnp.maximum(jnp.sum(layer_mask), 1) * w0.shape[-1]
         features = labelers.label_features(gen_cfg, gen_params, w0 + delta * sel, noise, taps)
-        ce = linear_loss(features, labels64, weight, bias, present, ignore0, shifted)
+        ce = score(features, labels64, ignore0, *score_args)
         return ce + proximity * jnp.sum((delta * sel) ** 2, axis=(1, 2)) / n_sel
 
     return loss, codes
@@ -377,26 +366,24 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
     """
     options = options or Options()
     check_scorer(prototypes, options, labeler)
-    if prototypes is None:  # an export whose labeller keeps no prototypes: only its own scores can refine
-        lab = _linear_labeler(labeler, labeler.n_classes, sparse)
-        channels = generator.config.feature_channels
-        protos = labeling.DensePrototypes(vectors=jnp.zeros((lab.n_classes, channels), jnp.float32),
-                                          present=jnp.ones((lab.n_classes,), bool))  # unused: shapes only
-    else:
-        protos = dense_prototypes(prototypes)
+    scorer = resolve_scorer(options, labeler)
+    # an export whose labeller keeps no prototypes (scorer "labeler" only, check_scorer says) has none to check
+    protos = None if prototypes is None else dense_prototypes(prototypes)
+    lab = _linear_labeler(labeler, protos.n_classes if protos is not None else labeler.n_classes, sparse) \
+        if scorer == "labeler" else None
     cfg = generator.config
     w_plus = jnp.asarray(w_plus, jnp.float32)
     if w_plus.ndim != 3 or w_plus.shape[1:] != (cfg.n_latent, cfg.style_dim):
         raise InvalidValueError(f"codes must be (B, {cfg.n_latent}, {cfg.style_dim}), got {tuple(w_plus.shape)}")
-    if protos.vectors.shape[-1] != cfg.feature_channels:
+    if protos is not None and protos.vectors.shape[-1] != cfg.feature_channels:
         raise InvalidValueError(f"prototypes have {protos.vectors.shape[-1]} channels, the generator's 64x64 "
                                 f"features {cfg.feature_channels}")
-    labels64 = labels_to_64(labels, protos.n_classes)
+    labels64 = labels_to_64(labels, protos.n_classes if protos is not None else lab.n_classes)
     if labels64.shape[0] != w_plus.shape[0]:
         raise InvalidValueError(f"{labels64.shape[0]} masks for {w_plus.shape[0]} codes")
     steps = int(options.steps)
     noise = list(generator.noises)[:cfg.num_noise_layers(FEATURE_RES)]
-    common = (generator.params, noise, w_plus, jnp.asarray(labels64), jnp.asarray(protos.vectors, jnp.float32))
+    common = (generator.params, noise, w_plus, jnp.asarray(labels64))
     lr = jnp.float32(options.lr)
     if options.method == "original":
         pca = pca or compute_pca(generator)
@@ -405,7 +392,8 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
         prepare, loss, codes = _original_fns(cfg, top, n)
         mean, vectors = jnp.asarray(pca.mean[:n]), jnp.asarray(pca.vectors[:n])
         coeffs, g0 = prepare(w_plus, mean, vectors)
-        out, hist = _adam_run(loss, codes, coeffs, (*common, jnp.bool_(sparse), mean, vectors, g0), steps, lr)
+        args = (*common, jnp.asarray(protos.vectors, jnp.float32), jnp.bool_(sparse), mean, vectors, g0)
+        out, hist = _adam_run(loss, codes, coeffs, args, steps, lr)
     else:
         layers = range(cfg.n_latent) if options.layers is None else options.layers
         bad = [i for i in layers if not 0 <= int(i) < cfg.n_latent]
@@ -413,17 +401,15 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
             raise InvalidValueError(f"refinement layers must be in 0..{cfg.n_latent - 1}, got {bad}")
         mask = np.zeros(cfg.n_latent, bool)
         mask[list(layers)] = True
-        if resolve_scorer(options, labeler) == "labeler":
-            lab = _linear_labeler(labeler, protos.n_classes, sparse)
-            loss, codes = _wplus_labeler_fns(cfg, tuple(lab.taps))
-            args = (*common[:4], jnp.asarray(lab.weight, jnp.float32), jnp.asarray(lab.bias, jnp.float32),
-                    jnp.asarray(lab.present), jnp.bool_(sparse), jnp.bool_(not lab.dense), jnp.asarray(mask),
-                    jnp.float32(options.proximity))
-            out, hist = _adam_run(loss, codes, jnp.zeros_like(w_plus), args, steps, lr)
-            return Result(out, hist.T, options)
-        loss, codes = _wplus_fns(cfg)
-        args = (*common, jnp.asarray(protos.present), jnp.bool_(sparse), jnp.asarray(mask),
-                jnp.float32(options.temperature), jnp.float32(options.proximity))
+        if scorer == "labeler":
+            loss, codes = _wplus_fns(cfg, tuple(lab.taps), _labeler_score)
+            score_args = (jnp.asarray(lab.weight, jnp.float32), jnp.asarray(lab.bias, jnp.float32),
+                          jnp.asarray(lab.present), jnp.bool_(not lab.dense))
+        else:
+            loss, codes = _wplus_fns(cfg, (FEATURE_RES,), _prototype_score)
+            score_args = (jnp.asarray(protos.vectors, jnp.float32), jnp.asarray(protos.present),
+                          jnp.float32(options.temperature))
+        args = (*common, jnp.bool_(sparse), jnp.asarray(mask), jnp.float32(options.proximity), score_args)
         out, hist = _adam_run(loss, codes, jnp.zeros_like(w_plus), args, steps, lr)
     return Result(out, hist.T, options)
 
