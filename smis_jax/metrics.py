@@ -4,6 +4,8 @@ For each held-out mask: encoder (eval mode) + latent_avg -> generator (the check
 output's own 64x64 features -> pseudo-labels with the run's prototypes -> IoU against the input mask, per class and
 mean. Dense domains score every class that occurs in the masks or the predictions; sparse domains ignore class 0
 ("not annotated"). Training logs it every ``eval_every`` steps; ``python -m smis_jax.evaluate`` reports it.
+
+Also the kernel distance of KID (``kernel_distance``), which the GAN trainer's quality measure uses.
 """
 
 from __future__ import annotations
@@ -19,13 +21,28 @@ from smis_jax import labelers, labeling
 from smis_jax.nets.psp import EncoderConfig, GradualStyleEncoder, reduce_onehot
 from smis_jax.nets.stylegan2 import GeneratorConfig
 
-__all__ = ["confusion", "iou_from_confusion", "self_consistency"]
+__all__ = ["confusion", "iou_from_confusion", "kernel_distance", "self_consistency"]
 
 
 def confusion(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
     """(L, L) counts: rows = target class, columns = predicted class."""
     idx = target.astype(np.int64).ravel() * n_classes + pred.astype(np.int64).ravel()
     return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def kernel_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """The kernel distance of KID (Binkowski et al. 2018, "Demystifying MMD GANs"): the unbiased estimate of the
+    squared MMD between feature sets ``x`` (m, d) and ``y`` (n, d) under the cubic polynomial kernel
+    ``k(a, b) = (a . b / d + 1) ** 3``, over the whole sets (no subsets), in float64. 0 in expectation when both come
+    from one distribution (it can then be slightly negative); larger the further apart they are."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
+        raise ValueError(f"kernel_distance: expected (m, d) and (n, d) features with m, n >= 2, got {x.shape} and "
+                         f"{y.shape}")
+    d, m, n = x.shape[1], len(x), len(y)
+    kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2 * kxy.mean())
 
 
 def iou_from_confusion(conf: np.ndarray, ignore_background: bool) -> dict[str, Any]:

