@@ -100,6 +100,7 @@ def test_readme_quotes_the_shipped_generators_provenance():
         + ", against " + " / ".join(f"{v:.2f}" for v in q["data_colour_fidelity"]["per_class"].values()),
         f"Of the {q['colour_fidelity']['n_regions']['water']} lake-shaped regions, "
         f"{q['colour_fidelity']['confusion'][1][3]} are drawn red",
+        f"KID {q['kernel_distance']:.4f}, against {q['data_kernel_distance']:.4f} between two disjoint sets of 512",
     ]
     for phrase in expected:
         assert phrase in text, phrase
