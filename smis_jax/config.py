@@ -139,6 +139,9 @@ class TrainConfig:
     # Beyond the paper: weight of an image-space term, pSp's MSE between the sample and the image decoded from the
     # encoder's codes (same noise), both average-pooled to at most 64x64 (training.image_space_loss).
     image_lambda: float = 0.0
+    # How many samples of each batch the image-space term renders (0 = all): every (batch_size / image_batch)-th one,
+    # so each device keeps its share. The term's cost (three generator passes per rendered sample) scales with it.
+    image_batch: int = 0
     # How generated samples are pseudo-labelled (smis_jax.labelers): 'paper' (the original's class means / annotated
     # vectors), 'knn', 'multiscale' or 'linear'.
     labeler: str = "paper"
@@ -189,6 +192,9 @@ class TrainConfig:
             raise ConfigError(f"label_lambda must be >= 0, got {self.label_lambda}")
         if not self.image_lambda >= 0:
             raise ConfigError(f"image_lambda must be >= 0, got {self.image_lambda}")
+        if self.image_batch < 0 or (self.image_batch and self.batch_size % self.image_batch):
+            raise ConfigError(f"image_batch must be 0 (the whole batch) or divide batch_size {self.batch_size}, got "
+                              f"{self.image_batch}")
         if not self.label_temperature > 0:
             raise ConfigError(f"label_temperature must be > 0, got {self.label_temperature}")
         if self.labeler not in LABELERS:

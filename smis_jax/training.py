@@ -85,6 +85,7 @@ class StepConfig:
     label_lambda: float = TrainConfig.label_lambda
     label_temperature: float = TrainConfig.label_temperature
     image_lambda: float = TrainConfig.image_lambda
+    image_batch: int = TrainConfig.image_batch
     compat: bool = False  # dense labels: let zero prototypes of absent classes compete (the original's bug)
 
     def __post_init__(self):
@@ -247,7 +248,8 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
             loss = loss + cfg.label_lambda * label_loss
             metrics = {**metrics, "loss": loss, "loss_label": label_loss}
         if cfg.image_lambda:
-            image_loss = image_space_loss(cfg, gen_params, latent, w_plus, noise)
+            every = slice(None, None, cfg.batch_size // cfg.image_batch if cfg.image_batch else 1)
+            image_loss = image_space_loss(cfg, gen_params, latent[every], w_plus[every], [n[every] for n in noise])
             loss = loss + cfg.image_lambda * image_loss
             metrics = {**metrics, "loss": loss, "loss_image": image_loss}
         return loss, (batch_stats, metrics, latent)

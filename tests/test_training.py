@@ -221,6 +221,38 @@ def test_step_at_mask_size_64_with_a_term_beyond_the_paper(generator, samples, t
     assert 0 < float(m[f"loss_{term}"]) < (10 if term == "label" else np.inf)
 
 
+def test_image_term_on_a_sub_batch_renders_every_kth_sample(generator, samples):
+    """``image_batch``: the step's image term is image_space_loss over every (B / image_batch)-th sample of the batch
+    (recomputed here from the step's own key, samples and encoder), not over the whole batch."""
+    from smis_jax import training
+    from smis_jax.config import TrainConfig
+
+    protos, n_classes = _prototypes(generator, samples, "dense")
+    c = generator.config
+    enc = EncoderConfig(input_nc=n_classes, style_num=c.n_latent, widths=(8, 16, 16, 32), units=(1, 1, 1, 1),
+                        style_dim=c.style_dim, se_reduction=8, input_size=64)
+    latent_avg = jnp.broadcast_to(generator.latent_avg, (c.n_latent, c.style_dim))
+    cfg = StepConfig(generator=c, encoder=enc, batch_size=2, image_lambda=1.0, image_batch=1)
+    state = init_train_state(cfg, 0)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    _, m = make_train_step(cfg, data_mesh(jax.devices()[:1]))(init_train_state(cfg, 0), generator.params, protos,
+                                                               latent_avg)
+    w_plus, labels, noise = training._pseudo_pairs(cfg, generator.params, protos, key, lambda x: x, with_noise=True)
+    onehot = labeling.labels_to_onehot(labels, n_classes)
+    *_, latent = training.latent_loss(cfg, state.params, state.batch_stats, onehot, w_plus, latent_avg)[1]
+    first = image_space_loss_of(cfg, generator.params, latent[:1], w_plus[:1], [n[:1] for n in noise])
+    whole = image_space_loss_of(cfg, generator.params, latent, w_plus, noise)
+    np.testing.assert_allclose(m["loss_image"], first, rtol=1e-4)
+    assert abs(whole - first) > 1e-3 * whole  # the two samples differ: the sub-batch is not the whole batch
+    with pytest.raises(ValueError, match="image_batch must be 0 .* divide batch_size 4, got 3"):
+        TrainConfig.for_domain("shapes", batch_size=4, image_batch=3)
+
+
+def image_space_loss_of(cfg, *args):
+    from smis_jax.training import image_space_loss
+    return float(jax.jit(lambda *a: image_space_loss(cfg, *a))(*args))
+
+
 def test_label_space_loss_is_the_cross_entropy_of_cosine_scores(generator, samples):
     """label_space_loss against numpy: features of the decoded codes, cosine to the class vectors, softmax at the
     temperature, mean negative log-likelihood of the labels; the sample's own code scores lower than a stranger's."""

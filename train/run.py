@@ -54,6 +54,8 @@ TRAIN_FLAGS = {
     "label_temperature": ("--label-temperature", "softmax temperature of the label-space loss's cosine scores"),
     "image_lambda": ("--image-lambda", "weight of the image-space loss, MSE between the sample and the image decoded "
                                        "from the encoder's codes at <= 64 px (beyond the paper; 0 = off)"),
+    "image_batch": ("--image-batch", "samples of each batch the image-space loss renders, every (batch / N)-th "
+                                     "(0 = all; fewer cost less)"),
     "topk": ("--topk", "sparse labelling: pixels per annotated vector"),
     "cos_th": ("--cos-th", "sparse labelling: cosine threshold"),
     "labeler": ("--labeler", "pseudo-labeller: paper (the original's class means), knn, multiscale or linear "
