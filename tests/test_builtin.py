@@ -48,6 +48,10 @@ def test_domain_schedule_is_a_default_that_flags_override():
     assert cfg.encoder == "tiny" and cfg.max_steps == dict(DOMAINS["shapes"].train_defaults)["max_steps"]
     assert TrainConfig.for_domain("shapes", max_steps=7, encoder=None).max_steps == 7
     assert TrainConfig.for_domain("faces").encoder == "ir_se50"  # other domains keep the original's settings
+    # the built-in objective adds the image-space term (measured best, README); the real presets keep the paper's,
+    # and --image-lambda 0 gives the paper's back on the built-in domain
+    assert cfg.image_lambda == 1.0 and TrainConfig.for_domain("faces").image_lambda == 0.0
+    assert TrainConfig.for_domain("shapes", image_lambda=0.0).image_lambda == 0.0
 
 
 
