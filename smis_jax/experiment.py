@@ -19,6 +19,7 @@ and every process takes part in the orbax checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -160,12 +161,15 @@ def _check_resume(saved: dict[str, Any], cfg: TrainConfig, source: Path | str) -
     new = cfg.to_dict()
     changed = [f"{key} {value!r} -> {new.get(key)!r}" for key, value in saved.items()
                if key not in RESUMABLE_CHANGES and key != "extra" and new.get(key) != value]
+    # a run recorded before a setting existed ran with the setting's default (TrainConfig's, not a domain schedule's)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     changed += [f"{key} (not set) -> {new[key]!r}" for key in new
                 if key not in saved and key not in RESUMABLE_CHANGES and key != "extra"
-                and not (key == "precision" and new[key] == precision.DEFAULT)]  # runs from before the setting
+                and new[key] != defaults.get(key, dataclasses.MISSING)]
     if changed:
         raise ConfigError(f"cannot resume {source}: changed setting(s) {'; '.join(changed)} (only "
-                          f"{', '.join(sorted(RESUMABLE_CHANGES))} may change; use another --workdir for a new run)")
+                          f"{', '.join(sorted(RESUMABLE_CHANGES))} may change; pass the run's own values to continue "
+                          f"it, or use another --workdir for a new run)")
 
 
 def _check_run_folder(workdir: Path, resume: bool) -> dict[str, Any] | None:

@@ -67,6 +67,15 @@ def test_resume_refuses_another_precision_but_accepts_runs_from_before_the_setti
         _check_resume(saved, cfg.replace(precision="tensorfloat32"), "w")
     with pytest.raises(ConfigError, match=r"precision \(not set\) -> 'default'"):
         _check_resume(old, cfg.replace(precision="default"), "w")
+    # any setting newer than the run: absent means it ran with TrainConfig's default, which may continue it
+    older = {k: v for k, v in saved.items() if k not in ("image_batch", "image_lambda")}
+    _check_resume(older, cfg, "w")
+    with pytest.raises(ConfigError, match=r"image_batch \(not set\) -> 1 \(only .*pass the run.s own values"):
+        _check_resume(older, cfg.replace(image_lambda=0.0, image_batch=1), "w")
+    # a built-in run from before the image term became its default: the new default is a change, named as such
+    builtin = TrainConfig.for_domain("shapes")
+    with pytest.raises(ConfigError, match=r"image_lambda \(not set\) -> 1.0"):
+        _check_resume({k: v for k, v in builtin.to_dict().items() if k != "image_lambda"}, builtin, "w")
 
 
 def test_machine_record():
