@@ -523,10 +523,12 @@ def test_browser_sparse_scribbles(sparse_export):
 
 
 # The built-in model for the browser test: SMIS_SHAPES_EXPORT when set, else trained here by the main job's command
-# for TRAIN_STEPS steps (its 300 inversion steps, its other settings: 64x64 masks, batch 32, linear labels; 800 steps
-# = 25,600 samples, half the main job, ~9 minutes on 2 cores). Measured 2026-12-07: at 400 steps the band the second
-# stroke turns to sky came out mountain (6971 px) over sky (5324), so the check failed honestly; the 800-step
-# checkpoints of the main job at seeds 0 and 1 pass it, and so does the full 1600-step export of seed 0.
+# for TRAIN_STEPS steps (its 300 inversion steps, its other settings: 64x64 masks, batch 32, linear labels, the image
+# term; 800 steps = 25,600 samples, half the main job: ~9 minutes on 2 cores before the image term became the
+# default, its training part ~1.7x since; it passed CI so on 2026-12-07). Measured 2026-12-07 without the image term:
+# at 400 steps the band the second stroke turns to sky came out mountain (6971 px) over sky (5324), so the check
+# failed honestly; the 800-step checkpoints of the main job at seeds 0 and 1 pass it, and so does the full 1600-step
+# export of seed 0.
 SHAPES_EXPORT = os.environ.get("SMIS_SHAPES_EXPORT")
 TRAIN_STEPS = 800
 
