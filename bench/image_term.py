@@ -21,7 +21,8 @@ protos = make_prototypes(gc, g.params, dom.mode, dom.n_classes, jax.random.key(2
 latent_avg = jnp.broadcast_to(g.truncation_latent(), (gc.n_latent, gc.style_dim))
 mesh = data_mesh()
 variants = {"w+ only": dict(image_lambda=0.0), "image all 32": dict(image_lambda=1.0),
-            "image 8 of 32": dict(image_lambda=1.0, image_batch=8), "image 4 of 32": dict(image_lambda=1.0, image_batch=4)}
+            "image 8 of 32": dict(image_lambda=1.0, image_batch=8),
+            "image 4 of 32": dict(image_lambda=1.0, image_batch=4)}
 steps = {}
 for name, ov in variants.items():
     cfg = TrainConfig.for_domain("shapes", **ov)

@@ -206,7 +206,8 @@ def generator_quality(config: stylegan2.GeneratorConfig, g_params, n: int = 256,
         real_f = feats(shapes.render_batch(shapes.TEST_SEED, 0, n, config.size).image)
         kid = kernel_distance(feats(images), real_f)
         data_kid = kernel_distance(feats(other), real_f)
-    return {"kernel_distance": kid, "data_kernel_distance": data_kid,"oracle_confidence": shapes.oracle_confidence(images), "class_freq": gen_freq.round(4).tolist(),
+    return {"kernel_distance": kid, "data_kernel_distance": data_kid,
+            "oracle_confidence": shapes.oracle_confidence(images), "class_freq": gen_freq.round(4).tolist(),
             "colour_fidelity": fidelity, "data_colour_fidelity": data_fidelity,
             "colour_fidelity_min": min(shares) if shares else float("nan"),
             "data_class_freq": data_freq.round(4).tolist(),
