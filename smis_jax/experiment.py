@@ -157,7 +157,6 @@ def domain_generator(path: str | Path, domain: Domain, size: int | None = None) 
 
 def _check_resume(saved: dict[str, Any], cfg: TrainConfig, source: Path | str) -> None:
     """One ConfigError naming every setting that differs from the run being resumed (both values), if any."""
-    saved = {"labeler": "paper", **saved}  # runs from before --labeler labelled as the paper does
     new = cfg.to_dict()
     changed = [f"{key} {value!r} -> {new.get(key)!r}" for key, value in saved.items()
                if key not in RESUMABLE_CHANGES and key != "extra" and new.get(key) != value]

@@ -191,7 +191,8 @@ def generator_quality(config: stylegan2.GeneratorConfig, g_params, n: int = 256,
         images.append(np.asarray(sample_images(config, g_params, jax.random.normal(k_z, (m, config.style_dim)), k_n)))
     images = np.concatenate(images)
     seg = shapes.segment(images)
-    real = shapes.render_batch(shapes.TEST_SEED, 0, n, config.size).mask
+    real_scenes = shapes.render_batch(shapes.TEST_SEED, 0, n, config.size)
+    real = real_scenes.mask
     gen_freq, data_freq = shapes.class_frequencies(seg), shapes.class_frequencies(real)
     fidelity, data_fidelity = (shapes.colour_fidelity(m, _shape_classifier(config.size)) for m in (seg, real))
     shares = [v for v in fidelity["per_class"].values() if v is not None]
@@ -203,7 +204,7 @@ def generator_quality(config: stylegan2.GeneratorConfig, g_params, n: int = 256,
             return np.concatenate([np.asarray(alexnet_features(lpips_params, x[i:i + batch]))
                                    for i in range(0, len(x), batch)])
 
-        real_f = feats(shapes.render_batch(shapes.TEST_SEED, 0, n, config.size).image)
+        real_f = feats(real_scenes.image)
         kid = kernel_distance(feats(images), real_f)
         data_kid = kernel_distance(feats(other), real_f)
     return {"kernel_distance": kid, "data_kernel_distance": data_kid,
