@@ -127,6 +127,9 @@ class TrainConfig:
     batch_size: int = 2
     learning_rate: float = 1e-4
     max_steps: int = 100_000
+    # Beyond the paper (0 = its constant learning rate): over the last lr_decay_steps of max_steps the learning rate
+    # falls along a half cosine from learning_rate towards 0 (training.learning_rate_schedule).
+    lr_decay_steps: int = 0
     l2_lambda: float = 1.0
     w_norm_lambda: float = 0.0
     train_wplus: bool = False
@@ -189,6 +192,9 @@ class TrainConfig:
             raise ConfigError(f"inversion_steps must be >= 0, got {self.inversion_steps}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.lr_decay_steps <= self.max_steps:
+            raise ConfigError(f"lr_decay_steps must lie in [0, max_steps = {self.max_steps}], got "
+                              f"{self.lr_decay_steps}")
         if not self.label_lambda >= 0:
             raise ConfigError(f"label_lambda must be >= 0, got {self.label_lambda}")
         if not self.image_lambda >= 0:

@@ -77,6 +77,8 @@ class StepConfig:
     encoder: EncoderConfig
     batch_size: int
     learning_rate: float = TrainConfig.learning_rate
+    max_steps: int = TrainConfig.max_steps
+    lr_decay_steps: int = TrainConfig.lr_decay_steps
     l2_lambda: float = TrainConfig.l2_lambda
     w_norm_lambda: float = TrainConfig.w_norm_lambda
     train_wplus: bool = TrainConfig.train_wplus
@@ -114,8 +116,24 @@ def state_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def learning_rate_schedule(cfg: StepConfig) -> float | optax.Schedule:
+    """The run's learning rate: constant (``lr_decay_steps`` 0, the paper's), or constant until the last
+    ``lr_decay_steps`` of ``max_steps`` and then a half cosine towards 0: the update after ``t`` updates uses
+    ``lr * (1 + cos(pi * clip((t - (max_steps - lr_decay_steps)) / lr_decay_steps, 0, 1))) / 2``. A resumed run with
+    another ``--max-steps`` moves the decay with it."""
+    lr, n = cfg.learning_rate, cfg.lr_decay_steps
+    if not n:
+        return lr
+    start = cfg.max_steps - n
+
+    def schedule(count):
+        frac = jnp.clip((count.astype(jnp.float32) - start) / n, 0.0, 1.0)
+        return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    return schedule
+
+
 def optimizer(cfg: StepConfig) -> optax.GradientTransformation:
-    return ranger(cfg.learning_rate)
+    return ranger(learning_rate_schedule(cfg))
 
 
 @partial(jax.jit, static_argnames=("cfg",))
@@ -235,7 +253,7 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
         raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {n_dev} devices of the mesh")
     replicated = state_sharding(mesh)
     batch_sharding = NamedSharding(mesh, P("data"))
-    tx = optimizer(cfg)
+    tx, lr = optimizer(cfg), learning_rate_schedule(cfg)
 
     def shard(x):
         return jax.lax.with_sharding_constraint(x, batch_sharding)
@@ -265,6 +283,8 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["labelled_fraction"] = jnp.mean((labels > 0).astype(jnp.float32))
+        if callable(lr):
+            metrics["lr"] = lr(state.opt_state.count)  # the rate this update used
         new_state = TrainState(state.step + 1, params, batch_stats, opt_state, state.key)
         return new_state, metrics
 

@@ -311,3 +311,37 @@ def test_image_space_loss_is_the_pooled_mse(generator):
     g_latent, g_target = jax.grad(lambda a, b: image_space_loss(cfg, generator.params, a, b, noise), argnums=(0, 1))(
         other, w)
     assert float(jnp.abs(g_latent).max()) > 0 and float(jnp.abs(g_target).max()) == 0.0
+
+
+def test_learning_rate_decay_scales_the_real_steps_updates(generator, samples):
+    """``lr_decay_steps``: constant until the last N of ``max_steps``, then a half cosine towards 0. Two runs from the
+    same seed, one constant: their first updates are equal, and where the schedule stands halfway down the decayed
+    run's update is half the constant run's (Ranger's update is linear in the rate away from Lookahead's syncs)."""
+    from smis_jax.config import TrainConfig
+
+    protos, n_classes = _prototypes(generator, samples, "dense")
+    c = generator.config
+    latent_avg = jnp.broadcast_to(generator.latent_avg, (c.n_latent, c.style_dim))
+    const = _step_config(generator, n_classes)
+    decayed = StepConfig(**{**const.__dict__, "max_steps": 3, "lr_decay_steps": 2, "learning_rate": 1.0})
+    const = StepConfig(**{**const.__dict__, "learning_rate": 1.0})  # early RAdam steps are ~lr * grad
+    mesh = data_mesh(jax.devices()[:1])
+    runs = {}
+    for name, cfg in (("const", const), ("decayed", decayed)):
+        step, state, params, lrs = make_train_step(cfg, mesh), init_train_state(cfg, 0), [], []
+        for _ in range(3):
+            state, m = step(state, generator.params, protos, latent_avg)
+            params.append(jax.tree.map(np.asarray, state.params))
+            lrs.append(float(m["lr"]) if "lr" in m else None)
+        runs[name] = params, lrs
+    assert runs["const"][1] == [None] * 3  # a constant rate is not logged
+    np.testing.assert_allclose(runs["decayed"][1], [1.0, 1.0, 0.5], rtol=1e-6)  # count 0, 1 (= start), 2
+    flat = lambda tree: np.concatenate([x.ravel() for x in jax.tree.leaves(tree)])  # noqa: E731
+    (pc, _), (pd, _) = runs["const"], runs["decayed"]
+    np.testing.assert_array_equal(flat(pc[1]), flat(pd[1]))  # full rate until the decay starts
+    moved_c, moved_d = flat(pc[2]) - flat(pc[1]), flat(pd[2]) - flat(pd[1])
+    assert np.abs(moved_c).max() > 1e-4  # the third update moved the weights
+    # float32: the weights (~0.05) round each ~1e-5 update to a few 1e-4 of itself; a wrong rate is off by ~0.5
+    assert np.linalg.norm(moved_d - 0.5 * moved_c) < 1e-3 * np.linalg.norm(moved_c)
+    with pytest.raises(ValueError, match=r"lr_decay_steps must lie in \[0, max_steps = 10\], got 11"):
+        TrainConfig.for_domain("shapes", max_steps=10, lr_decay_steps=11)

@@ -47,6 +47,8 @@ TRAIN_FLAGS = {
     "batch_size": ("--batch-size", "global batch, split over all devices"),
     "max_steps": ("--max-steps", "training steps"),
     "learning_rate": ("--lr", "Ranger learning rate"),
+    "lr_decay_steps": ("--lr-decay-steps", "the last N steps lower the learning rate along a half cosine towards 0 "
+                                           "(beyond the paper; 0 = constant)"),
     "w_norm_lambda": ("--w-norm-lambda", "weight of the W+ norm loss"),
     "train_wplus": ("--train-wplus", "sample W+ (one z per layer) instead of W"),
     "label_lambda": ("--label-lambda", "weight of the label-space loss (beyond the paper; 0 = the paper's W+ MSE "
