@@ -389,8 +389,21 @@ def _read_init_generator(cfg: GanConfig, path: str | Path, d_warmup_kimg: float)
     params = jax.device_get(g.params)
     record = {"path": str(path.absolute()), "params_sha256": params_sha256(params), "kimg": kimg,
               "provenance_params_sha256": prov.get("params_sha256"), "start_step": start,
-              "d_warmup_kimg": d_warmup_kimg, "g_from_step": start + math.ceil(d_warmup_kimg * 1000 / cfg.batch_size)}
+              "d_warmup_kimg": d_warmup_kimg, "g_from_step": start + math.ceil(d_warmup_kimg * 1000 / cfg.batch_size),
+              "provenance": prov}  # the whole chain survives the folder being replaced (a re-shipped generator)
     return record, params
+
+
+def _init_generator_record(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's ``init_generator`` record with the starting folder's provenance: recorded at the start (runs since
+    2026-12-07), else read from the folder if it still holds the same weights (its provenance's hash), else without."""
+    init = record.get("init_generator")
+    if init is None or "provenance" in init:
+        return init
+    f = Path(init["path"]) / "provenance.json"
+    prov = json.loads(f.read_text()) if f.is_file() else {}
+    same = prov.get("params_sha256") is not None and prov.get("params_sha256") == init.get("params_sha256")
+    return {**init, "provenance": prov} if same else init
 
 
 def params_sha256(tree) -> str:
@@ -422,7 +435,7 @@ def export_generator(workdir: str | Path, out_dir: str | Path, step: int | None 
             "wall_s": float(meta.get("wall_s", 0.0)), "data": record.get("data"), "devices": record.get("devices"),
             "versions": record.get("versions"),
             "invocations": [{**i, "argv": _as_typed(i["argv"])} for i in record.get("invocations", [])],
-            "retuned": record.get("retuned", []), "init_generator": record.get("init_generator"),
+            "retuned": record.get("retuned", []), "init_generator": _init_generator_record(record),
             "params_sha256": params_sha256(params), **(provenance or {})}
     (out / "provenance.json").write_text(json.dumps(prov, indent=1))
     return out

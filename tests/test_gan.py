@@ -204,6 +204,8 @@ def test_a_run_starts_from_a_trained_generator_with_a_discriminator_warmup(tmp_p
     init = record["init_generator"]
     assert (init["start_step"], init["g_from_step"], init["kimg"]) == (2, 4, 0.008)
     assert init["params_sha256"] == gan_run.params_sha256(g0)
+    first_prov = json.loads((shipped / "provenance.json").read_text())
+    assert init["provenance"] == first_prov and first_prov["params_sha256"] == init["params_sha256"]
     _, warm, meta = gan_run.restore_latest(tmp_path / "more")
     assert meta["step"] == 4
     for a, b, c in zip(jax.tree.leaves(warm.g_params), jax.tree.leaves(warm.g_ema), jax.tree.leaves(g0)):
@@ -224,7 +226,16 @@ def test_a_run_starts_from_a_trained_generator_with_a_discriminator_warmup(tmp_p
     rows = [json.loads(line) for line in (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 6 and math.isfinite(rows[-1]["loss_g"])
     prov = json.loads((gan_run.export_generator(tmp_path / "more", tmp_path / "g2") / "provenance.json").read_text())
-    assert prov["init_generator"] == init and prov["step"] == 6
+    assert prov["init_generator"] == init and prov["step"] == 6  # the chain: the starting generator's provenance
+    # a run recorded before the record kept that provenance: the export reads it from the folder if the weights match
+    record = json.loads((tmp_path / "more" / "config.json").read_text())
+    record["init_generator"] = {k: v for k, v in init.items() if k != "provenance"}
+    (tmp_path / "more" / "config.json").write_text(json.dumps(record))
+    prov = json.loads((gan_run.export_generator(tmp_path / "more", tmp_path / "g3") / "provenance.json").read_text())
+    assert prov["init_generator"] == init
+    (shipped / "provenance.json").write_text(json.dumps({**first_prov, "params_sha256": "another"}))
+    prov = json.loads((gan_run.export_generator(tmp_path / "more", tmp_path / "g4") / "provenance.json").read_text())
+    assert "provenance" not in prov["init_generator"]  # replaced weights: nothing claimed
 
 
 def test_kernel_distance_is_kids_unbiased_mmd():
