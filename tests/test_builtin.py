@@ -77,6 +77,9 @@ def test_shipped_generator_matches_its_provenance():
     for key in ("invocations", "kimg", "wall_s", "devices", "quality", "gan"):
         assert key in prov, key
     assert any(" ".join(i["argv"]).startswith("python -m train.stylegan2 train") for i in prov["invocations"])
+    init = prov.get("init_generator")
+    if init is not None:  # started from an earlier generator: its provenance is the one of the weights it started from
+        assert init["provenance"]["params_sha256"] == init["params_sha256"]
     assert 0 <= prov["quality"]["oracle_confidence"] <= 1
     assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 25 * 2**20
 
@@ -98,14 +101,18 @@ def test_readme_quotes_the_shipped_generators_provenance():
         f"(total-variation distance {q['class_freq_tv']:.3f})",
         f"neighbouring samples agree on {100 * q['layout_agreement']:.1f}% of their pixels against "
         f"{100 * q['data_layout_agreement']:.1f}% for real scenes",
-        f"--max-kimg 400 --batch-size {gan['batch_size']} --n-mlp {gan['n_mlp']} --lr {gan['lr']:g} "
-        f"--r1-gamma {gan['r1_gamma']:g}",
         "same 512 samples: " + ", ".join(f"{k} {v:.2f}" for k, v in q["colour_fidelity"]["per_class"].items())
         + ", against " + " / ".join(f"{v:.2f}" for v in q["data_colour_fidelity"]["per_class"].values()),
         f"Of the {q['colour_fidelity']['n_regions']['water']} lake-shaped regions, "
         f"{q['colour_fidelity']['confusion'][1][3]} are drawn red",
         f"KID {q['kernel_distance']:.4f}, against {q['data_kernel_distance']:.4f} between two disjoint sets of 512",
     ]
+    # every command that trained it, as recorded: the runs it started from first (init_generator's provenance)
+    chain, p = [], prov
+    while p:
+        chain = p["invocations"] + chain
+        p = (p.get("init_generator") or {}).get("provenance")
+    expected += [" ".join(i["argv"]) for i in chain]
     for phrase in expected:
         assert phrase in text, phrase
 
