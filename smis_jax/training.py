@@ -124,12 +124,8 @@ def learning_rate_schedule(cfg: StepConfig) -> float | optax.Schedule:
     lr, n = cfg.learning_rate, cfg.lr_decay_steps
     if not n:
         return lr
-    start = cfg.max_steps - n
-
-    def schedule(count):
-        frac = jnp.clip((count.astype(jnp.float32) - start) / n, 0.0, 1.0)
-        return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-    return schedule
+    return optax.join_schedules([optax.constant_schedule(lr), optax.cosine_decay_schedule(lr, n)],
+                                [cfg.max_steps - n])
 
 
 def optimizer(cfg: StepConfig) -> optax.GradientTransformation:
