@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="float32 matmul/conv precision (default: the run's --precision, highest if it has none)")
     parser.add_argument("--refine-steps", type=_steps, default=None, metavar="N,N,...",
-                        help="built-in domains: also measure both W+ refinements at these step counts, e.g. "
+                        help="built-in domains: also measure every refinement (original, wplus, fs) at these step counts, e.g. "
                              "0,10,50,200 (minutes; default off)")
     args = parser.parse_args(argv)
     if args.step is not None and args.workdir is None:

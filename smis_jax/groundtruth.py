@@ -302,8 +302,8 @@ def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] =
           + pipeline.latent_avg for c in chunks]
     lpips_params = load_lpips().params
 
-    def image64(w):
-        image = np.asarray(refine.render(gen, w, gen.config.size))
+    def image64(w, offsets=None):
+        image = np.asarray(refine.render(gen, w, gen.config.size, offsets))
         step = image.shape[1] // shapes.SIZE
         return image[:, ::step, ::step]
 
@@ -322,7 +322,7 @@ def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] =
                        for w, c in zip(w0, chunks)]
             jax.block_until_ready([r.w_plus for r in results])
             seconds = (time.perf_counter() - t0) / n
-            images = np.concatenate([image64(r.w_plus) for r in results])
+            images = np.concatenate([image64(r.w_plus, r.offsets) for r in results])
             s = scores(shapes.segment(images), truth64)
             dist = np.asarray(lpips.lpips_distance(lpips_params, jnp.asarray(images), jnp.asarray(base)))
             loss = np.concatenate([r.losses for r in results])

@@ -121,16 +121,18 @@ def combine_taps(tapped: dict[int, jax.Array], taps: tuple[int, ...]):
     return jnp.concatenate(out, axis=-1)
 
 
-def label_features(config: GeneratorConfig, gen_params, w_plus, noise, taps: tuple[int, ...] = (FEATURE_RES,)):
+def label_features(config: GeneratorConfig, gen_params, w_plus, noise, taps: tuple[int, ...] = (FEATURE_RES,),
+                   offsets=None):
     """The generator stopped after its 64x64 block -> the features a labeller reads, (B, 64, 64, C).
 
     ``taps == (64,)``: the 64x64 block's raw output (the paper's features, bit for bit); otherwise the tapped
-    blocks combined (normalised, upsampled, concatenated). Traceable: call it inside a jitted step."""
+    blocks combined (normalised, upsampled, concatenated). ``offsets``: the generator's spatial offsets (see
+    :class:`smis_jax.nets.stylegan2.Generator`), None for none. Traceable: call it inside a jitted step."""
     if tuple(taps) == (FEATURE_RES,):
-        _, features = Generator(config).apply(gen_params, w_plus, noise, until_res=FEATURE_RES)
+        _, features = Generator(config).apply(gen_params, w_plus, noise, until_res=FEATURE_RES, offsets=offsets)
         return features
     (_, features), sown = Generator(config).apply(gen_params, w_plus, noise, until_res=FEATURE_RES,
-                                                  mutable=["taps"])
+                                                  offsets=offsets, mutable=["taps"])
     tapped = {int(k[3:]): v[0] for k, v in sown["taps"].items()}
     tapped[FEATURE_RES] = features
     return combine_taps(tapped, tuple(taps))

@@ -13,6 +13,13 @@ has its own Adam state, since Adam is element-wise and the batch loss is the sum
   ``proximity * mean((w - w_encoder)^2)`` over the optimised layers. The label model (``scorer``) is the run's own
   ``linear`` labeller (its softmax over multi-scale features) when there is one, else
   ``softmax(cos(F64, P) / temperature)`` with the prototypes.
+* ``fs`` (ours, beyond the original): ``wplus`` plus a **spatial** latent, an offset added to the output of one
+  generator block (``feature_res``, default the 8x8 block), optimised with the codes: the F of Barbershop's FS space
+  (Zhu et al. 2021, where F is a 32x32 block of a 1024 px generator). W+ styles act on the whole image; an offset
+  on a coarse block can put an object where the mask asks and the encoder drew none. The offset is in units of the
+  block's own standard deviation at the encoder's codes (per mask), steps ``feature_lr`` in those units and pays
+  ``feature_proximity * mean(offset^2)``; the same scorers as ``wplus``. :class:`Result` carries the offset, and
+  :func:`render` / :func:`smis_jax.synthesize.decode` take it.
 
 Masks come at any size and are reduced to 64x64 with torch's ``nearest`` rule (source pixel ``floor(i * H / 64)``,
 :func:`labels_to_64`; ``x[::4, ::4]`` for 256), as :mod:`smis_jax.labeling` does, so refinement does not depend on
@@ -48,7 +55,7 @@ __all__ = ["METHODS", "SCORERS", "PCA", "Options", "Result", "compute_pca", "pca
            "render", "dense_prototypes", "prototypes_for", "default_options", "resolve_scorer",
            "check_scorer", "linear_loss"]
 
-METHODS = ("original", "wplus")
+METHODS = ("original", "wplus", "fs")
 SCORERS = ("auto", "prototypes", "labeler")  # wplus: cos(F64, P) / T, or the run's `linear` labeller's logits
 PCA_SAMPLES = 1024  # the original's N
 EPS = 1e-8  # torch.nn.functional.cosine_similarity's eps
@@ -70,7 +77,9 @@ class Options:
     ``rebuilt`` = L layers. ``wplus``: ``lr``, ``layers`` (None: all), ``temperature``, ``proximity``, ``scorer``
     (``prototypes``: ``softmax(cos(F64, P) / temperature)``; ``labeler``: the softmax of the run's ``linear``
     labeller over its multi-scale features, the classifier that made the encoder's pseudo-labels; ``auto``:
-    ``labeler`` when :func:`refine` is given a ``linear`` labeller, else ``prototypes``)."""
+    ``labeler`` when :func:`refine` is given a ``linear`` labeller, else ``prototypes``). ``fs``: those of
+    ``wplus`` plus the spatial offset's block ``feature_res``, step ``feature_lr`` (in the block's standard
+    deviations) and ``feature_proximity``."""
 
     method: str = "wplus"
     steps: int = 50
@@ -81,6 +90,9 @@ class Options:
     temperature: float = 0.1
     proximity: float = 3.0
     scorer: str = "auto"
+    feature_res: int = 8
+    feature_lr: float = 0.1
+    feature_proximity: float = 1.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -95,16 +107,24 @@ class Options:
             raise InvalidValueError(f"refinement proximity weight must be >= 0, got {self.proximity}")
         if self.scorer not in SCORERS:
             raise InvalidValueError(f"refinement scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
-        if self.scorer == "labeler" and self.method != "wplus":
-            raise InvalidValueError(f"scorer {self.scorer!r} is for --refine wplus; the original scores with its "
-                                    f"prototypes")
+        if self.scorer == "labeler" and self.method == "original":
+            raise InvalidValueError(f"scorer {self.scorer!r} is for --refine wplus or fs; the original scores with "
+                                    f"its prototypes")
+        if self.feature_res not in (8, 16, 32, 64):
+            raise InvalidValueError(f"refinement feature_res must be a block of 8, 16, 32 or 64, got "
+                                    f"{self.feature_res!r}")
+        if not self.feature_lr > 0:
+            raise InvalidValueError(f"refinement feature_lr must be > 0, got {self.feature_lr}")
+        if self.feature_proximity < 0:
+            raise InvalidValueError(f"refinement feature_proximity must be >= 0, got {self.feature_proximity}")
         if self.top < 1 or self.rebuilt < 1:
             raise InvalidValueError(f"refinement top and rebuilt must be >= 1, got {self.top}, {self.rebuilt}")
 
 
 def default_options(method: str, steps: int | None = None, **overrides) -> Options:
     """The defaults of each method: ``original`` as the script (lr 0.05, 200 updates = its last saved image),
-    ``wplus`` ours (lr 0.05, 50 updates, temperature 0.1, proximity 3, scorer auto)."""
+    ``wplus`` and ``fs`` ours (lr 0.05, 50 updates, temperature 0.1, proximity 3, scorer auto; ``fs``: the 8x8
+    block, step 0.1, feature proximity 1)."""
     if method == "original":
         base = Options("original", 200 if steps is None else steps, lr=0.05)
     else:
@@ -115,11 +135,13 @@ def default_options(method: str, steps: int | None = None, **overrides) -> Optio
 @dataclasses.dataclass(frozen=True)
 class Result:
     """w_plus (B, S, D) refined W+ (latent_avg included); losses (B, steps + 1): the loss at iterations
-    0..steps-1 (before each update) and after the last update."""
+    0..steps-1 (before each update) and after the last update; offsets: ``fs``'s spatial latent {res: (B, r, r,
+    C)} for the generator (None for the other methods)."""
 
     w_plus: jax.Array
     losses: np.ndarray
     options: Options
+    offsets: dict[int, jax.Array] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -354,13 +376,41 @@ def _wplus_fns(gen_cfg, taps: tuple[int, ...], score):
     return loss, codes
 
 
+@functools.lru_cache(maxsize=None)
+def _fs_fns(gen_cfg, taps: tuple[int, ...], score, res: int):
+    """(prepare, loss, codes) of ``fs``: ``p = {"w": delta (B, S, D), "f": u (B, r, r, C)}``; the offset on block
+    ``res`` is ``u * step_ratio * scale`` with ``scale`` (B,) the block's standard deviation at the encoder's codes
+    (``prepare``), so that Adam at ``lr`` moves it ``feature_lr`` (= lr * step_ratio) standard deviations a step."""
+
+    def prepare(gen_params, noise, w0):
+        _, sown = Generator(gen_cfg).apply(gen_params, w0, noise, until_res=FEATURE_RES, mutable=["taps"])
+        return jnp.std(sown["taps"][f"res{res}"][0].astype(jnp.float32), axis=(1, 2, 3))
+
+    def offsets(p, ratio, scale):
+        return {res: p["f"] * (ratio * scale)[:, None, None, None]}
+
+    def codes(p, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, f_prox, ratio, scale, score_args):
+        return w0 + p["w"] * layer_mask[None, :, None].astype(jnp.float32), offsets(p, ratio, scale)
+
+    def loss(p, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, f_prox, ratio, scale, score_args):
+        sel = layer_mask[None, :, None].astype(jnp.float32)
+        n_sel = jnp.maximum(jnp.sum(layer_mask), 1) * w0.shape[-1]
+        features = labelers.label_features(gen_cfg, gen_params, w0 + p["w"] * sel, noise, taps,
+                                           offsets=offsets(p, ratio, scale))
+        ce = score(features, labels64, ignore0, *score_args)
+        return (ce + proximity * jnp.sum((p["w"] * sel) ** 2, axis=(1, 2)) / n_sel
+                + f_prox * jnp.mean((p["f"] * ratio) ** 2, axis=(1, 2, 3)))
+
+    return jax.jit(prepare), loss, codes
+
+
 def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Options | None = None,
            sparse: bool = False, pca: PCA | None = None, labeler: labelers.Labeler | None = None) -> Result:
     """Refine W+ codes against their masks.
 
     generator: the pipeline's (its stored noise is used). prototypes: dense (or sparse, see
-    :func:`dense_prototypes`); None only for ``wplus`` scored by a ``linear`` ``labeler``. w_plus: (B, S, D) full W+ (encoder codes + latent_avg). labels: (B, H, W) class ids
-    at any size (reduced to 64x64 by :func:`labels_to_64`). sparse: class 0 means "not annotated" and is ignored.
+    :func:`dense_prototypes`); None only for ``wplus``/``fs`` scored by a ``linear`` ``labeler``. w_plus: (B, S, D)
+    full W+ (encoder codes + latent_avg). labels: (B, H, W) class ids at any size (reduced to 64x64 by :func:`labels_to_64`). sparse: class 0 means "not annotated" and is ignored.
     pca: for ``original``, the PCA to use (default :func:`compute_pca` of ``generator``).
     labeler: the run's labeller, needed by ``scorer="labeler"`` (a ``linear`` one: the export's ``prototypes``).
     """
@@ -394,6 +444,7 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
         coeffs, g0 = prepare(w_plus, mean, vectors)
         args = (*common, jnp.asarray(protos.vectors, jnp.float32), jnp.bool_(sparse), mean, vectors, g0)
         out, hist = _adam_run(loss, codes, coeffs, args, steps, lr)
+        offsets = None
     else:
         layers = range(cfg.n_latent) if options.layers is None else options.layers
         bad = [i for i in layers if not 0 <= int(i) < cfg.n_latent]
@@ -402,21 +453,38 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
         mask = np.zeros(cfg.n_latent, bool)
         mask[list(layers)] = True
         if scorer == "labeler":
-            loss, codes = _wplus_fns(cfg, tuple(lab.taps), _labeler_score)
+            taps, score = tuple(lab.taps), _labeler_score
             score_args = (jnp.asarray(lab.weight, jnp.float32), jnp.asarray(lab.bias, jnp.float32),
                           jnp.asarray(lab.present), jnp.bool_(not lab.dense))
         else:
-            loss, codes = _wplus_fns(cfg, (FEATURE_RES,), _prototype_score)
+            taps, score = (FEATURE_RES,), _prototype_score
             score_args = (jnp.asarray(protos.vectors, jnp.float32), jnp.asarray(protos.present),
                           jnp.float32(options.temperature))
-        args = (*common, jnp.bool_(sparse), jnp.asarray(mask), jnp.float32(options.proximity), score_args)
-        out, hist = _adam_run(loss, codes, jnp.zeros_like(w_plus), args, steps, lr)
-    return Result(out, hist.T, options)
+        loss, codes = _wplus_fns(cfg, taps, score)
+        if options.method == "wplus":
+            args = (*common, jnp.bool_(sparse), jnp.asarray(mask), jnp.float32(options.proximity), score_args)
+            out, hist = _adam_run(loss, codes, jnp.zeros_like(w_plus), args, steps, lr)
+            offsets = None
+        else:
+            res = int(options.feature_res)
+            if res not in cfg.resolutions or res > FEATURE_RES:
+                raise InvalidValueError(f"refinement feature_res {res} is not a block of this generator up to 64x64 "
+                                        f"({', '.join(str(r) for r in cfg.resolutions if 8 <= r <= FEATURE_RES)})")
+            prepare, _, _ = _fs_fns(cfg, tuple(taps), score, res)
+            scale = prepare(generator.params, noise, w_plus)
+            _, loss, codes = _fs_fns(cfg, tuple(taps), score, res)
+            p = {"w": jnp.zeros_like(w_plus), "f": jnp.zeros((w_plus.shape[0], res, res, cfg.channel(res)), jnp.float32)}
+            args = (*common, jnp.bool_(sparse), jnp.asarray(mask), jnp.float32(options.proximity),
+                    jnp.float32(options.feature_proximity), jnp.float32(options.feature_lr / options.lr), scale,
+                    score_args)
+            (out, offsets), hist = _adam_run(loss, codes, p, args, steps, lr)
+    return Result(out, hist.T, options, offsets)
 
 
 def resolve_scorer(options: Options, labeler=None) -> str:
-    """What ``wplus`` scores with: ``options.scorer``, with ``auto`` = ``labeler`` for a ``linear`` labeller."""
-    if options.method != "wplus":
+    """What ``wplus`` and ``fs`` score with: ``options.scorer``, with ``auto`` = ``labeler`` for a ``linear``
+    labeller."""
+    if options.method == "original":
         return "prototypes"
     if options.scorer == "auto":
         linear = isinstance(labeler, labelers.Labeler) and labeler.kind == "linear"
@@ -449,15 +517,17 @@ def _linear_labeler(labeler, n_classes: int, sparse: bool) -> labelers.Labeler:
 
 @functools.lru_cache(maxsize=None)
 def _render_fn(gen_cfg, out_size: int):
-    def fn(gen_params, noise, w_plus):
-        image, _ = Generator(gen_cfg).apply(gen_params, w_plus, noise)
+    def fn(gen_params, noise, w_plus, offsets):
+        image, _ = Generator(gen_cfg).apply(gen_params, w_plus, noise, offsets=offsets)
         return ops.adaptive_avg_pool(image, (out_size, out_size))
 
     return jax.jit(fn)
 
 
-def render(generator: LoadedGenerator, w_plus, out_size: int = 256) -> jax.Array:
+def render(generator: LoadedGenerator, w_plus, out_size: int = 256, offsets=None) -> jax.Array:
     """W+ (B, S, D) -> images (B, out_size, out_size, 3) in [-1, 1] with the stored noise and pSp's face_pool
-    (what :func:`smis_jax.synthesize.decode` gives for the encoder's codes)."""
-    return _render_fn(generator.config, int(out_size))(generator.params, list(generator.noises), jnp.asarray(w_plus))
+    (what :func:`smis_jax.synthesize.decode` gives for the encoder's codes); ``offsets``: a :class:`Result`'s
+    (``fs``), None for none."""
+    return _render_fn(generator.config, int(out_size))(generator.params, list(generator.noises), jnp.asarray(w_plus),
+                                                       offsets)
 

@@ -15,10 +15,12 @@ replacing; ``--truncation`` psi pulls that w towards the mean w), with fresh noi
 ``--seed`` and the mask's position in the sorted input list, so results do not depend on ``--batch-size``.
 ``--grid`` also writes ``OUT/grid/<name>.png`` = [colourised mask | outputs], titled, with a class legend.
 
-``--refine original|wplus --refine-steps N`` (default off: synthesis as the paper's) refines each mask's W+ before
-decoding (:mod:`smis_jax.refine`): ``original`` is the extended release's ``inference_w_post.py`` (layer-0 PCA
-coefficients, 200 updates by default), ``wplus`` ours (all of W+, a label-space loss, 50 updates by default). It
-needs an export written by ``train.run`` (its prototypes). Styles (``--styles``) mix into the refined codes.
+``--refine original|wplus|fs --refine-steps N`` (default off: synthesis as the paper's) refines each mask's W+
+before decoding (:mod:`smis_jax.refine`): ``original`` is the extended release's ``inference_w_post.py`` (layer-0
+PCA coefficients, 200 updates by default), ``wplus`` ours (all of W+, a label-space loss, 50 updates by default),
+``fs`` ours (``wplus`` plus a spatial offset on the 8x8 block, 50 updates). It needs an export written by
+``train.run`` (its prototypes or linear labeller). Styles (``--styles``) mix into the refined codes (and keep an
+``fs`` offset).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def _decode_fn(gen_cfg, styles: int, random_noise: bool):
     """
     generator = stylegan2.Generator(gen_cfg)
 
-    def fn(codes, latent_avg, gen_params, stored_noise, key, first_index, mask, alpha, psi):
+    def fn(codes, latent_avg, gen_params, stored_noise, key, first_index, mask, alpha, psi, offsets):
         codes = codes + latent_avg  # (B, S, D)
         b = codes.shape[0]
         sample_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(first_index + jnp.arange(b))  # (B,)
@@ -110,12 +112,14 @@ def _decode_fn(gen_cfg, styles: int, random_noise: bool):
             # Truncation towards the mean w (latent_avg's rows are that mean, repeated); psi = 1 leaves w bit-exact.
             w = jnp.where(psi == 1.0, w, stylegan2.truncate(w, jnp.mean(latent_avg, axis=0), psi))
             codes = mix_latents(jnp.repeat(codes, styles, axis=0), w, mask, alpha)  # (B*N, S, D)
+            if offsets is not None:  # a refined layout (fs) stays under every style
+                offsets = {r: jnp.repeat(o, styles, axis=0) for r, o in offsets.items()}
             noise = stylegan2.make_sample_noise(gen_cfg, pair[:, 1])
         elif random_noise:
             noise = stylegan2.make_sample_noise(gen_cfg, sample_keys)
         else:
             noise = stored_noise
-        image, _ = generator.apply(gen_params, codes, noise)
+        image, _ = generator.apply(gen_params, codes, noise, offsets=offsets)
         image = ops.adaptive_avg_pool(image, (OUTPUT_SIZE, OUTPUT_SIZE))  # face_pool: 1024 -> 4x4 means
         return image.reshape(b, styles, *image.shape[1:]) if styles else image
 
@@ -164,8 +168,10 @@ def is_sparse(pipeline) -> bool:
 
 def decode(pipeline, codes: jax.Array, key: jax.Array, styles: int = 0, latent_mask: Sequence[int] | None = None,
            alpha: float | None = None, noise: str = "const", first_index: int = 0,
-           truncation: float = 1.0) -> jax.Array:
-    """:func:`encode`'s codes (B, S, D) -> images, as :func:`synthesize` (one encoding can feed several decodes)."""
+           truncation: float = 1.0, offsets: dict | None = None) -> jax.Array:
+    """:func:`encode`'s codes (B, S, D) -> images, as :func:`synthesize` (one encoding can feed several decodes).
+    ``offsets``: the spatial latent of an ``fs`` refinement (:class:`smis_jax.refine.Result`), kept under every
+    style; None for none."""
     gen = pipeline.generator
     if styles < 0:
         raise InvalidValueError(f"styles must be >= 0, got {styles}")
@@ -180,7 +186,7 @@ def decode(pipeline, codes: jax.Array, key: jax.Array, styles: int = 0, latent_m
     mask = latent_mask_array(latent_mask, pipeline.encoder.config.style_num)
     fn = _decode_fn(gen.config, int(styles), styles == 0 and noise == "random")
     return fn(codes, pipeline.latent_avg, gen.params, gen.noises, key, jnp.int32(first_index), jnp.asarray(mask),
-              jnp.float32(1.0 if alpha is None else alpha), jnp.float32(truncation))
+              jnp.float32(1.0 if alpha is None else alpha), jnp.float32(truncation), offsets)
 
 
 def collect_masks(inputs: Sequence[str | Path]) -> list[Path]:
@@ -218,8 +224,8 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
         refine_scorer: str = "auto") -> list[Path]:
     """The CLI's work: read masks, synthesise in fixed-shape batches, write PNGs (+ grids); returns written files.
 
-    ``refine``: None (off), 'original' or 'wplus' (:mod:`smis_jax.refine`), ``refine_steps`` its Adam updates
-    (default: the method's), ``refine_scorer`` what ``wplus`` scores with (:data:`smis_jax.refine.SCORERS`)."""
+    ``refine``: None (off), 'original', 'wplus' or 'fs' (:mod:`smis_jax.refine`), ``refine_steps`` its Adam
+    updates (default: the method's), ``refine_scorer`` what ``wplus``/``fs`` score with (:data:`smis_jax.refine.SCORERS`)."""
     if batch_size < 1:
         raise InvalidValueError(f"batch size must be >= 1, got {batch_size}")
     if styles < 0:
@@ -275,13 +281,14 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
             if len(chunk) < batch:
                 labels = np.concatenate([labels, np.repeat(labels[-1:], batch - len(chunk), axis=0)])
             codes = encode(pipeline, data.onehot(jnp.asarray(labels), cfg.input_nc))
+            offsets = None
             if options is not None:
                 refined = refinement.refine(pipeline.generator, protos, codes + pipeline.latent_avg, labels, options,
                                             sparse=sparse, labeler=run_labeler)
-                codes = refined.w_plus - pipeline.latent_avg
+                codes, offsets = refined.w_plus - pipeline.latent_avg, refined.offsets
                 refine_losses.extend(float(v) for v in refined.losses[: len(chunk), -1])
             images = decode(pipeline, codes, key, styles=styles, latent_mask=latent_mask, alpha=alpha, noise=noise,
-                            first_index=start, truncation=truncation)
+                            first_index=start, truncation=truncation, offsets=offsets)
             if pending is not None:  # write the previous batch while this one computes
                 write(*pending)
             pending = (start, labels, images)
@@ -326,13 +333,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grid", action="store_true", help="also write OUT/grid/<name>.png = [mask | outputs]")
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help=f"float32 matmul/conv precision (default {DEFAULT_PRECISION}: full float32)")
-    parser.add_argument("--refine", choices=("original", "wplus"), default=None,
+    parser.add_argument("--refine", choices=refinement.METHODS, default=None,
                         help="refine each mask's W+ before decoding: 'original' (the extended release's "
-                             "inference_w_post.py) or 'wplus' (ours); default off. Needs a train.run export")
+                             "inference_w_post.py), 'wplus' (ours) or 'fs' (ours: W+ and an 8x8 spatial offset, "
+                             "best on the built-in domain); default off. Needs a train.run export")
     parser.add_argument("--refine-steps", type=int, default=None,
-                        help="refinement updates (default: original 200, wplus 50)")
+                        help="refinement updates (default: original 200, wplus and fs 50)")
     parser.add_argument("--refine-scorer", choices=refinement.SCORERS, default="auto",
-                        help="what 'wplus' scores the features with: the run's linear labeller ('labeler'), the "
+                        help="what 'wplus' and 'fs' score the features with: the run's linear labeller ('labeler'), the "
                              "prototypes' cosine ('prototypes'), or 'auto' (default): the labeller where the run "
                              "has a linear one")
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """Post-refinement (smis_jax.refine): the original's inference_w_post.py against a PyTorch run of its own loop on
-rosinality's generator (draggan) with the golden tiny weights; our wplus refinement; masks at any size."""
+rosinality's generator (draggan) with the golden tiny weights; our wplus and fs refinements (fs's spatial offset
+against rosinality's generator with the block's output shifted); masks at any size."""
 
 import io
 import json
@@ -218,6 +219,62 @@ def test_wplus_refinement_lowers_its_loss_and_stays_close(gen, case):
     np.testing.assert_allclose(np.asarray(swapped.w_plus[::-1]), np.asarray(loose.w_plus), atol=1e-5)
 
 
+def test_generator_offsets_match_rosinality_with_the_block_output_shifted(gen, torch_gen, case):
+    """fs's spatial latent: an offset added to the 8x8 block's output (after its second conv) gives the features
+    rosinality's generator computes with that block's output shifted by a forward hook; no offset is the
+    unchanged generator."""
+    g, features = torch_gen
+    codes = case["codes"]
+    off = np.random.default_rng(7).standard_normal((2, 8, 8, gen.config.channel(8))).astype(np.float32) * 0.5
+    handle = g.convs[1].register_forward_hook(lambda m, a, out: out + torch.from_numpy(off).permute(0, 3, 1, 2))
+    try:
+        with torch.no_grad():
+            want = features(codes).permute(0, 2, 3, 1).numpy()
+    finally:
+        handle.remove()
+    noise = list(gen.noises)[:gen.config.num_noise_layers(64)]
+    got = labelers.label_features(gen.config, gen.params, jnp.asarray(codes.numpy()), noise, offsets={8: off})
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4 * np.abs(want).max())
+    plain = labelers.label_features(gen.config, gen.params, jnp.asarray(codes.numpy()), noise)
+    zero = labelers.label_features(gen.config, gen.params, jnp.asarray(codes.numpy()), noise,
+                                   offsets={8: np.zeros_like(off)})
+    np.testing.assert_array_equal(np.asarray(zero), np.asarray(plain))
+    assert np.abs(np.asarray(got) - np.asarray(plain)).max() > 0.1
+    with pytest.raises(ValueError, match=r"offsets\[8\] must be \(2 or 1, 8, 8, "):
+        labelers.label_features(gen.config, gen.params, jnp.asarray(codes.numpy()), noise, offsets={8: off[..., :3]})
+    with pytest.raises(ValueError, match="resolution 128 is not a block computed here"):
+        labelers.label_features(gen.config, gen.params, jnp.asarray(codes.numpy()), noise,
+                                offsets={128: np.zeros((2, 128, 128, 1), np.float32)})
+
+
+def test_fs_refinement_goes_further_than_wplus(gen, case):
+    """fs = wplus plus an 8x8 offset: it starts from wplus's loss (offset 0), ends lower at the same updates, the
+    offset pays its proximity, a batch equals separate masks, and render() draws the refined codes with it."""
+    protos = labeling.DensePrototypes(vectors=jnp.asarray(case["protos"]), present=jnp.asarray([1, 1, 1, 0], bool))
+    codes, labels = case["codes"].numpy(), case["labels"]
+    wp = refine.refine(gen, protos, codes, labels, refine.Options("wplus", 15))
+    fs = refine.refine(gen, protos, codes, labels, refine.Options("fs", 15))
+    assert wp.offsets is None and set(fs.offsets) == {8}
+    assert fs.offsets[8].shape == (2, 8, 8, gen.config.channel(8))
+    np.testing.assert_allclose(fs.losses[:, 0], wp.losses[:, 0], rtol=1e-6)
+    assert np.all(fs.losses[:, -1] < wp.losses[:, -1] - 0.02), (fs.losses[:, -1], wp.losses[:, -1])
+    tight = refine.refine(gen, protos, codes, labels, refine.Options("fs", 15, feature_proximity=1e4))
+    size = lambda r: float(np.abs(np.asarray(r.offsets[8])).mean())  # noqa: E731
+    assert size(tight) < 0.2 * size(fs)
+    swapped = refine.refine(gen, protos, codes[::-1], labels[::-1], refine.Options("fs", 15))
+    np.testing.assert_allclose(np.asarray(swapped.offsets[8][::-1]), np.asarray(fs.offsets[8]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(swapped.w_plus[::-1]), np.asarray(fs.w_plus), atol=1e-5)
+    with_offset = np.asarray(refine.render(gen, fs.w_plus, 64, fs.offsets))
+    without = np.asarray(refine.render(gen, fs.w_plus, 64))
+    assert np.abs(with_offset - without).max() > 1e-2
+    sixteen = refine.refine(gen, protos, codes, labels, refine.Options("fs", 2, feature_res=16))
+    assert sixteen.offsets[16].shape == (2, 16, 16, gen.config.channel(16))
+    with pytest.raises(InvalidValueError, match="feature_res must be a block of 8, 16, 32 or 64, got 12"):
+        refine.Options("fs", feature_res=12)
+    with pytest.raises(InvalidValueError, match="feature_lr must be > 0"):
+        refine.Options("fs", feature_lr=0)
+
+
 def test_wplus_loss_ignores_class_zero_when_sparse():
     """Sparse: class-0 pixels do not count; a pixel of an absent class does not count either."""
     f = jnp.asarray(np.random.default_rng(1).standard_normal((1, 64, 64, 3)), jnp.float32)
@@ -311,7 +368,7 @@ def test_wplus_scored_by_the_linear_labeller(gen, case, linear_labeler):
     with pytest.raises(InvalidValueError, match="cannot score sparse masks"):
         refine.refine(gen, protos, codes, labels, refine.Options("wplus", 1, scorer="labeler"), sparse=True,
                       labeler=linear_labeler)
-    with pytest.raises(InvalidValueError, match="scorer 'labeler' is for --refine wplus"):
+    with pytest.raises(InvalidValueError, match="scorer 'labeler' is for --refine wplus or fs"):
         refine.Options("original", scorer="labeler")
     with pytest.raises(InvalidValueError, match="scorer must be one of"):
         refine.Options("wplus", scorer="oracle")
@@ -413,6 +470,19 @@ def test_cli_and_editor_refine(dense_export, case, tmp_path):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.image))), cli)
     assert r.loss[1] < r.loss[0]
 
+    # fs: the image is drawn with the refined codes and the spatial offset, by the CLI and the editor alike
+    assert synthesize.main(["--checkpoint", str(dense_export), "--masks", str(tmp_path / "m.png"), "--out",
+                            str(tmp_path / "fs"), "--refine", "fs", "--refine-steps", "3", "--batch-size", "1"]) == 0
+    cli_fs = np.asarray(Image.open(tmp_path / "fs" / "m.png"))
+    res = refine.refine(run.pipeline.generator, refine.prototypes_for(run)[0], codes + run.pipeline.latent_avg, labels,
+                        refine.default_options("fs", 3))
+    want = viz.to_uint8(np.asarray(refine.render(run.pipeline.generator, res.w_plus, offsets=res.offsets))[0])
+    assert np.abs(cli_fs.astype(int) - want.astype(int)).max() <= 1
+    bare = viz.to_uint8(np.asarray(refine.render(run.pipeline.generator, res.w_plus))[0])
+    assert np.abs(cli_fs.astype(int) - bare.astype(int)).max() > 1  # the offset is drawn
+    r = editor.refine(labels[0], "fs", 3)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.image))), cli_fs)
+
 
 def test_cli_refine_without_prototypes_says_so(tmp_path, capsys):
     """A converted pSp checkpoint (no prototypes/) with --refine: one line naming the folder, before any loading."""
@@ -450,7 +520,10 @@ def test_a_linear_run_without_prototypes_refines_with_wplus(golden, linear_label
     assert len(err) == 1 and "refinement 'original'" in err[0] and "linear" in err[0], err
     assert synthesize.main([*args, "--out", str(tmp_path / "c"), "--refine", "wplus", "--refine-scorer",
                             "prototypes"]) == 2
+    assert synthesize.main([*args, "--out", str(tmp_path / "d"), "--refine", "fs"]) == 0
+    info = json.loads((tmp_path / "d" / "synthesize.json").read_text())
+    assert info["refine"]["method"] == "fs" and info["refine"]["scorer"] == "labeler"
     editor = ed.Editor(path, variants=0)
-    assert editor.info()["refine"] == ["wplus"]
+    assert editor.info()["refine"] == ["wplus", "fs"]
     with pytest.raises(ed.InputError, match="'original' needs the paper's prototypes"):
         editor.refine(case["labels"][0].astype(np.uint8), "original", 1)

@@ -130,10 +130,11 @@ class Editor:
         except ConversionError:
             self.pipeline = load_pipeline(checkpoint)
             self._refine_protos, self._refine_sparse, self._refine_labeler = None, False, None
-        # both methods with prototypes; a linear run without them (a real preset) refines with wplus on its labeller
+        # every method with prototypes; a linear run without them (a real preset) refines with wplus and fs on its
+        # labeller
         linear = self._refine_labeler is not None and self._refine_labeler.kind == "linear"
         self._refine_methods = list(refinement.METHODS) if self._refine_protos is not None else \
-            (["wplus"] if linear else [])
+            (["wplus", "fs"] if linear else [])
         self._refine_lock = threading.Lock()  # one refinement at a time, beside (not blocking) the updates
         self.domain = domain_of(self.pipeline.config)
         self.variants = int(variants)
@@ -214,7 +215,8 @@ class Editor:
             result = refinement.refine(self.pipeline.generator, self._refine_protos, codes + self.pipeline.latent_avg,
                                        labels[None], options, sparse=self._refine_sparse,
                                        labeler=self._refine_labeler)
-            image = syn.decode(self.pipeline, result.w_plus - self.pipeline.latent_avg, jax.random.key(0))
+            image = syn.decode(self.pipeline, result.w_plus - self.pipeline.latent_avg, jax.random.key(0),
+                               offsets=result.offsets)
             png = png_bytes(viz.to_uint8(np.asarray(image[0])))
             loss = (float(result.losses[0, 0]), float(result.losses[0, -1]))
             return Refined(png, options.method, options.steps, loss, 1000 * (time.perf_counter() - t0))
@@ -280,7 +282,8 @@ def parse_update(body: bytes, domain: EditorDomain, size: int = MASK_SIZE) -> tu
 
 
 def parse_refine(body: bytes, domain: EditorDomain, size: int = MASK_SIZE) -> tuple[np.ndarray, str, int | None]:
-    """A refine request ``{"mask": {...}, "method": "original"|"wplus", "steps": int}`` -> (labels, method, steps)."""
+    """A refine request ``{"mask": {...}, "method": "original"|"wplus"|"fs", "steps": int}`` -> (labels, method,
+    steps)."""
     obj = _json_object(body)
     if "mask" not in obj:
         raise InputError(400, "missing field 'mask'")

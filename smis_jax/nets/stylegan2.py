@@ -314,20 +314,26 @@ class Generator(nn.Module):
         self.mapping(w_plus[:, 0])
         return self(w_plus, noise)
 
-    def __call__(self, w_plus, noise: Sequence[jax.Array], until_res: int | None = None):
+    def __call__(self, w_plus, noise: Sequence[jax.Array], until_res: int | None = None,
+                 offsets: dict[int, jax.Array] | None = None):
         """w_plus (B, n_latent, D); noise: list of (B|1, r, r, 1) in rosinality order (entries for layers
-        above ``until_res`` may be absent). Returns (image (B, size, size, 3) or None when
-        ``until_res < size``, features (B, 64, 64, C))."""
+        above ``until_res`` may be absent). ``offsets``: {res: (B|1, res, res, C_res)} added to that block's output
+        (after its second conv, before its ToRGB; res 4 after ``conv1``): the spatial latent of
+        :mod:`smis_jax.refine`'s ``fs`` method; None (the original generator) adds nothing. Returns (image (B,
+        size, size, 3) or None when ``until_res < size``, features (B, 64, 64, C))."""
         c = self.config
         until = c.check_until_res(until_res)
         batch = w_plus.shape[0]
         if w_plus.ndim != 3 or w_plus.shape[1:] != (c.n_latent, c.style_dim):
             raise ValueError(f"w_plus must be (B, {c.n_latent}, {c.style_dim}), got {tuple(w_plus.shape)}")
         _check_noise(c, noise, until, batch)
+        offsets = _check_offsets(c, offsets, until, batch)
         want_image = until == c.size
 
         x = jnp.broadcast_to(self.input, (batch, *self.input.shape[1:]))  # (B, 4, 4, C4)
         x = self.conv1(x, w_plus[:, 0], noise[0])
+        if 4 in offsets:
+            x = x + offsets[4]
         skip = self.to_rgb1(x, w_plus[:, 1]) if want_image else None
         features = None
         for k, res in enumerate(c.resolutions[1:]):
@@ -336,6 +342,8 @@ class Generator(nn.Module):
             i = 1 + 2 * k
             x = self.convs[2 * k](x, w_plus[:, i], noise[i])
             x = self.convs[2 * k + 1](x, w_plus[:, i + 1], noise[i + 1])
+            if res in offsets:
+                x = x + offsets[res]
             # Every block's output is sown into the 'taps' collection (only kept when a caller asks for it with
             # ``mutable=['taps']``: multi-scale labellers read the 16x16 and 32x32 blocks beside the 64x64 one).
             if not self.is_initializing():  # init would make the taps part of the variables it returns
@@ -346,6 +354,22 @@ class Generator(nn.Module):
                 # ToRGB of block k shares its latent index with block k+1's first conv.
                 skip = self.to_rgbs[k](x, w_plus[:, i + 2], skip)
         return skip, features
+
+
+def _check_offsets(config: GeneratorConfig, offsets, until: int, batch: int) -> dict:
+    if offsets is None:
+        return {}
+    if not isinstance(offsets, dict):
+        raise ValueError(f"offsets must be None or a dict {{resolution: (B, r, r, C)}}, got {type(offsets).__name__}")
+    for res, off in offsets.items():
+        if res not in config.resolutions or res > until:
+            raise ValueError(f"offsets: resolution {res!r} is not a block computed here "
+                             f"({', '.join(str(r) for r in config.resolutions if r <= until)})")
+        want = (res, res, config.channel(res))
+        shape = tuple(np.shape(off))
+        if len(shape) != 4 or shape[1:] != want or shape[0] not in (1, batch):
+            raise ValueError(f"offsets[{res}] must be ({batch} or 1, {res}, {res}, {want[2]}), got {shape}")
+    return offsets
 
 
 def _check_noise(config: GeneratorConfig, noise, until: int, batch: int) -> None:

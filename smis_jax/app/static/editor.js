@@ -373,6 +373,9 @@
     for (const name of info.examples) examples.add(new Option(name, name));
     examples.disabled = !info.examples.length;
     if (!info.refine || !info.refine.length) $("refine-controls").hidden = true;
+    else {  // only the methods this export can run
+      for (const opt of [...$("refine-method").options]) if (!info.refine.includes(opt.value)) opt.remove();
+    }
     selectClass(1);
     render();
     syncButtons();
