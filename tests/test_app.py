@@ -553,7 +553,8 @@ def test_browser_builtin_oracle_finds_the_painted_classes(shapes_export):
     """On the built-in domain (a model the suite trains on a short schedule, see ``shapes_export``): paint sky
     over the top and grass below; the oracle segmenter, run on the image the page shows, finds each painted class
     where it was painted (its majority label there). Then paint the sky further down: the band that was grass must
-    turn to sky in the image, so the image follows the paint, not a habit.
+    turn to sky in the image, so the image follows the paint, not a habit. Then the Refine control: the methods
+    this export runs, fs first, and the refined image the click shows is the editor's refine() of the mask.
 
     Only sky and grass: the shipped model draws the horizon where it is painted, but a painted lake comes out as a
     red (house-coloured) blob and small objects rarely follow the paint (README, "The built-in domain")."""
@@ -592,3 +593,15 @@ def test_browser_builtin_oracle_finds_the_painted_classes(shapes_export):
         assert (mask[band] == 0).all()
         found = majority(image, band)
         assert found.argmax() == 0, ("sky", found)
+
+        # Refine: the select offers the methods this export runs (fs first), the click shows the refined image
+        # while the page stays live, and it is the editor's own refine() of this mask.
+        offered = page.eval_on_selector_all("#refine-method option", "os => os.map(o => o.value)")
+        assert offered == ["fs", "wplus", "original"] and sorted(offered) == sorted(built.info()["refine"])
+        assert page.input_value("#refine-method") == "fs"
+        page.fill("#refine-steps", "10")
+        page.click("#refine")
+        page.wait_for_function("document.getElementById('refined').dataset.refines === '1'", timeout=300_000)
+        assert page.inner_text("#refine-status").startswith("refined: fs, 10 steps")
+        shown_refined = png(page.get_attribute("#refined", "src").split(",", 1)[1])
+        np.testing.assert_array_equal(shown_refined, png(built.refine(mask.astype(np.uint8), "fs", 10).image))
