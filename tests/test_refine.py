@@ -267,6 +267,11 @@ def test_fs_refinement_goes_further_than_wplus(gen, case):
     with_offset = np.asarray(refine.render(gen, fs.w_plus, 64, fs.offsets))
     without = np.asarray(refine.render(gen, fs.w_plus, 64))
     assert np.abs(with_offset - without).max() > 1e-2
+    # sparse masks: class 0 (not annotated) is ignored as by wplus, so the first loss is wplus's there too
+    sparse_fs = refine.refine(gen, protos, codes, labels, refine.Options("fs", 3), sparse=True)
+    sparse_wp = refine.refine(gen, protos, codes, labels, refine.Options("wplus", 3), sparse=True)
+    np.testing.assert_allclose(sparse_fs.losses[:, 0], sparse_wp.losses[:, 0], rtol=1e-6)
+    assert not np.allclose(sparse_fs.losses[:, 0], fs.losses[:, 0])
     sixteen = refine.refine(gen, protos, codes, labels, refine.Options("fs", 2, feature_res=16))
     assert sixteen.offsets[16].shape == (2, 16, 16, gen.config.channel(16))
     with pytest.raises(InvalidValueError, match="feature_res must be a block of 8, 16, 32 or 64, got 12"):
