@@ -499,7 +499,7 @@ def check_scorer(prototypes, options: Options, labeler=None) -> None:
         kind = getattr(labeler, "kind", None)
         raise ConfigError(f"refinement '{options.method}' (scorer {options.scorer}) scores with the paper's "
                           f"prototypes, and there are none here (the run's labeller: {kind}); use --refine "
-                          f"wplus with a linear labeller, or train with --labeler paper")
+                          f"wplus or fs with a linear labeller, or train with --labeler paper")
 
 
 def _linear_labeler(labeler, n_classes: int, sparse: bool) -> labelers.Labeler:
