@@ -14,7 +14,8 @@ has its own Adam state, since Adam is element-wise and the batch loss is the sum
   ``linear`` labeller (its softmax over multi-scale features) when there is one, else
   ``softmax(cos(F64, P) / temperature)`` with the prototypes.
 * ``fs`` (ours, beyond the original): ``wplus`` plus a **spatial** latent, an offset added to the output of one
-  generator block (``feature_res``, default the 8x8 block), optimised with the codes: the F of Barbershop's FS space
+  generator block (``feature_res``, default the 8x8 block), optimised with the codes (``layers``; by default, as
+  :func:`default_options` gives it, none: the offset alone on the encoder's codes): the F of Barbershop's FS space
   (Zhu et al. 2021, where F is a 32x32 block of a 1024 px generator). W+ styles act on the whole image; an offset
   on a coarse block can put an object where the mask asks and the encoder drew none. The offset is in units of the
   block's own standard deviation at the encoder's codes (per mask), steps ``feature_lr`` in those units and pays
@@ -124,9 +125,11 @@ class Options:
 def default_options(method: str, steps: int | None = None, **overrides) -> Options:
     """The defaults of each method: ``original`` as the script (lr 0.05, 200 updates = its last saved image),
     ``wplus`` and ``fs`` ours (lr 0.05, 50 updates, temperature 0.1, proximity 3, scorer auto; ``fs``: the 8x8
-    block, step 0.1, feature proximity 1)."""
+    block's offset alone on the encoder's codes, ``layers=()``, step 0.1, feature proximity 1)."""
     if method == "original":
         base = Options("original", 200 if steps is None else steps, lr=0.05)
+    elif method == "fs":  # the offset alone on the encoder's codes measured best (docs/notes-22.md)
+        base = Options("fs", 50 if steps is None else steps, layers=())
     else:
         base = Options(method, 50 if steps is None else steps)
     return dataclasses.replace(base, **overrides)

@@ -18,7 +18,7 @@ replacing; ``--truncation`` psi pulls that w towards the mean w), with fresh noi
 ``--refine original|wplus|fs --refine-steps N`` (default off: synthesis as the paper's) refines each mask's W+
 before decoding (:mod:`smis_jax.refine`): ``original`` is the extended release's ``inference_w_post.py`` (layer-0
 PCA coefficients, 200 updates by default), ``wplus`` ours (all of W+, a label-space loss, 50 updates by default),
-``fs`` ours (``wplus`` plus a spatial offset on the 8x8 block, 50 updates). It needs an export written by
+``fs`` ours (a spatial offset on the 8x8 block, on the encoder's codes, 50 updates). It needs an export written by
 ``train.run`` (its prototypes or linear labeller). Styles (``--styles``) mix into the refined codes (and keep an
 ``fs`` offset).
 """
@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"float32 matmul/conv precision (default {DEFAULT_PRECISION}: full float32)")
     parser.add_argument("--refine", choices=refinement.METHODS, default=None,
                         help="refine each mask's W+ before decoding: 'original' (the extended release's "
-                             "inference_w_post.py), 'wplus' (ours) or 'fs' (ours: W+ and an 8x8 spatial offset, "
+                             "inference_w_post.py), 'wplus' (ours) or 'fs' (ours: an 8x8 spatial offset on the codes, "
                              "best on the built-in domain); default off. Needs a train.run export")
     parser.add_argument("--refine-steps", type=int, default=None,
                         help="refinement updates (default: original 200, wplus and fs 50)")

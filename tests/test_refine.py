@@ -267,6 +267,11 @@ def test_fs_refinement_goes_further_than_wplus(gen, case):
     with_offset = np.asarray(refine.render(gen, fs.w_plus, 64, fs.offsets))
     without = np.asarray(refine.render(gen, fs.w_plus, 64))
     assert np.abs(with_offset - without).max() > 1e-2
+    # the default (what synthesize and the editor run): the offset alone, the encoder's codes kept exactly
+    alone = refine.refine(gen, protos, codes, labels, refine.default_options("fs", 15))
+    assert refine.default_options("fs").layers == () and alone.options.layers == ()
+    np.testing.assert_array_equal(np.asarray(alone.w_plus), codes)
+    assert np.all(alone.losses[:, -1] < alone.losses[:, 0])
     # sparse masks: class 0 (not annotated) is ignored as by wplus, so the first loss is wplus's there too
     sparse_fs = refine.refine(gen, protos, codes, labels, refine.Options("fs", 3), sparse=True)
     sparse_wp = refine.refine(gen, protos, codes, labels, refine.Options("wplus", 3), sparse=True)
