@@ -175,7 +175,7 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
     ``report_dir``: where ``groundtruth.json``/``.png`` and ``curves.png`` go (None: nowhere, the result is
     returned). ``run_dir``: the training run the export came from, when at hand: its ``metrics.jsonl`` gets the
     result and draws the training curves, and its inversion cache serves exports that carry no shot codes.
-    ``refine_steps``: also measure both refinements at these step counts (:func:`refinement`; minutes)."""
+    ``refine_steps``: also measure every refinement at these step counts (:func:`refinement`; minutes)."""
     run_export = export_dir if isinstance(export_dir, export.RunExport) else export.load(export_dir)
     run, train = run_export.run, run_export.run["train"]
     domain = DOMAINS.get(run.get("domain", train["domain"]))
@@ -278,7 +278,7 @@ def evaluate(export_dir: str | Path | export.RunExport, report_dir: str | Path |
 def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] = (0, 10, 50, 200),
                methods: Sequence[str] = refine.METHODS, batch: int = 16, report_dir: str | Path | None = None,
                log: Callable[[str], None] = print, n_masks: int | None = None, **overrides) -> dict[str, Any]:
-    """Both refinements on the domain's held-out masks, measured against their dense truth (the oracle segments the
+    """Every refinement method on the domain's held-out masks, measured against their dense truth (the oracle segments the
     refined images). Per method and step count: mIoU, accuracy, seconds per mask (``batch`` masks per call, after a
     compile; each step count is its own timed run from the encoder's codes) and the LPIPS distance of the refined
     image from the unrefined one (both 64 px). ``overrides``: :class:`smis_jax.refine.Options` fields for every
