@@ -413,7 +413,8 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
 
     generator: the pipeline's (its stored noise is used). prototypes: dense (or sparse, see
     :func:`dense_prototypes`); None only for ``wplus``/``fs`` scored by a ``linear`` ``labeler``. w_plus: (B, S, D)
-    full W+ (encoder codes + latent_avg). labels: (B, H, W) class ids at any size (reduced to 64x64 by :func:`labels_to_64`). sparse: class 0 means "not annotated" and is ignored.
+    full W+ (encoder codes + latent_avg). labels: (B, H, W) class ids at any size (reduced to 64x64 by
+    :func:`labels_to_64`). sparse: class 0 means "not annotated" and is ignored.
     pca: for ``original``, the PCA to use (default :func:`compute_pca` of ``generator``).
     labeler: the run's labeller, needed by ``scorer="labeler"`` (a ``linear`` one: the export's ``prototypes``).
     """
@@ -476,7 +477,8 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
             prepare, _, _ = _fs_fns(cfg, tuple(taps), score, res)
             scale = prepare(generator.params, noise, w_plus)
             _, loss, codes = _fs_fns(cfg, tuple(taps), score, res)
-            p = {"w": jnp.zeros_like(w_plus), "f": jnp.zeros((w_plus.shape[0], res, res, cfg.channel(res)), jnp.float32)}
+            p = {"w": jnp.zeros_like(w_plus),
+                 "f": jnp.zeros((w_plus.shape[0], res, res, cfg.channel(res)), jnp.float32)}
             args = (*common, jnp.bool_(sparse), jnp.asarray(mask), jnp.float32(options.proximity),
                     jnp.float32(options.feature_proximity), jnp.float32(options.feature_lr / options.lr), scale,
                     score_args)
