@@ -464,8 +464,8 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
             taps, score = (FEATURE_RES,), _prototype_score
             score_args = (jnp.asarray(protos.vectors, jnp.float32), jnp.asarray(protos.present),
                           jnp.float32(options.temperature))
-        loss, codes = _wplus_fns(cfg, taps, score)
         if options.method == "wplus":
+            loss, codes = _wplus_fns(cfg, taps, score)
             args = (*common, jnp.bool_(sparse), jnp.asarray(mask), jnp.float32(options.proximity), score_args)
             out, hist = _adam_run(loss, codes, jnp.zeros_like(w_plus), args, steps, lr)
             offsets = None
@@ -474,9 +474,8 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
             if res not in cfg.resolutions or res > FEATURE_RES:
                 raise InvalidValueError(f"refinement feature_res {res} is not a block of this generator up to 64x64 "
                                         f"({', '.join(str(r) for r in cfg.resolutions if 8 <= r <= FEATURE_RES)})")
-            prepare, _, _ = _fs_fns(cfg, tuple(taps), score, res)
+            prepare, loss, codes = _fs_fns(cfg, tuple(taps), score, res)
             scale = prepare(generator.params, noise, w_plus)
-            _, loss, codes = _fs_fns(cfg, tuple(taps), score, res)
             p = {"w": jnp.zeros_like(w_plus),
                  "f": jnp.zeros((w_plus.shape[0], res, res, cfg.channel(res)), jnp.float32)}
             args = (*common, jnp.bool_(sparse), jnp.asarray(mask), jnp.float32(options.proximity),
