@@ -146,6 +146,10 @@ class TrainConfig:
     # How many samples of each batch the image-space term renders (0 = all): every (batch_size / image_batch)-th one,
     # so each device keeps its share. The term's cost (three generator passes per rendered sample) scales with it.
     image_batch: int = 0
+    # Beyond the paper (0 = none, pSp's encoder): the encoder also predicts an offset for the generator's
+    # offset_res x offset_res block (the one-pass counterpart of --refine fs; smis_jax.nets.psp.OffsetHead), trained
+    # by the image- and label-space terms (it needs one of them). A side the encoder has: mask_size/16, /8 or /4.
+    offset_res: int = 0
     # How generated samples are pseudo-labelled (smis_jax.labelers): 'paper' (the original's class means / annotated
     # vectors), 'knn', 'multiscale' or 'linear'.
     labeler: str = "paper"
@@ -202,6 +206,13 @@ class TrainConfig:
         if self.image_batch < 0 or (self.image_batch and self.batch_size % self.image_batch):
             raise ConfigError(f"image_batch must be 0 (the whole batch) or divide batch_size {self.batch_size}, got "
                               f"{self.image_batch}")
+        if self.offset_res and self.offset_res not in (self.mask_size // 16, self.mask_size // 8, self.mask_size // 4):
+            raise ConfigError(f"offset_res must be 0 (no offset head) or a side of the encoder's maps at mask_size "
+                              f"{self.mask_size}: {self.mask_size // 16}, {self.mask_size // 8} or "
+                              f"{self.mask_size // 4}; got {self.offset_res}")
+        if self.offset_res and not (self.image_lambda or self.label_lambda):
+            raise ConfigError(f"offset_res {self.offset_res} needs image_lambda or label_lambda > 0: no loss on W+ "
+                              f"trains the offset head")
         if not self.label_temperature > 0:
             raise ConfigError(f"label_temperature must be > 0, got {self.label_temperature}")
         if self.labeler not in LABELERS:

@@ -138,7 +138,19 @@ def load_test_masks(paths: Sequence[str | Path], n_classes: int) -> tuple[list[s
 def encoder_config(cfg: TrainConfig, generator: stylegan2.LoadedGenerator) -> EncoderConfig:
     widths, units = ENCODER_SIZES[cfg.encoder]
     return EncoderConfig(input_nc=cfg.domain_preset.n_classes, style_num=generator.config.n_latent,
-                         widths=widths, units=units, style_dim=generator.config.style_dim, input_size=cfg.mask_size)
+                         widths=widths, units=units, style_dim=generator.config.style_dim, input_size=cfg.mask_size,
+                         offset_res=cfg.offset_res, offset_channels=_offset_channels(cfg, generator))
+
+
+def _offset_channels(cfg: TrainConfig, generator: stylegan2.LoadedGenerator) -> int:
+    """The width of the generator's block that ``cfg.offset_res`` shifts (0 without an offset head)."""
+    if not cfg.offset_res:
+        return 0
+    channels = dict(generator.config.channels)
+    if cfg.offset_res not in channels:
+        raise ConfigError(f"offset_res {cfg.offset_res}: the {generator.config.size}px generator has no such block "
+                          f"(blocks {sorted(channels)})")
+    return int(channels[cfg.offset_res])
 
 
 def domain_generator(path: str | Path, domain: Domain, size: int | None = None) -> stylegan2.LoadedGenerator:

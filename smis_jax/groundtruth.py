@@ -129,9 +129,11 @@ def _synthesis_quality(pipeline, labels256, truth64, styles: int, seed: int, bat
         chunk = labels256[start:start + batch]
         pad = batch - len(chunk)
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]) if pad else chunk
-        codes = synthesize.encode(pipeline, labeling.labels_to_onehot(jnp.asarray(chunk), n_classes))
-        image = np.asarray(synthesize.decode(pipeline, codes, key, first_index=start))[: batch - pad]
-        multi = np.asarray(synthesize.decode(pipeline, codes, key, styles=styles, first_index=start))[: batch - pad]
+        codes, offsets = synthesize.encode_with_offsets(pipeline,
+                                                        labeling.labels_to_onehot(jnp.asarray(chunk), n_classes))
+        image = np.asarray(synthesize.decode(pipeline, codes, key, first_index=start, offsets=offsets))[: batch - pad]
+        multi = np.asarray(synthesize.decode(pipeline, codes, key, styles=styles, first_index=start,
+                                             offsets=offsets))[: batch - pad]
         images.append(image)
         step = image.shape[1] // shapes.SIZE  # the 256 output is the 64 px image repeated 4x4
         preds.append(shapes.segment(image[:, ::step, ::step]))
@@ -159,8 +161,9 @@ def _empty_canvas(pipeline, n_classes_mask: int, sparse: bool) -> dict[str, floa
     for name in EMPTY_CANVAS_CLASSES:
         c = shapes.CLASS_NAMES.index(name)
         mask = np.full((1, 256, 256), c + (1 if sparse else 0), np.int32)
-        codes = synthesize.encode(pipeline, labeling.labels_to_onehot(jnp.asarray(mask), n_classes_mask))
-        image = np.asarray(synthesize.decode(pipeline, codes, jax.random.key(0)))
+        codes, offsets = synthesize.encode_with_offsets(pipeline,
+                                                        labeling.labels_to_onehot(jnp.asarray(mask), n_classes_mask))
+        image = np.asarray(synthesize.decode(pipeline, codes, jax.random.key(0), offsets=offsets))
         step = image.shape[1] // shapes.SIZE
         out[name] = float(np.mean(shapes.segment(image[:, ::step, ::step]) == c))
     return out
@@ -298,8 +301,10 @@ def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] =
     labels256, truth64 = labels256[:n], truth64[:n]
     chunks = [slice(i, min(i + batch, n)) for i in range(0, n, batch)]
     n_classes = pipeline.encoder.config.input_nc
-    w0 = [synthesize.encode(pipeline, labeling.labels_to_onehot(jnp.asarray(labels256[c]), n_classes))
-          + pipeline.latent_avg for c in chunks]
+    encoded = [synthesize.encode_with_offsets(pipeline, labeling.labels_to_onehot(jnp.asarray(labels256[c]),
+                                                                                   n_classes)) for c in chunks]
+    w0 = [codes + pipeline.latent_avg for codes, _ in encoded]
+    offsets0 = [offsets for _, offsets in encoded]  # an offset head's (None for pSp's encoder)
     lpips_params = load_lpips().params
 
     def image64(w, offsets=None):
@@ -307,7 +312,7 @@ def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] =
         step = image.shape[1] // shapes.SIZE
         return image[:, ::step, ::step]
 
-    base = np.concatenate([image64(w) for w in w0])
+    base = np.concatenate([image64(w, o) for w, o in zip(w0, offsets0)])
     out: dict[str, Any] = {"n_masks": n, "batch": batch, "device": jax.devices()[0].device_kind,
                            "unrefined": scores(shapes.segment(base), truth64)}
     figure_cols = {"unrefined": base[:8]}
@@ -315,11 +320,12 @@ def refinement(export_dir: str | Path | export.RunExport, steps: Sequence[int] =
         rows = {}
         for k in steps:
             options = refine.default_options(method, int(k), **overrides)
+            # compile (every step count <= 256 shares it)
             refine.refine(gen, protos, w0[0], labels256[chunks[0]], dataclasses.replace(options, steps=1),
-                          sparse=sparse, labeler=run_labeler).w_plus.block_until_ready()  # compile (every step count <= 256 shares it)
+                          sparse=sparse, labeler=run_labeler, offsets=offsets0[0]).w_plus.block_until_ready()
             t0 = time.perf_counter()
-            results = [refine.refine(gen, protos, w, labels256[c], options, sparse=sparse, labeler=run_labeler)
-                       for w, c in zip(w0, chunks)]
+            results = [refine.refine(gen, protos, w, labels256[c], options, sparse=sparse, labeler=run_labeler,
+                                     offsets=o) for w, o, c in zip(w0, offsets0, chunks)]
             jax.block_until_ready([r.w_plus for r in results])
             seconds = (time.perf_counter() - t0) / n
             images = np.concatenate([image64(r.w_plus, r.offsets) for r in results])

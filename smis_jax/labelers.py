@@ -349,10 +349,11 @@ def _label_jit(features_NHWC, labeler: Labeler, cos_th, *, topk: int, out_size: 
 
 
 def label_latents(config: GeneratorConfig, gen_params, w_plus, noise, labeler, topk: int = 3, cos_th=0.5,
-                  out_size: int = 256, compat: bool = False):
-    """W+ codes and noise (up to 64x64) -> pseudo-labels (B, out_size, out_size): what a training step calls."""
+                  out_size: int = 256, compat: bool = False, offsets=None):
+    """W+ codes and noise (up to 64x64) -> pseudo-labels (B, out_size, out_size): what a training step calls.
+    ``offsets``: the generator's (an encoder's offset head), None for none."""
     labeler = as_labeler(labeler)
-    features = label_features(config, gen_params, w_plus, noise, labeler.taps)
+    features = label_features(config, gen_params, w_plus, noise, labeler.taps, offsets=offsets)
     return label(features, labeler, topk=topk, cos_th=cos_th, out_size=out_size, compat=compat)
 
 

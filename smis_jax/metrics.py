@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import labelers, labeling
-from smis_jax.nets.psp import EncoderConfig, GradualStyleEncoder, reduce_onehot
+from smis_jax.nets.psp import EncoderConfig, GradualStyleEncoder, codes_and_offsets, reduce_onehot
 from smis_jax.nets.stylegan2 import GeneratorConfig
 
 __all__ = ["confusion", "iou_from_confusion", "kernel_distance", "self_consistency"]
@@ -60,8 +60,9 @@ def _labels_of_synthesis(enc_config: EncoderConfig, gen_config: GeneratorConfig,
                          latent_avg, protos, onehot):
     sparse = not labelers.as_labeler(protos).dense
     onehot = reduce_onehot(onehot, enc_config.input_size, sparse)  # masks at 256 -> the encoder's input
-    codes = GradualStyleEncoder(enc_config).apply(enc_vars, onehot, False)
-    return labelers.label_latents(gen_config, gen_params, codes + latent_avg, noises, protos, out_size=256)
+    codes, offsets = codes_and_offsets(enc_config, GradualStyleEncoder(enc_config).apply(enc_vars, onehot, False))
+    return labelers.label_latents(gen_config, gen_params, codes + latent_avg, noises, protos, out_size=256,
+                                  offsets=offsets)
 
 
 def self_consistency(enc_config: EncoderConfig, enc_vars, gen_config: GeneratorConfig, gen_params, noises,

@@ -54,7 +54,7 @@ from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, LoadedGenerator
 
 __all__ = ["METHODS", "SCORERS", "PCA", "Options", "Result", "compute_pca", "pca_from_w", "labels_to_64", "refine",
            "render", "dense_prototypes", "prototypes_for", "default_options", "resolve_scorer",
-           "check_scorer", "linear_loss"]
+           "check_scorer", "linear_loss", "add_offsets"]
 
 METHODS = ("original", "wplus", "fs")
 SCORERS = ("auto", "prototypes", "labeler")  # wplus: cos(F64, P) / T, or the run's `linear` labeller's logits
@@ -138,8 +138,8 @@ def default_options(method: str, steps: int | None = None, **overrides) -> Optio
 @dataclasses.dataclass(frozen=True)
 class Result:
     """w_plus (B, S, D) refined W+ (latent_avg included); losses (B, steps + 1): the loss at iterations
-    0..steps-1 (before each update) and after the last update; offsets: ``fs``'s spatial latent {res: (B, r, r,
-    C)} for the generator (None for the other methods)."""
+    0..steps-1 (before each update) and after the last update; offsets: the spatial latent {res: (B, r, r, C)}
+    for the generator: ``fs``'s plus the encoder's (an offset head's, kept by every method), None for neither."""
 
     w_plus: jax.Array
     losses: np.ndarray
@@ -243,8 +243,8 @@ def prototypes_for(run_export) -> tuple[labeling.DensePrototypes, bool]:
 # ---------------------------------------------------------------------------------------------------------------
 # The jitted loops
 
-def _features(gen_cfg, gen_params, noise, w_plus):
-    _, f = Generator(gen_cfg).apply(gen_params, w_plus, noise, FEATURE_RES)
+def _features(gen_cfg, gen_params, noise, w_plus, offsets=None):
+    _, f = Generator(gen_cfg).apply(gen_params, w_plus, noise, FEATURE_RES, offsets=offsets)
     return f.astype(jnp.float32)  # (B, 64, 64, C)
 
 
@@ -340,14 +340,14 @@ def _original_fns(gen_cfg, top: int, rebuilt: int):
         g0 = jnp.einsum("de,be->bd", jnp.linalg.inv(vectors[0]), w0[:, 0] - mean[0], precision=_PRECISION)
         return g0[:, w0.shape[-1] - top:], g0  # st_dim = D - top, ed_dim = D
 
-    def codes(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0):  # -> W+ (B, S, D)
+    def codes(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0, base):  # W+
         g = jnp.concatenate([g0[:, :w0.shape[-1] - top], coeffs], axis=1)  # (B, D)
         rebuilt_codes = jnp.einsum("lde,be->bld", vectors, g, precision=_PRECISION) + mean[None]
         return jnp.concatenate([rebuilt_codes, w0[:, rebuilt:]], axis=1)
 
-    def loss(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0):
-        w = codes(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0)
-        return original_loss(_features(gen_cfg, gen_params, noise, w), labels64, proto_vectors, ignore0)
+    def loss(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0, base):
+        w = codes(coeffs, gen_params, noise, w0, labels64, proto_vectors, ignore0, mean, vectors, g0, base)
+        return original_loss(_features(gen_cfg, gen_params, noise, w, base), labels64, proto_vectors, ignore0)
 
     return jax.jit(prepare), loss, codes
 
@@ -366,13 +366,13 @@ def _wplus_fns(gen_cfg, taps: tuple[int, ...], score):
     the blocks taps, labels64, ignore0, *score_args)`` is the label-space term (:func:`_prototype_score` or
     :func:`_labeler_score`)."""
 
-    def codes(delta, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, score_args):
+    def codes(delta, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, score_args, base):
         return w0 + delta * layer_mask[None, :, None].astype(jnp.float32)
 
-    def loss(delta, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, score_args):
+    def loss(delta, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, score_args, base):
         sel = layer_mask[None, :, None].astype(jnp.float32)
         n_sel = jnp.maximum(jnp.sum(layer_mask), 1) * w0.shape[-1]
-        features = labelers.label_features(gen_cfg, gen_params, w0 + delta * sel, noise, taps)
+        features = labelers.label_features(gen_cfg, gen_params, w0 + delta * sel, noise, taps, offsets=base)
         ce = score(features, labels64, ignore0, *score_args)
         return ce + proximity * jnp.sum((delta * sel) ** 2, axis=(1, 2)) / n_sel
 
@@ -385,21 +385,24 @@ def _fs_fns(gen_cfg, taps: tuple[int, ...], score, res: int):
     ``res`` is ``u * step_ratio * scale`` with ``scale`` (B,) the block's standard deviation at the encoder's codes
     (``prepare``), so that Adam at ``lr`` moves it ``feature_lr`` (= lr * step_ratio) standard deviations a step."""
 
-    def prepare(gen_params, noise, w0):
-        _, sown = Generator(gen_cfg).apply(gen_params, w0, noise, until_res=FEATURE_RES, mutable=["taps"])
+    def prepare(gen_params, noise, w0, base):
+        _, sown = Generator(gen_cfg).apply(gen_params, w0, noise, until_res=FEATURE_RES, offsets=base,
+                                           mutable=["taps"])
         return jnp.std(sown["taps"][f"res{res}"][0].astype(jnp.float32), axis=(1, 2, 3))
 
-    def offsets(p, ratio, scale):
-        return {res: p["f"] * (ratio * scale)[:, None, None, None]}
+    def offsets(p, ratio, scale, base):
+        return add_offsets(base, {res: p["f"] * (ratio * scale)[:, None, None, None]})
 
-    def codes(p, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, f_prox, ratio, scale, score_args):
-        return w0 + p["w"] * layer_mask[None, :, None].astype(jnp.float32), offsets(p, ratio, scale)
+    def codes(p, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, f_prox, ratio, scale, score_args,
+              base):
+        return w0 + p["w"] * layer_mask[None, :, None].astype(jnp.float32), offsets(p, ratio, scale, base)
 
-    def loss(p, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, f_prox, ratio, scale, score_args):
+    def loss(p, gen_params, noise, w0, labels64, ignore0, layer_mask, proximity, f_prox, ratio, scale, score_args,
+             base):
         sel = layer_mask[None, :, None].astype(jnp.float32)
         n_sel = jnp.maximum(jnp.sum(layer_mask), 1) * w0.shape[-1]
         features = labelers.label_features(gen_cfg, gen_params, w0 + p["w"] * sel, noise, taps,
-                                           offsets=offsets(p, ratio, scale))
+                                           offsets=offsets(p, ratio, scale, base))
         ce = score(features, labels64, ignore0, *score_args)
         return (ce + proximity * jnp.sum((p["w"] * sel) ** 2, axis=(1, 2)) / n_sel
                 + f_prox * jnp.mean((p["f"] * ratio) ** 2, axis=(1, 2, 3)))
@@ -407,8 +410,17 @@ def _fs_fns(gen_cfg, taps: tuple[int, ...], score, res: int):
     return jax.jit(prepare), loss, codes
 
 
+def add_offsets(a: dict | None, b: dict | None) -> dict | None:
+    """The generator's ``offsets`` of two sources together (an encoder's offset head and a refinement): summed where
+    both shift a block, merged otherwise; None when neither has any."""
+    if not a or not b:
+        return a or b or None
+    return {r: a[r] + b[r] if r in a and r in b else a.get(r, b.get(r)) for r in sorted({*a, *b})}
+
+
 def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Options | None = None,
-           sparse: bool = False, pca: PCA | None = None, labeler: labelers.Labeler | None = None) -> Result:
+           sparse: bool = False, pca: PCA | None = None, labeler: labelers.Labeler | None = None,
+           offsets: dict | None = None) -> Result:
     """Refine W+ codes against their masks.
 
     generator: the pipeline's (its stored noise is used). prototypes: dense (or sparse, see
@@ -417,7 +429,11 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
     :func:`labels_to_64`). sparse: class 0 means "not annotated" and is ignored.
     pca: for ``original``, the PCA to use (default :func:`compute_pca` of ``generator``).
     labeler: the run's labeller, needed by ``scorer="labeler"`` (a ``linear`` one: the export's ``prototypes``).
+    offsets: the encoder's (its offset head's, :func:`smis_jax.synthesize.encode_with_offsets`), None for none:
+    ``original`` and ``wplus`` keep them fixed, ``fs`` starts from them; :attr:`Result.offsets` holds them (with
+    ``fs``'s own added) for :func:`render`.
     """
+    base = None if offsets is None else {int(r): jnp.asarray(o, jnp.float32) for r, o in offsets.items()}
     options = options or Options()
     check_scorer(prototypes, options, labeler)
     scorer = resolve_scorer(options, labeler)
@@ -446,9 +462,9 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
         prepare, loss, codes = _original_fns(cfg, top, n)
         mean, vectors = jnp.asarray(pca.mean[:n]), jnp.asarray(pca.vectors[:n])
         coeffs, g0 = prepare(w_plus, mean, vectors)
-        args = (*common, jnp.asarray(protos.vectors, jnp.float32), jnp.bool_(sparse), mean, vectors, g0)
+        args = (*common, jnp.asarray(protos.vectors, jnp.float32), jnp.bool_(sparse), mean, vectors, g0, base)
         out, hist = _adam_run(loss, codes, coeffs, args, steps, lr)
-        offsets = None
+        offsets = base
     else:
         layers = range(cfg.n_latent) if options.layers is None else options.layers
         bad = [i for i in layers if not 0 <= int(i) < cfg.n_latent]
@@ -466,21 +482,21 @@ def refine(generator: LoadedGenerator, prototypes, w_plus, labels, options: Opti
                           jnp.float32(options.temperature))
         if options.method == "wplus":
             loss, codes = _wplus_fns(cfg, taps, score)
-            args = (*common, jnp.bool_(sparse), jnp.asarray(mask), jnp.float32(options.proximity), score_args)
+            args = (*common, jnp.bool_(sparse), jnp.asarray(mask), jnp.float32(options.proximity), score_args, base)
             out, hist = _adam_run(loss, codes, jnp.zeros_like(w_plus), args, steps, lr)
-            offsets = None
+            offsets = base
         else:
             res = int(options.feature_res)
             if res not in cfg.resolutions or res > FEATURE_RES:
                 raise InvalidValueError(f"refinement feature_res {res} is not a block of this generator up to 64x64 "
                                         f"({', '.join(str(r) for r in cfg.resolutions if 8 <= r <= FEATURE_RES)})")
             prepare, loss, codes = _fs_fns(cfg, tuple(taps), score, res)
-            scale = prepare(generator.params, noise, w_plus)
+            scale = prepare(generator.params, noise, w_plus, base)
             p = {"w": jnp.zeros_like(w_plus),
                  "f": jnp.zeros((w_plus.shape[0], res, res, cfg.channel(res)), jnp.float32)}
             args = (*common, jnp.bool_(sparse), jnp.asarray(mask), jnp.float32(options.proximity),
                     jnp.float32(options.feature_proximity), jnp.float32(options.feature_lr / options.lr), scale,
-                    score_args)
+                    score_args, base)
             (out, offsets), hist = _adam_run(loss, codes, p, args, steps, lr)
     return Result(out, hist.T, options, offsets)
 

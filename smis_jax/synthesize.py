@@ -112,7 +112,7 @@ def _decode_fn(gen_cfg, styles: int, random_noise: bool):
             # Truncation towards the mean w (latent_avg's rows are that mean, repeated); psi = 1 leaves w bit-exact.
             w = jnp.where(psi == 1.0, w, stylegan2.truncate(w, jnp.mean(latent_avg, axis=0), psi))
             codes = mix_latents(jnp.repeat(codes, styles, axis=0), w, mask, alpha)  # (B*N, S, D)
-            if offsets is not None:  # a refined layout (fs) stays under every style
+            if offsets is not None:  # a placed layout (offset head, fs) stays under every style
                 offsets = {r: jnp.repeat(o, styles, axis=0) for r, o in offsets.items()}
             noise = stylegan2.make_sample_noise(gen_cfg, pair[:, 1])
         elif random_noise:
@@ -138,8 +138,9 @@ def synthesize(pipeline, onehot: jax.Array, key: jax.Array, styles: int = 0, lat
     towards the mean w by ``truncation`` psi), with random noise. Sample b's randomness is
     ``fold_in(key, first_index + b)``, so a batch split changes nothing.
     """
-    return decode(pipeline, encode(pipeline, onehot), key, styles=styles, latent_mask=latent_mask, alpha=alpha,
-                  noise=noise, first_index=first_index, truncation=truncation)
+    codes, offsets = encode_with_offsets(pipeline, onehot)
+    return decode(pipeline, codes, key, styles=styles, latent_mask=latent_mask, alpha=alpha, noise=noise,
+                  first_index=first_index, truncation=truncation, offsets=offsets)
 
 
 def encode(pipeline, onehot: jax.Array) -> jax.Array:
@@ -147,12 +148,19 @@ def encode(pipeline, onehot: jax.Array) -> jax.Array:
 
     Masks are read at 256 whatever the encoder's input size; an encoder that reads smaller masks (the built-in
     domains' 64x64) gets each block's most frequent class (:func:`smis_jax.nets.psp.reduce_onehot`; on a sparse
-    domain any annotated class before class 0)."""
+    domain any annotated class before class 0). An encoder with an offset head draws what it places only with
+    its offsets: :func:`encode_with_offsets`."""
+    return encode_with_offsets(pipeline, onehot)[0]
+
+
+def encode_with_offsets(pipeline, onehot: jax.Array) -> tuple[jax.Array, dict | None]:
+    """:func:`encode`'s codes and the encoder's offsets for :func:`decode` (None for pSp's encoder, which has no
+    offset head: ``--offset-res``)."""
     cfg = pipeline.encoder.config
     onehot = jnp.asarray(onehot, jnp.float32)
     if onehot.ndim != 4 or onehot.shape[1:] != (256, 256, cfg.input_nc):
         raise ValueError(f"onehot must be (B, 256, 256, {cfg.input_nc}), got {tuple(onehot.shape)}")
-    return pipeline.encoder.encode(onehot, sparse=is_sparse(pipeline))
+    return pipeline.encoder.encode_with_offsets(onehot, sparse=is_sparse(pipeline))
 
 
 def export_domain(pipeline):
@@ -170,8 +178,8 @@ def decode(pipeline, codes: jax.Array, key: jax.Array, styles: int = 0, latent_m
            alpha: float | None = None, noise: str = "const", first_index: int = 0,
            truncation: float = 1.0, offsets: dict | None = None) -> jax.Array:
     """:func:`encode`'s codes (B, S, D) -> images, as :func:`synthesize` (one encoding can feed several decodes).
-    ``offsets``: the spatial latent of an ``fs`` refinement (:class:`smis_jax.refine.Result`), kept under every
-    style; None for none."""
+    ``offsets``: the spatial latent of an encoder's offset head (:func:`encode_with_offsets`) or an ``fs`` refinement
+    (:class:`smis_jax.refine.Result`), kept under every style; None for none."""
     gen = pipeline.generator
     if styles < 0:
         raise InvalidValueError(f"styles must be >= 0, got {styles}")
@@ -280,11 +288,10 @@ def run(checkpoint: str | Path, masks: Sequence[str | Path], out: str | Path, st
             labels = np.stack([data.read_label(f, cfg.input_nc) for f in chunk])  # (b, 256, 256) uint8
             if len(chunk) < batch:
                 labels = np.concatenate([labels, np.repeat(labels[-1:], batch - len(chunk), axis=0)])
-            codes = encode(pipeline, data.onehot(jnp.asarray(labels), cfg.input_nc))
-            offsets = None
+            codes, offsets = encode_with_offsets(pipeline, data.onehot(jnp.asarray(labels), cfg.input_nc))
             if options is not None:
                 refined = refinement.refine(pipeline.generator, protos, codes + pipeline.latent_avg, labels, options,
-                                            sparse=sparse, labeler=run_labeler)
+                                            sparse=sparse, labeler=run_labeler, offsets=offsets)
                 codes, offsets = refined.w_plus - pipeline.latent_avg, refined.offsets
                 refine_losses.extend(float(v) for v in refined.losses[: len(chunk), -1])
             images = decode(pipeline, codes, key, styles=styles, latent_mask=latent_mask, alpha=alpha, noise=noise,

@@ -37,7 +37,7 @@ from smis_jax import hosts, labelers, labeling
 from smis_jax.config import TrainConfig
 from smis_jax.errors import ConfigError, MissingFileError, UserError
 from smis_jax.nets import ops
-from smis_jax.nets.psp import EncoderConfig, GradualStyleEncoder, init_variables
+from smis_jax.nets.psp import EncoderConfig, GradualStyleEncoder, codes_and_offsets, init_variables
 from smis_jax.nets.stylegan2 import Generator, GeneratorConfig, make_noise
 from smis_jax.optim import ranger
 
@@ -189,7 +189,7 @@ def class_vectors(protos) -> labeling.DensePrototypes:
     return labeling.DensePrototypes(vectors=vectors, present=counts > 0)
 
 
-def label_space_loss(cfg: StepConfig, gen_params, latent, noise, labels, protos) -> jax.Array:
+def label_space_loss(cfg: StepConfig, gen_params, latent, noise, labels, protos, offsets=None) -> jax.Array:
     """Beyond the paper: does the image decoded from the encoder's codes carry the mask it was given? The
     generator's 64x64 features of ``latent`` (rendered with the sample's ``noise``) are scored against the class
     vectors (cosine, absent classes never), and the softmax at ``label_temperature`` is compared with the
@@ -199,7 +199,7 @@ def label_space_loss(cfg: StepConfig, gen_params, latent, noise, labels, protos)
         raise ConfigError(f"the label-space loss scores with the paper's prototypes; --labeler {labeler.kind} has "
                           f"none (use --labeler paper with --label-lambda)")
     protos = labeler.protos
-    _, features = Generator(cfg.generator).apply(gen_params, latent, noise, until_res=64)
+    _, features = Generator(cfg.generator).apply(gen_params, latent, noise, until_res=64, offsets=offsets)
     dense = class_vectors(protos)
     scores = labeling.cosine_scores(features, dense)  # (B, 64, 64, L), -inf for absent classes
     h = scores.shape[1]
@@ -211,12 +211,13 @@ def label_space_loss(cfg: StepConfig, gen_params, latent, noise, labels, protos)
     return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def image_space_loss(cfg: StepConfig, gen_params, latent, w_plus, noise) -> jax.Array:
+def image_space_loss(cfg: StepConfig, gen_params, latent, w_plus, noise, offsets=None) -> jax.Array:
     """Beyond the paper, pSp's image term: MSE between the sample (``w_plus``, fixed) and the image decoded from the
-    encoder's ``latent``, both with the sample's ``noise`` (every layer) and average-pooled to at most 64x64."""
+    encoder's ``latent`` (and its offset head's ``offsets``), both with the sample's ``noise`` (every layer) and
+    average-pooled to at most 64x64."""
     generator = Generator(cfg.generator)
     target, _ = generator.apply(gen_params, w_plus, noise)
-    image, _ = generator.apply(gen_params, latent, noise)
+    image, _ = generator.apply(gen_params, latent, noise, offsets=offsets)
     side = min(64, cfg.generator.size)
     pool = partial(ops.adaptive_avg_pool, out_hw=(side, side))
     return jnp.mean((pool(image.astype(jnp.float32)) - jax.lax.stop_gradient(pool(target.astype(jnp.float32)))) ** 2)
@@ -225,16 +226,22 @@ def image_space_loss(cfg: StepConfig, gen_params, latent, w_plus, noise) -> jax.
 def latent_loss(cfg: StepConfig, params, batch_stats, onehot, w_plus, latent_avg):
     """pSp's loss on W+: ``l2_lambda * MSE(encoder(onehot) + latent_avg, w_plus) + w_norm_lambda * WNorm``.
 
-    Returns ``(loss, (new batch_stats, metrics, latent))``; the encoder runs in train mode (batch statistics).
+    Returns ``(loss, (new batch_stats, metrics, latent, offsets))``; the encoder runs in train mode (batch
+    statistics). ``offsets``: the offset head's ``{res: (B, r, r, C)}`` (None without one); no loss on W+ reaches
+    it, the image- and label-space terms train it.
     """
-    codes, updates = GradualStyleEncoder(cfg.encoder).apply(
+    out, updates = GradualStyleEncoder(cfg.encoder).apply(
         {"params": params, "batch_stats": batch_stats}, onehot, True, mutable=["batch_stats"])
+    codes, offsets = codes_and_offsets(cfg.encoder, out)
     latent = codes + latent_avg  # (B, S, D)
     l2 = jnp.mean((latent - w_plus) ** 2)
     # pSp's WNorm: sum over the batch of ||latent_b - latent_avg||_F, divided by B.
     w_norm = jnp.mean(jnp.sqrt(jnp.sum((latent - latent_avg) ** 2, axis=(1, 2))))
     loss = cfg.l2_lambda * l2 + cfg.w_norm_lambda * w_norm
-    return loss, (updates["batch_stats"], {"loss": loss, "loss_l2": l2, "w_norm": w_norm}, latent)
+    metrics = {"loss": loss, "loss_l2": l2, "w_norm": w_norm}
+    if offsets is not None:
+        metrics["offset_rms"] = jnp.sqrt(jnp.mean(offsets[cfg.encoder.offset_res] ** 2))
+    return loss, (updates["batch_stats"], metrics, latent, offsets)
 
 
 @functools.lru_cache(maxsize=8)
@@ -255,15 +262,17 @@ def make_train_step(cfg: StepConfig, mesh: Mesh):
         return jax.lax.with_sharding_constraint(x, batch_sharding)
 
     def loss_fn(params, batch_stats, onehot, w_plus, latent_avg, gen_params, noise, labels, protos):
-        loss, (batch_stats, metrics, latent) = latent_loss(cfg, params, batch_stats, onehot, w_plus, latent_avg)
+        loss, (batch_stats, metrics, latent, offsets) = latent_loss(cfg, params, batch_stats, onehot, w_plus,
+                                                                    latent_avg)
         if cfg.label_lambda:
             label_loss = label_space_loss(cfg, gen_params, latent, noise[:cfg.generator.num_noise_layers(64)], labels,
-                                          protos)
+                                          protos, offsets)
             loss = loss + cfg.label_lambda * label_loss
             metrics = {**metrics, "loss": loss, "loss_label": label_loss}
         if cfg.image_lambda:
             every = slice(None, None, cfg.batch_size // cfg.image_batch if cfg.image_batch else 1)
-            image_loss = image_space_loss(cfg, gen_params, latent[every], w_plus[every], [n[every] for n in noise])
+            image_loss = image_space_loss(cfg, gen_params, latent[every], w_plus[every], [n[every] for n in noise],
+                                          None if offsets is None else {r: o[every] for r, o in offsets.items()})
             loss = loss + cfg.image_lambda * image_loss
             metrics = {**metrics, "loss": loss, "loss_image": image_loss}
         return loss, (batch_stats, metrics, latent)
@@ -310,10 +319,11 @@ def make_preview(cfg: StepConfig):
         noise = make_noise(cfg.generator, key_noise, rows)
         generator = Generator(cfg.generator)
         sample, _ = generator.apply(gen_params, w_plus, noise)
-        codes = GradualStyleEncoder(cfg.encoder).apply(
+        out = GradualStyleEncoder(cfg.encoder).apply(
             {"params": state.params, "batch_stats": state.batch_stats},
             labeling.labels_to_onehot(labels, cfg.encoder.input_nc), False)
-        recon, _ = generator.apply(gen_params, codes + latent_avg, noise)
+        codes, offsets = codes_and_offsets(cfg.encoder, out)
+        recon, _ = generator.apply(gen_params, codes + latent_avg, noise, offsets=offsets)
         pool = partial(ops.adaptive_avg_pool, out_hw=(256, 256))
         f = 256 // labels.shape[1]  # labels at the encoder's input size, shown at 256 like the images
         return jnp.repeat(jnp.repeat(labels, f, axis=1), f, axis=2), pool(sample), pool(recon)

@@ -10,6 +10,7 @@ to 1e-5. So the gradient is checked against PyTorch float32 on the original's co
 autograd run from the same .pt), and a second test pins down that the golden value is what channels-last gives.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -403,3 +404,62 @@ def test_reduce_onehot_block_mode_and_sparse_rule():
     np.testing.assert_array_equal(np.argmax(psp.reduce_onehot(jax.nn.one_hot(big, 7), 64), -1), small)
     x = jax.nn.one_hot(small, 7)
     assert psp.reduce_onehot(x, 64) is x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The offset head (beyond pSp): the encoder's spatial output for the generator's r x r block.
+
+def test_offset_head_starts_at_zero_reads_its_map_and_leaves_the_codes_alone():
+    """A fresh head adds nothing (its last conv starts at zero) and the codes are pSp's encoder's with the same
+    weights; with weights, the offset is conv3x3 -> lrelu 0.2 -> conv3x3 of the map of its side (p2 at 8 for a
+    64-input encoder, c3 at 4, p1 at 16), written out here with lax; configs name what is wrong."""
+    plain = psp.EncoderConfig(input_nc=7, style_num=10, widths=(8, 16, 16, 32), units=(1, 1, 1, 1), style_dim=16,
+                              se_reduction=8, input_size=64)
+    head = dataclasses.replace(plain, offset_res=8, offset_channels=12)
+    variables = psp.init_variables(head, jax.random.key(0))
+    assert set(variables["params"]) - set(psp.abstract_variables(plain)["params"]) == {"offset_head"}
+    rng = np.random.default_rng(0)
+    x = jax.nn.one_hot(rng.integers(0, 7, (2, 64, 64)), 7)
+    (codes, offset), inter = psp.GradualStyleEncoder(head).apply(variables, x, False, mutable=["intermediates"])
+    assert offset.shape == (2, 8, 8, 12) and not np.any(np.asarray(offset))
+    shared = {"params": {k: v for k, v in variables["params"].items() if k != "offset_head"},
+              "batch_stats": variables["batch_stats"]}
+    np.testing.assert_array_equal(codes, psp.GradualStyleEncoder(plain).apply(shared, x, False))
+
+    p = dict(variables["params"]["offset_head"])
+    p["zero_kernel"] = jnp.asarray(rng.normal(0, 0.1, p["zero_kernel"].shape), jnp.float32)
+    p["zero_bias"] = jnp.asarray(rng.normal(0, 0.1, p["zero_bias"].shape), jnp.float32)
+    trained = {"params": {**variables["params"], "offset_head": p}, "batch_stats": variables["batch_stats"]}
+    _, offset = psp.GradualStyleEncoder(head).apply(trained, x, False)
+
+    def conv(a, k, b):
+        return jax.lax.conv_general_dilated(a, k, (1, 1), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision=jax.lax.Precision.HIGHEST) + b
+
+    hidden = jax.nn.leaky_relu(conv(inter["intermediates"]["p2"][0], p["conv_0"]["kernel"], p["conv_0"]["bias"]), 0.2)
+    want = conv(hidden, p["zero_kernel"], p["zero_bias"])
+    assert float(jnp.abs(want).max()) > 0.1
+    np.testing.assert_allclose(offset, want, rtol=1e-4, atol=1e-5)
+    for res, side in ((4, 4), (16, 16)):
+        cfg = dataclasses.replace(plain, offset_res=res, offset_channels=3)
+        assert psp.abstract_variables(cfg)["params"]["offset_head"]["zero_kernel"].shape == (3, 3, 32, 3)
+        out = jax.eval_shape(lambda v: psp.GradualStyleEncoder(cfg).apply(v, x, False), psp.abstract_variables(cfg))
+        assert out[1].shape == (2, side, side, 3)
+    # config.json records it; records written before it existed read as pSp's encoder (no head)
+    assert psp.EncoderConfig.from_json(head.to_json()) == head
+    old = {k: v for k, v in head.to_json().items() if not k.startswith("offset_")}
+    assert psp.EncoderConfig.from_json(old).offset_res == 0
+    for kwargs, match in ((dict(offset_res=5, offset_channels=4), "offset_res must be 0 .* 4, 8, 16 .* got 5"),
+                          (dict(offset_res=8), "offset_channels must be >= 1 with offset_res 8, got 0"),
+                          (dict(offset_channels=4), "offset_channels 4 given without an offset_res")):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(plain, **kwargs)
+    # the loaded encoder: encode() gives the codes, encode_with_offsets() the generator's {res: offset} too
+    loaded = psp.LoadedEncoder(head, trained["params"], trained["batch_stats"])
+    onehot256 = jnp.repeat(jnp.repeat(x, 4, axis=1), 4, axis=2)
+    codes2, offsets = loaded.encode_with_offsets(onehot256)
+    assert set(offsets) == {8}
+    np.testing.assert_allclose(offsets[8], offset, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(loaded.encode(onehot256), codes2)
+    assert psp.LoadedEncoder(plain, shared["params"], shared["batch_stats"]).encode_with_offsets(onehot256)[1] is None

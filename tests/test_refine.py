@@ -420,16 +420,18 @@ def test_refine_request_parsing():
             ed.parse_refine(json.dumps({"mask": mask, **bad}).encode(), domain)
 
 
-def _write_export(out, golden, prototypes):
+def _write_export(out, golden, prototypes, offset_res=0):
     """An export as train.run writes it (run record, the labeller's state) with the golden generator and a random
-    tiny encoder (4 classes) of a domain without built-in shots."""
+    tiny encoder (4 classes) of a domain without built-in shots; ``offset_res``: with an offset head there."""
+    import dataclasses
     import types
 
     from smis_jax import export
     from smis_jax.nets import psp
 
     gen = load_generator(golden / "stylegan2_tiny128.pt")
-    enc_cfg = psp.EncoderConfig.golden(input_nc=NC, style_num=S)
+    enc_cfg = dataclasses.replace(psp.EncoderConfig.golden(input_nc=NC, style_num=S), offset_res=offset_res,
+                                  offset_channels=gen.config.channel(offset_res) if offset_res else 0)
     shapes = psp.abstract_variables(enc_cfg)
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda a: rng.normal(0.0, 0.05, a.shape).astype(np.float32), shapes["params"])
@@ -537,3 +539,65 @@ def test_a_linear_run_without_prototypes_refines_with_wplus(golden, linear_label
     assert editor.info()["refine"] == ["wplus", "fs"]
     with pytest.raises(ed.InputError, match="'original' needs the paper's prototypes"):
         editor.refine(case["labels"][0].astype(np.uint8), "original", 1)
+
+
+def test_an_offset_head_export_draws_its_offset_everywhere(golden, case, tmp_path):
+    """An export whose encoder has an offset head (train.run --offset-res) records it, and every user of the
+    encoder draws it: the library (synthesize = decode of encode_with_offsets, styles included), the CLI, the
+    editor, and refinement (wplus keeps the offset fixed in its loss and its result; fs starts from it)."""
+    from PIL import Image
+
+    from smis_jax import export, synthesize, viz
+    from smis_jax.app import editor as ed
+
+    protos = labeling.DensePrototypes(vectors=jnp.asarray(case["protos"]), present=jnp.asarray([1, 1, 1, 0], bool))
+    path = _write_export(tmp_path / "export", golden, protos, offset_res=16)
+    run = export.load(path)
+    assert run.pipeline.encoder.config.offset_res == 16
+    labels = case["labels"][:1].astype(np.uint8)
+    onehot = labeling.labels_to_onehot(jnp.asarray(labels), NC)
+    codes, offsets = synthesize.encode_with_offsets(run.pipeline, onehot)
+    assert set(offsets) == {16} and offsets[16].shape == (1, 16, 16, run.pipeline.generator.config.channel(16))
+    key = jax.random.key(0)
+    image = synthesize.synthesize(run.pipeline, onehot, key)
+    np.testing.assert_array_equal(image, synthesize.decode(run.pipeline, codes, key, offsets=offsets))
+    bare = synthesize.decode(run.pipeline, codes, key)
+    assert float(jnp.abs(image - bare).max()) > 1e-2  # the offset is drawn
+    styles = synthesize.synthesize(run.pipeline, onehot, key, styles=2)
+    np.testing.assert_array_equal(styles, synthesize.decode(run.pipeline, codes, key, styles=2, offsets=offsets))
+
+    Image.fromarray(labels[0]).save(tmp_path / "m.png")
+    args = ["--checkpoint", str(path), "--masks", str(tmp_path / "m.png"), "--batch-size", "1"]
+    assert synthesize.main([*args, "--out", str(tmp_path / "plain")]) == 0
+    cli = np.asarray(Image.open(tmp_path / "plain" / "m.png"))
+    assert np.array_equal(cli, viz.to_uint8(np.asarray(image[0])))
+    editor = ed.Editor(path, variants=0)
+    shown = np.asarray(Image.open(io.BytesIO(editor.update(labels[0]).image)))
+    assert np.array_equal(shown, cli)
+
+    w0 = codes + run.pipeline.latent_avg
+    wp = refine.refine(run.pipeline.generator, protos, w0, labels, refine.Options("wplus", 0), offsets=offsets)
+    wp_bare = refine.refine(run.pipeline.generator, protos, w0, labels, refine.Options("wplus", 0))
+    assert wp.offsets is offsets or np.array_equal(wp.offsets[16], offsets[16])
+    assert not np.allclose(wp.losses[:, 0], wp_bare.losses[:, 0])  # its loss scores the image with the offset
+    fs = refine.refine(run.pipeline.generator, protos, w0, labels, refine.Options("fs", 0), offsets=offsets)
+    np.testing.assert_allclose(fs.losses[:, 0], wp.losses[:, 0], rtol=1e-6)  # fs starts where the encoder is
+    np.testing.assert_array_equal(fs.offsets[16], offsets[16])
+    moved = refine.refine(run.pipeline.generator, protos, w0, labels, refine.default_options("fs", 3),
+                          offsets=offsets)
+    assert set(moved.offsets) == {8, 16} and np.array_equal(moved.offsets[16], offsets[16])
+    assert moved.losses[0, -1] < moved.losses[0, 0]
+    assert synthesize.main([*args, "--out", str(tmp_path / "fs"), "--refine", "fs", "--refine-steps", "3"]) == 0
+    want = viz.to_uint8(np.asarray(refine.render(run.pipeline.generator, moved.w_plus, offsets=moved.offsets))[0])
+    assert np.abs(np.asarray(Image.open(tmp_path / "fs" / "m.png")).astype(int) - want.astype(int)).max() <= 1
+    r = editor.refine(labels[0], "fs", 3)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.image))),
+                          np.asarray(Image.open(tmp_path / "fs" / "m.png")))
+
+
+def test_add_offsets_sums_a_shared_block_and_merges_the_rest():
+    a, b = {8: jnp.ones((1, 8, 8, 2))}, {8: 2 * jnp.ones((1, 8, 8, 2)), 16: jnp.zeros((1, 16, 16, 1))}
+    both = refine.add_offsets(a, b)
+    assert set(both) == {8, 16} and float(both[8][0, 0, 0, 0]) == 3.0 and both[16] is b[16]
+    assert refine.add_offsets(None, a) is a and refine.add_offsets(a, None) is a
+    assert refine.add_offsets(None, None) is None

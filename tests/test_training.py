@@ -345,3 +345,37 @@ def test_learning_rate_decay_scales_the_real_steps_updates(generator, samples):
     assert np.linalg.norm(moved_d - 0.5 * moved_c) < 1e-3 * np.linalg.norm(moved_c)
     with pytest.raises(ValueError, match=r"lr_decay_steps must lie in \[0, max_steps = 10\], got 11"):
         TrainConfig.for_domain("shapes", max_steps=10, lr_decay_steps=11)
+
+
+def test_offset_head_is_trained_by_the_image_term(generator, samples):
+    """--offset-res: the encoder's offset reaches the decoded image, so the image-space term trains the head: it
+    starts at zero (offset_rms 0 at the first step) and moves once updated; the paper's step reports no offset. The
+    W+ loss alone cannot reach the head, so a config without an image or label term is refused, as is a side the
+    encoder has no map of."""
+    from smis_jax.config import TrainConfig
+
+    protos, n_classes = _prototypes(generator, samples, "dense")
+    c = generator.config
+    enc = EncoderConfig(input_nc=n_classes, style_num=c.n_latent, widths=(8, 16, 16, 32), units=(1, 1, 1, 1),
+                        style_dim=c.style_dim, se_reduction=8, input_size=64, offset_res=8,
+                        offset_channels=c.channel(8))
+    cfg = StepConfig(generator=c, encoder=enc, batch_size=2, image_lambda=1.0, learning_rate=1e-2)
+    latent_avg = jnp.broadcast_to(generator.latent_avg, (c.n_latent, c.style_dim))
+    step = make_train_step(cfg, data_mesh(jax.devices()[:1]))
+    state = init_train_state(cfg, 0)
+    first_state = jax.device_get(state)
+    rms = []
+    for _ in range(2):
+        state, m = step(state, generator.params, protos, latent_avg)
+        rms.append(float(m["offset_rms"]))
+    # only the image term reaches the head (W+'s MSE does not): its update moved the zero conv off zero
+    assert rms[0] == 0.0 and rms[1] > 0.0, rms
+    moved = jax.device_get(state.params["offset_head"]["zero_kernel"])
+    assert not np.any(first_state.params["offset_head"]["zero_kernel"]) and np.abs(moved).max() > 0
+    assert "offset_rms" not in make_train_step(_step_config(generator, n_classes), data_mesh(jax.devices()[:1])
+                                               )(init_train_state(_step_config(generator, n_classes), 0),
+                                                 generator.params, protos, latent_avg)[1]
+    with pytest.raises(ValueError, match="offset_res 8 needs image_lambda or label_lambda > 0"):
+        TrainConfig.for_domain("shapes", offset_res=8, image_lambda=0.0)
+    with pytest.raises(ValueError, match="offset_res must be 0 .* mask_size 64: 4, 8 or 16; got 32"):
+        TrainConfig.for_domain("shapes", offset_res=32)

@@ -58,6 +58,8 @@ TRAIN_FLAGS = {
                                        "from the encoder's codes at <= 64 px (beyond the paper; 0 = off)"),
     "image_batch": ("--image-batch", "samples of each batch the image-space loss renders, every (batch / N)-th "
                                      "(0 = all; fewer cost less)"),
+    "offset_res": ("--offset-res", "the encoder also predicts an offset for the generator's N x N block, trained by "
+                                   "the image/label-space loss (beyond the paper; 0 = pSp's encoder)"),
     "topk": ("--topk", "sparse labelling: pixels per annotated vector"),
     "cos_th": ("--cos-th", "sparse labelling: cosine threshold"),
     "labeler": ("--labeler", "pseudo-labeller: paper (the original's class means), knn, multiscale or linear "

@@ -182,11 +182,11 @@ class Editor:
         with self._lock:
             t0 = time.perf_counter()
             onehot = data.onehot(jax.numpy.asarray(labels[None]), self.domain.n_classes)  # (1, 256, 256, C)
-            codes = syn.encode(self.pipeline, onehot)  # (1, S, D): one encoding for both decodes
+            codes, offsets = syn.encode_with_offsets(self.pipeline, onehot)  # (1, S, D): one encoding, two decodes
             key = jax.random.key(seed)
-            image = syn.decode(self.pipeline, codes, key)  # (1, 256, 256, 3)
-            rows = syn.decode(self.pipeline, codes, key, styles=self.variants, truncation=truncation) \
-                if self.variants else None  # (1, N, 256, 256, 3)
+            image = syn.decode(self.pipeline, codes, key, offsets=offsets)  # (1, 256, 256, 3)
+            rows = syn.decode(self.pipeline, codes, key, styles=self.variants, truncation=truncation,
+                              offsets=offsets) if self.variants else None  # (1, N, 256, 256, 3)
             image_png = png_bytes(viz.to_uint8(np.asarray(image[0])))
             variant_pngs = tuple(png_bytes(im) for im in viz.to_uint8(np.asarray(rows[0]))) if rows is not None else ()
             return Update(image_png, variant_pngs, 1000 * (time.perf_counter() - t0))
@@ -211,10 +211,10 @@ class Editor:
         with self._refine_lock:
             t0 = time.perf_counter()
             onehot = data.onehot(jax.numpy.asarray(labels[None]), self.domain.n_classes)
-            codes = syn.encode(self.pipeline, onehot)
+            codes, offsets = syn.encode_with_offsets(self.pipeline, onehot)
             result = refinement.refine(self.pipeline.generator, self._refine_protos, codes + self.pipeline.latent_avg,
                                        labels[None], options, sparse=self._refine_sparse,
-                                       labeler=self._refine_labeler)
+                                       labeler=self._refine_labeler, offsets=offsets)
             image = syn.decode(self.pipeline, result.w_plus - self.pipeline.latent_avg, jax.random.key(0),
                                offsets=result.offsets)
             png = png_bytes(viz.to_uint8(np.asarray(image[0])))

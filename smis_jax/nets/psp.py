@@ -46,6 +46,7 @@ from smis_jax.nets.stylegan2 import LoadedGenerator
 __all__ = [
     "INPUT_SIZE",
     "EncoderConfig",
+    "codes_and_offsets",
     "reduce_onehot",
     "BatchNorm",
     "PReLU",
@@ -76,6 +77,11 @@ class EncoderConfig:
     style_dim: int = 512
     se_reduction: int = 16
     input_size: int = INPUT_SIZE  # side of the one-hot masks it reads (a power of two >= 32)
+    # Beyond pSp (0 = none, the paper's encoder): a head that also predicts a spatial offset for the generator's
+    # ``offset_res`` block (input/16, input/8 or input/4: it reads c3, p2 or p1), ``offset_channels`` deep (that
+    # block's width); see :class:`OffsetHead`.
+    offset_res: int = 0
+    offset_channels: int = 0
 
     def __post_init__(self):
         # JSON round trips give lists; keep the dataclass hashable.
@@ -97,6 +103,14 @@ class EncoderConfig:
         s = int(self.input_size)
         if s < 32 or s & (s - 1):
             problems.append(f"input_size must be a power of two >= 32, got {self.input_size}")
+        r = int(self.offset_res)
+        if r and (s < 32 or s & (s - 1) or r not in (s // 16, s // 8, s // 4)):
+            problems.append(f"offset_res must be 0 (no offset head) or one of the encoder's map sides {s // 16}, "
+                            f"{s // 8}, {s // 4} (input/16, /8, /4), got {self.offset_res}")
+        if r and int(self.offset_channels) < 1:
+            problems.append(f"offset_channels must be >= 1 with offset_res {r}, got {self.offset_channels}")
+        if not r and int(self.offset_channels):
+            problems.append(f"offset_channels {self.offset_channels} given without an offset_res")
         if problems:
             raise ConfigError("EncoderConfig: " + "; ".join(problems))
 
@@ -288,9 +302,30 @@ class EqualLinear(nn.Module):
         return ops.equal_linear(x, w, b, lr_mul=1.0)
 
 
+class OffsetHead(nn.Module):
+    """Beyond pSp: the encoder's spatial output. A feature map ``(B, r, r, C_in)`` -> an offset ``(B, r, r,
+    channels)`` for the generator's ``r x r`` block (:class:`smis_jax.nets.stylegan2.Generator`'s ``offsets``):
+    conv3x3 + bias, lrelu 0.2, then a conv3x3 + bias whose weights start at zero (``zero_kernel``, ``zero_bias``),
+    so a fresh head adds nothing and training starts from pSp's encoder. It is the one-pass counterpart of
+    ``--refine fs`` (the F of Barbershop's FS space, Zhu et al. 2021; a feature-space encoder as in Yao et al.
+    2022's Feature-Style Encoder): W+ alone places regions poorly, a spatial latent places them where the mask
+    says."""
+
+    channels: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.leaky_relu(Conv2d(x.shape[-1], use_bias=True, name="conv_0")(x), negative_slope=0.2)
+        w = self.param("zero_kernel", nn.initializers.zeros, (3, 3, x.shape[-1], self.channels))  # HWIO
+        y = lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + self.param("zero_bias", nn.initializers.zeros, (self.channels,))
+
+
 class GradualStyleEncoder(nn.Module):
     """One-hot labels ``(B, S, S, input_nc)`` (S = ``config.input_size``, pSp's 256) -> W+ codes
-    ``(B, style_num, style_dim)`` (latent_avg not added).
+    ``(B, style_num, style_dim)`` (latent_avg not added); with an offset head (``config.offset_res``) ->
+    ``(codes, offset (B, r, r, offset_channels))``.
 
     ``train=True`` uses batch statistics and, when called with ``mutable=['batch_stats']``, updates the running
     statistics exactly as PyTorch's train mode does. Intermediates c1, c2, c3, p2, p1 are sown into
@@ -331,7 +366,20 @@ class GradualStyleEncoder(nn.Module):
         for j in range(cfg.style_num):
             src = c3 if j < COARSE_END else p2 if j < MIDDLE_END else p1
             codes.append(GradualStyleBlock(cfg.style_dim, cfg.spatial_of(j), name=f"styles_{j}")(src))
-        return jnp.stack(codes, axis=1)  # (B, S, D)
+        codes = jnp.stack(codes, axis=1)  # (B, S, D)
+        if not cfg.offset_res:
+            return codes
+        src = {c3.shape[1]: c3, p2.shape[1]: p2, p1.shape[1]: p1}[cfg.offset_res]
+        return codes, OffsetHead(cfg.offset_channels, name="offset_head")(src)
+
+
+def codes_and_offsets(config: EncoderConfig, out) -> tuple[jax.Array, dict[int, jax.Array] | None]:
+    """A :class:`GradualStyleEncoder`'s output as ``(codes, offsets)``: the generator's ``offsets`` ({offset_res:
+    (B, r, r, C)}) from an offset head, None from pSp's encoder."""
+    if not config.offset_res:
+        return out, None
+    codes, offset = out
+    return codes, {config.offset_res: offset}
 
 
 def reduce_onehot(onehot: jax.Array, size: int, sparse: bool = False) -> jax.Array:
@@ -352,15 +400,15 @@ def reduce_onehot(onehot: jax.Array, size: int, sparse: bool = False) -> jax.Arr
 def _init_rule(name: str, shape: tuple[int, ...], siblings: Mapping[str, Any]) -> tuple[str, float]:
     """How PyTorch initialises one parameter of these layers: ``(kind, value)``, kind 'uniform' (+-value),
     'normal' (std value) or 'const'. Conv kernels (HWIO) and conv biases: U(+-1/sqrt(fan_in)); EqualLinear
-    weights: N(0, 1); other biases 0; BatchNorm scale 1; PReLU alpha 0.25."""
+    weights: N(0, 1); other biases 0; BatchNorm scale 1; PReLU alpha 0.25; the offset head's last conv 0 (ours)."""
     if name == "kernel":
         return "uniform", 1.0 / math.sqrt(math.prod(shape[:-1]))
     if name == "bias" and "kernel" in siblings:  # a Conv2d bias shares its kernel's fan-in
         return "uniform", 1.0 / math.sqrt(math.prod(siblings["kernel"].shape[:-1]))
     if name == "weight":
         return "normal", 1.0
-    if name in ("bias", "scale", "alpha"):
-        return "const", {"bias": 0.0, "scale": 1.0, "alpha": 0.25}[name]
+    if name in ("bias", "scale", "alpha", "zero_kernel", "zero_bias"):
+        return "const", {"bias": 0.0, "scale": 1.0, "alpha": 0.25}.get(name, 0.0)
     raise NotImplementedError(f"no initialisation rule for encoder parameter {name!r} {shape}: add it to _init_rule")
 
 
@@ -413,7 +461,8 @@ def abstract_variables(config: EncoderConfig) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _encode_fn(config: EncoderConfig, train: bool):
-    """One jitted ``(params, batch_stats, x) -> codes`` per (config, train); running stats are not updated."""
+    """One jitted ``(params, batch_stats, x) -> codes`` (with an offset head ``(codes, offset)``) per (config,
+    train); running stats are not updated."""
     model = GradualStyleEncoder(config)
 
     def encode(params, batch_stats, x):
@@ -439,8 +488,15 @@ class LoadedEncoder:
 
         S is the encoder's ``input_size`` or any multiple of it (masks are read at 256: a 64-input encoder gets them
         reduced by :func:`reduce_onehot`, with ``sparse`` its rule for class 0). ``train=True`` uses batch
-        statistics (the stored running statistics are left unchanged).
+        statistics (the stored running statistics are left unchanged). An offset head's output is dropped
+        (:meth:`encode_with_offsets` keeps it).
         """
+        return self.encode_with_offsets(onehot, train, sparse)[0]
+
+    def encode_with_offsets(self, onehot: jax.Array, train: bool = False,
+                            sparse: bool = False) -> tuple[jax.Array, dict[int, jax.Array] | None]:
+        """:meth:`encode` and the offset head's output as the generator's ``offsets`` ({offset_res: (B, r, r,
+        C)}), or None for an encoder without one (pSp's)."""
         onehot = jnp.asarray(onehot, jnp.float32)
         size = self.config.input_size
         if (onehot.ndim != 4 or onehot.shape[1] != onehot.shape[2] or onehot.shape[1] % size
@@ -448,7 +504,8 @@ class LoadedEncoder:
             raise ValueError(f"encode expects (B, {size}, {size}, {self.config.input_nc}) one-hot masks (or sides "
                              f"a multiple of {size}), got {tuple(onehot.shape)}")
         onehot = reduce_onehot(onehot, size, sparse)
-        return _encode_fn(self.config, bool(train))(self.params, self.batch_stats, onehot)
+        return codes_and_offsets(self.config, _encode_fn(self.config, bool(train))(self.params, self.batch_stats,
+                                                                                   onehot))
 
     def wplus(self, onehot: jax.Array) -> jax.Array:
         """Eval-mode codes + latent_avg: the W+ the generator gets. (B, S, D)."""
