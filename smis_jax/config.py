@@ -59,12 +59,15 @@ SHAPES_CLASSES = ("sky", "mountain", "sun", "grass", "water", "tree", "house")  
 # The built-in domains' schedule: a small encoder reading 64x64 masks (the generator's feature size; 256 cost 16x
 # the encoder's work for nothing) and 51,200 pseudo-labelled samples, the paper's W+ MSE plus pSp's image-space term
 # (synthesis mIoU 0.445 +- 0.004 against 0.380 +- 0.006 without it over three seeds; the label-space loss was
-# measured and made the images worse: README); the main job runs on 2 CPU cores (README, BENCHMARKS.md).
+# measured and made the images worse: README), and an offset head for the generator's 8x8 block trained by that term
+# (--offset-res 8: 0.472 -> 0.76 on the 228-kimg generator, at no measurable cost per step; README, notes-21.md);
+# the main job runs on 2 CPU cores (README, BENCHMARKS.md).
 # Their pseudo-labeller is the one measured best on their ground truth (docs/notes-23.md, docs/builtin/labelers.json);
 # the real presets keep the paper's (no ground truth to choose by).
 BUILTIN_SCHEDULE = (("encoder", "tiny"), ("mask_size", 64), ("batch_size", 32), ("learning_rate", 1e-3),
                     ("max_steps", 1600), ("inversion_steps", 300), ("save_every", 400), ("image_every", 400),
-                    ("eval_every", 400), ("log_every", 50), ("labeler", "linear"), ("image_lambda", 1.0))
+                    ("eval_every", 400), ("log_every", 50), ("labeler", "linear"), ("image_lambda", 1.0),
+                    ("offset_res", 8))
 
 DOMAINS: dict[str, Domain] = {
     d.name: d
@@ -227,7 +230,10 @@ class TrainConfig:
         """The configuration of a run on ``domain``: ``explicit`` values (flags given), then the domain's
         ``train_defaults``, then this class's defaults. ``None`` in ``explicit`` means "not given"."""
         values = dict(get_domain(domain).train_defaults)
-        values.update({k: v for k, v in explicit.items() if v is not None})
+        given = {k: v for k, v in explicit.items() if v is not None}
+        values.update(given)
+        if "offset_res" not in given and not (values.get("image_lambda") or values.get("label_lambda")):
+            values["offset_res"] = 0  # a schedule's offset head goes with the terms that train it (--image-lambda 0)
         return cls(domain=domain, **values)
 
     @property

@@ -192,13 +192,14 @@ def bench_builtin_step(domain: str = "shapes", batches: Sequence[int] | None = N
     now = TrainConfig.for_domain(domain, **overrides)
     rows = []
     for batch in (batches or [now.batch_size]):
-        variants = {"previous": now.replace(**BUILTIN_BEFORE, label_lambda=0.0, image_lambda=0.0),
+        variants = {"previous": now.replace(**BUILTIN_BEFORE, label_lambda=0.0, image_lambda=0.0, offset_res=0),
                     "ours": now.replace(batch_size=batch)}
         paths, bases = [], {}
         for name, cfg in variants.items():
             widths, units = ENCODER_SIZES[cfg.encoder]
             enc = EncoderConfig(input_nc=dom.n_classes, style_num=gcfg.n_latent, widths=widths, units=units,
-                                style_dim=gcfg.style_dim, input_size=cfg.mask_size)
+                                style_dim=gcfg.style_dim, input_size=cfg.mask_size, offset_res=cfg.offset_res,
+                                offset_channels=gcfg.channel(cfg.offset_res) if cfg.offset_res else 0)
             step_cfg = StepConfig.of(cfg, gcfg, enc)
             holder = {"state": init_train_state(step_cfg, seed)}
             jitted = make_train_step(step_cfg, mesh)
@@ -212,6 +213,7 @@ def bench_builtin_step(domain: str = "shapes", batches: Sequence[int] | None = N
                                    xla_bytes(compiled)))
             bases[name] = {"config": domain, "mode": dom.mode, "batch": cfg.batch_size, "resolution": gcfg.size,
                            "encoder": cfg.encoder, "mask_size": cfg.mask_size, "label_lambda": cfg.label_lambda,
+                           "image_lambda": cfg.image_lambda, "offset_res": cfg.offset_res,
                            "n_classes": dom.n_classes, **host_context()}
         measure(paths, repeats, memory)
         prev, ours = (result_row("train-step", p, bases[p.name], bases[p.name]["batch"], "images_per_s", "float32",

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                          "generator")
     ap.add_argument("--label-lambda", type=float, help="train-step on a built-in domain: the new path's "
                     "label-space loss weight (default: the domain's)")
+    ap.add_argument("--offset-res", type=int, help="train-step on a built-in domain: the new path's encoder offset "
+                    "head (0 = none; default: the domain's)")
     ap.add_argument("--mode", choices=["dense", "sparse"], default="dense")
     ap.add_argument("--batch", help="comma-separated batch sizes (inversion: K images). Defaults: labeling 1,4,16; "
                     "train-step 2; inversion 5")
@@ -115,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.config in ("shapes", "shapes-scribbles"):
             if args.bench != "train-step":
                 raise BenchError(f"--config {args.config} applies to train-step only")
-            overrides = {} if args.label_lambda is None else {"label_lambda": args.label_lambda}
+            overrides = {k: v for k, v in (("label_lambda", args.label_lambda), ("offset_res", args.offset_res))
+                         if v is not None}
             rows = bench_builtin_step(args.config, _parse_batches(args.batch) if args.batch else None,
                                       args.repeats or 3, args.seed, **overrides)
             return _print_rows(rows, args)
