@@ -556,8 +556,9 @@ def test_browser_builtin_oracle_finds_the_painted_classes(shapes_export):
     turn to sky in the image, so the image follows the paint, not a habit. Then the Refine control: the methods
     this export runs, fs first, and the refined image the click shows is the editor's refine() of the mask.
 
-    Only sky and grass: the shipped model draws the horizon where it is painted, but a painted lake comes out as a
-    red (house-coloured) blob and small objects rarely follow the paint (README, "The built-in domain")."""
+    Only sky and grass, the classes every short-schedule model draws reliably. (With the encoder's offset head, the
+    default since 2026-12-07, the full main job also places suns, lakes, trees and houses: README, "The built-in
+    domain".)"""
     from smis_jax import shapes
 
     def majority(image, region):
