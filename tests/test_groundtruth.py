@@ -75,16 +75,20 @@ def _paint(labels):
 
 
 def _stand_in(monkeypatch, draw):
-    """groundtruth's synthesize.encode/decode replaced: codes are the one-hot masks themselves, and decode draws
-    ``draw(class ids (B, 256, 256))`` (B, 256, 256, 3), repeated for each style."""
+    """groundtruth's synthesize.encode/decode replaced: codes are the one-hot masks themselves (no offsets), and
+    decode draws ``draw(class ids (B, 256, 256))`` (B, 256, 256, 3), repeated for each style."""
     def encode(pipeline, onehot):
         return np.asarray(onehot)
+
+    def encode_with_offsets(pipeline, onehot):
+        return encode(pipeline, onehot), None
 
     def decode(pipeline, codes, key, styles=0, first_index=0, **kw):
         image = draw(np.asarray(codes).argmax(-1))
         return image if styles == 0 else np.repeat(image[:, None], styles, 1)
 
-    monkeypatch.setattr(groundtruth, "synthesize", SimpleNamespace(encode=encode, decode=decode))
+    stand_in = SimpleNamespace(encode=encode, encode_with_offsets=encode_with_offsets, decode=decode)
+    monkeypatch.setattr(groundtruth, "synthesize", stand_in)
     return SimpleNamespace(encoder=SimpleNamespace(config=SimpleNamespace(input_nc=len(shapes.CLASS_NAMES))))
 
 

@@ -239,7 +239,7 @@ def test_image_term_on_a_sub_batch_renders_every_kth_sample(generator, samples):
                                                                latent_avg)
     w_plus, labels, noise = training._pseudo_pairs(cfg, generator.params, protos, key, lambda x: x, with_noise=True)
     onehot = labeling.labels_to_onehot(labels, n_classes)
-    *_, latent = training.latent_loss(cfg, state.params, state.batch_stats, onehot, w_plus, latent_avg)[1]
+    latent = training.latent_loss(cfg, state.params, state.batch_stats, onehot, w_plus, latent_avg)[1][2]
     first = image_space_loss_of(cfg, generator.params, latent[:1], w_plus[:1], [n[:1] for n in noise])
     whole = image_space_loss_of(cfg, generator.params, latent, w_plus, noise)
     np.testing.assert_allclose(m["loss_image"], first, rtol=1e-4)

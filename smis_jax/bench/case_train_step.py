@@ -51,7 +51,7 @@ def _original_update(cfg, state, gen_params, labels, w_plus, latent_avg, key):
     the encoder's output with fresh noise (coach.py:146; logged only, so it is returned, not used)."""
     onehot = labeling.labels_to_onehot(labels, cfg.encoder.input_nc)
     grad_fn = jax.value_and_grad(partial(latent_loss, cfg), has_aux=True)
-    (loss, (batch_stats, _, latent)), grads = grad_fn(state.params, state.batch_stats, onehot, w_plus, latent_avg)
+    (loss, (batch_stats, _, latent, _)), grads = grad_fn(state.params, state.batch_stats, onehot, w_plus, latent_avg)
     updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     y_hat, _ = Generator(cfg.generator).apply(gen_params, latent, make_noise(cfg.generator, key, cfg.batch_size))
