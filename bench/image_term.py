@@ -12,9 +12,9 @@ import sys, time, json
 import jax, jax.numpy as jnp, numpy as np
 from smis_jax import builtin
 from smis_jax.bench.inputs import make_prototypes
-from smis_jax.config import ENCODER_SIZES, TrainConfig, get_domain
+from smis_jax.config import TrainConfig, get_domain
+from smis_jax.experiment import encoder_config
 from smis_jax.io import load_generator
-from smis_jax.nets.psp import EncoderConfig
 from smis_jax.training import StepConfig, data_mesh, init_train_state, make_train_step
 
 dom = get_domain("shapes")
@@ -31,11 +31,7 @@ variants = {"image": {"w+ only": dict(image_lambda=0.0), "image all 32": dict(im
 steps = {}
 for name, ov in variants.items():
     cfg = TrainConfig.for_domain("shapes", **ov)
-    widths, units = ENCODER_SIZES[cfg.encoder]
-    enc = EncoderConfig(input_nc=dom.n_classes, style_num=gc.n_latent, widths=widths, units=units,
-                        style_dim=gc.style_dim, input_size=cfg.mask_size, offset_res=cfg.offset_res,
-                        offset_channels=gc.channel(cfg.offset_res) if cfg.offset_res else 0)
-    sc = StepConfig.of(cfg, gc, enc)
+    sc = StepConfig.of(cfg, gc, encoder_config(cfg, gc))
     fn = make_train_step(sc, mesh)
     state = init_train_state(sc, 0)
     t = time.perf_counter(); state, m = fn(state, g.params, protos, latent_avg); jax.block_until_ready(m)

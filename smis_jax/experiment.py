@@ -34,13 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, hosts, info, interrupt, labelers, labeling, plots, precision, tblog, viz
+from smis_jax import (builtin, data, export, hosts, info, interrupt, labelers, labeling, plots, precision, shapes,
+                      tblog, viz)
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
 from smis_jax.files import FolderError, check_writable
 from smis_jax.inversion import cache_settings, invert_cached, read_cache
 from smis_jax.io import load_generator, load_lpips
-from smis_jax.metrics import self_consistency
+from smis_jax.metrics import self_consistency, synthesis_truth
 from smis_jax.nets import stylegan2
 from smis_jax.nets.psp import EncoderConfig
 from smis_jax.progress import Progress, progress
@@ -135,22 +136,18 @@ def load_test_masks(paths: Sequence[str | Path], n_classes: int) -> tuple[list[s
     return [f.stem for f in files], np.stack([data.read_label(f, n_classes) for f in files])
 
 
-def encoder_config(cfg: TrainConfig, generator: stylegan2.LoadedGenerator) -> EncoderConfig:
+def encoder_config(cfg: TrainConfig, gen_config: stylegan2.GeneratorConfig) -> EncoderConfig:
+    """The encoder a run of ``cfg`` trains for a generator of ``gen_config`` (also what the benches build)."""
     widths, units = ENCODER_SIZES[cfg.encoder]
-    return EncoderConfig(input_nc=cfg.domain_preset.n_classes, style_num=generator.config.n_latent,
-                         widths=widths, units=units, style_dim=generator.config.style_dim, input_size=cfg.mask_size,
-                         offset_res=cfg.offset_res, offset_channels=_offset_channels(cfg, generator))
-
-
-def _offset_channels(cfg: TrainConfig, generator: stylegan2.LoadedGenerator) -> int:
-    """The width of the generator's block that ``cfg.offset_res`` shifts (0 without an offset head)."""
-    if not cfg.offset_res:
-        return 0
-    channels = dict(generator.config.channels)
-    if cfg.offset_res not in channels:
-        raise ConfigError(f"offset_res {cfg.offset_res}: the {generator.config.size}px generator has no such block "
+    channels = dict(gen_config.channels)
+    if cfg.offset_res and cfg.offset_res not in channels:
+        raise ConfigError(f"offset_res {cfg.offset_res}: the {gen_config.size}px generator has no such block "
                           f"(blocks {sorted(channels)})")
-    return int(channels[cfg.offset_res])
+    return EncoderConfig(input_nc=cfg.domain_preset.n_classes, style_num=gen_config.n_latent,
+                         widths=widths, units=units, style_dim=gen_config.style_dim, input_size=cfg.mask_size,
+                         offset_res=cfg.offset_res,
+                         # the width of the generator's block the head shifts (0 without a head)
+                         offset_channels=int(channels[cfg.offset_res]) if cfg.offset_res else 0)
 
 
 def domain_generator(path: str | Path, domain: Domain, size: int | None = None) -> stylegan2.LoadedGenerator:
@@ -289,15 +286,16 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         shots = Shots(*builtin.shots(domain, cfg.shots))
     else:
         shots = load_shots(data_dir, domain, cfg.shots, log=log)
+    eval_truth = None  # built-in domains: the held-out masks' exact dense truth, scored by the oracle at each eval
     if eval_masks is None and data_dir is None:
-        eval_names, eval_labels, _ = builtin.test_masks(domain)
+        eval_names, eval_labels, eval_truth = builtin.test_masks(domain)
     else:
         if eval_masks is None:
             test_dir = data_dir / "test" / "labels"
             eval_masks = [test_dir] if test_dir.is_dir() else []
         eval_names, eval_labels = load_test_masks(eval_masks, domain.n_classes)
 
-    enc_config = encoder_config(cfg, generator)
+    enc_config = encoder_config(cfg, generator.config)
     mesh = data_mesh(devices)
     step_cfg = StepConfig.of(cfg, generator.config, enc_config)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -378,9 +376,18 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
                 evaluation = self_consistency(enc_config, enc_vars, generator.config, generator.params,
                                               generator.noises, latent_avg, protos, eval_labels,
                                               batch_size=cfg.batch_size)
-                metrics_log.write({"step": done, "eval/miou": evaluation["miou"],
-                                   "eval/per_class": evaluation["per_class"]})
-                log(f"step {done}: self-consistency mIoU {evaluation['miou']:.4f} on {len(eval_names)} masks")
+                record = {"step": done, "eval/miou": evaluation["miou"], "eval/per_class": evaluation["per_class"]}
+                if eval_truth is not None:
+                    truth = synthesis_truth(enc_config, enc_vars, generator.config, generator.params,
+                                            generator.noises, latent_avg, eval_labels, eval_truth, shapes.segment,
+                                            len(shapes.CLASS_NAMES), sparse=domain.mode == "sparse",
+                                            batch_size=cfg.batch_size)
+                    record.update({"eval/truth_miou": truth["miou"], "eval/truth_accuracy": truth["accuracy"],
+                                   "eval/truth_per_class": truth["per_class"]})
+                    evaluation["truth"] = truth
+                metrics_log.write(record)
+                log(f"step {done}: self-consistency mIoU {evaluation['miou']:.4f} on {len(eval_names)} masks"
+                    + ("" if eval_truth is None else f"; on ground truth (oracle) {evaluation['truth']['miou']:.4f}"))
     finally:
         try:
             checkpointer.wait()

@@ -62,18 +62,31 @@ def run_curves(rows: Sequence[dict[str, Any]], inversion_history: np.ndarray | N
     ``rows``: its ``metrics.jsonl`` records; ``inversion_history``: (steps, K) loss per inversion step and shot;
     ``train``: the run's resolved settings (``config.json``'s ``train``), for the losses' definitions."""
     train = train or {}
+    # The ground truth's classes are the dense ones: a sparse domain's class 0 ("not annotated") is not among them.
+    truth_names = class_names[1:] if class_names and class_names[0] == "not annotated" else class_names
     panels: list[viz.Line] = []
     l2_w, wn_w = train.get("l2_lambda", 1.0), train.get("w_norm_lambda", 0.0)
     losses = {"loss": _series(rows, "loss")}
     if any(r.get("loss_l2") != r.get("loss") for r in rows if "loss" in r):
         losses["W+ MSE (loss_l2)"] = _series(rows, "loss_l2")
+    ylabel = f"loss = {l2_w:g}·MSE(W+)" + (f" + {wn_w:g}·WNorm" if wn_w else "")
+    terms = 0
+    for key, name, weight in (("loss_image", "image term (loss_image)", train.get("image_lambda", 0.0)),
+                              ("loss_label", "label term (loss_label)", train.get("label_lambda", 0.0))):
+        if any(key in r for r in rows):
+            losses[name] = _series(rows, key)
+            ylabel += f" + {weight:g}·{key[5:]}"
+            terms += 1
+    # The image term is ~20x below the W+ MSE: on a log axis both curves show their flattening.
     panels.append(viz.Line(losses, "encoder training loss", "step (encoder updates)",
-                           f"loss = {l2_w:g}·MSE(W+)" + (f" + {wn_w:g}·WNorm" if wn_w else "")))
+                           ylabel + (" (log)" if terms else ""), logy=bool(terms)))
 
     miou = {}
     evals = [r for r in rows if "eval/miou" in r]
     if evals:
         miou["self-consistency (held-out masks)"] = _series(evals, "eval/miou")
+    if any("eval/truth_miou" in r for r in evals):
+        miou["ground truth: synthesis (oracle, each eval)"] = _series(evals, "eval/truth_miou")
     truth = [(r["step"], r["groundtruth"]) for r in rows if isinstance(r.get("groundtruth"), dict)]
     if truth:
         miou["ground truth: synthesis"] = [(s, g["synthesis"]["miou"]) for s, g in truth if "synthesis" in g]
@@ -82,18 +95,20 @@ def run_curves(rows: Sequence[dict[str, Any]], inversion_history: np.ndarray | N
     panels.append(viz.Line(miou, "mIoU over training", "step (encoder updates)", "mIoU (0-1)", markers=True,
                            ylim=(0, None)))
 
-    per_class: dict[str, list] = {}
-    for r in evals:
-        for key, value in (r.get("eval/per_class") or {}).items():
-            per_class.setdefault(str(key), []).append((r["step"], value))
-    if per_class:
-        names = {k: _class_name(class_names, k) for k in per_class}
-        colors = None
-        if class_names:
-            pal = viz.palette(len(class_names))
-            colors = {names[k]: pal[int(k)] for k in per_class if k.isdigit() and int(k) < len(pal)}
-        panels.append(viz.Line({names[k]: v for k, v in per_class.items()}, "self-consistency IoU per class",
-                               "step (encoder updates)", "IoU (0-1)", markers=True, ylim=(0, None), colors=colors))
+    for key, title, names_of in (("eval/per_class", "self-consistency IoU per class", class_names),
+                                 ("eval/truth_per_class", "ground-truth IoU per class (oracle)", truth_names)):
+        per_class: dict[str, list] = {}
+        for r in evals:
+            for k, value in (r.get(key) or {}).items():
+                per_class.setdefault(str(k), []).append((r["step"], value))
+        if per_class:
+            names = {k: _class_name(names_of, k) for k in per_class}
+            colors = None
+            if names_of:
+                pal = viz.palette(len(names_of))
+                colors = {names[k]: pal[int(k)] for k in per_class if k.isdigit() and int(k) < len(pal)}
+            panels.append(viz.Line({names[k]: v for k, v in per_class.items()}, title, "step (encoder updates)",
+                                   "IoU (0-1)", markers=True, ylim=(0, None), colors=colors))
 
     if inversion_history is not None and len(inversion_history):
         h = np.asarray(inversion_history, np.float64)

@@ -14,7 +14,11 @@ afresh. Each seed's output goes to ``WORKDIR/seed-S.log``.
 
 Writes ``WORKDIR/sweep.json`` (per row of groundtruth.json, per-class IoU included: the values per seed, mean,
 standard deviation (n - 1), min and max) and ``WORKDIR/sweep.md`` (the same as a markdown table, mean +- sd and
-range, seeds named) and ``WORKDIR/sweep.png`` (per-class bars: mean, min..max, a dot per seed).
+range, seeds named) and ``WORKDIR/sweep.png`` (per-class bars: mean, min..max, a dot per seed). The runs' curves
+over training go to ``sweep.json``'s ``curves`` and ``WORKDIR/sweep-curves.png``: at every evaluation step, the
+ground truth's synthesis mIoU (built-in domains score the held-out masks with the oracle while training) and
+self-consistency, per seed and their mean, and the training loss terms per seed: where the mean flattens, more
+steps stop paying.
 """
 
 from __future__ import annotations
@@ -31,7 +35,12 @@ from typing import Any, Sequence
 from smis_jax import plots, viz
 from smis_jax.config import DOMAINS
 
-__all__ = ["flatten", "spread", "format_markdown", "main"]
+__all__ = ["flatten", "spread", "curves", "format_markdown", "main"]
+
+# metrics.jsonl keys drawn over training: (key, name)
+CURVES = (("eval/truth_miou", "ground truth: synthesis mIoU (held-out masks, oracle)"),
+          ("eval/miou", "self-consistency mIoU (held-out masks)"),
+          ("loss_l2", "W+ MSE"), ("loss_image", "image term"))
 
 # groundtruth.json keys that are run facts, not measurements
 _NOT_MEASURES = {"domain", "step", "shots", "n_samples", "n_test_masks", "matmul_precision", "per_shot_psnr_db"}
@@ -69,6 +78,48 @@ def spread(results: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan")
         out[row] = {"values": values, "mean": mean, "sd": sd, "min": min(v), "max": max(v), "n": len(v)}
     return out
+
+
+def curves(runs: dict[int, Path]) -> dict[str, dict[str, Any]]:
+    """{seed: run folder} -> {key: {'name', 'steps': {step: {'values': {seed: v}, 'mean', 'min', 'max', 'n'}}}} of
+    :data:`CURVES` from each run's ``metrics.jsonl`` (a key no run logged is left out; a step counts the seeds that
+    logged it)."""
+    rows = {seed: plots.read_metrics(Path(run) / "metrics.jsonl") if (Path(run) / "metrics.jsonl").is_file() else []
+            for seed, run in runs.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for key, name in CURVES:
+        by_step: dict[int, dict[int, float]] = {}
+        for seed, lines in rows.items():
+            for r in lines:
+                if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]):
+                    by_step.setdefault(int(r["step"]), {})[seed] = float(r[key])
+        if by_step:
+            out[key] = {"name": name, "steps": {
+                step: {"values": v, "mean": sum(v.values()) / len(v), "min": min(v.values()), "max": max(v.values()),
+                       "n": len(v)} for step, v in sorted(by_step.items())}}
+    return out
+
+
+def _curves_figure(found: dict[str, dict[str, Any]], seeds: Sequence[int]):
+    panels = []
+    for keys, title, ylabel, logy in (
+            (("eval/truth_miou", "eval/miou"), "held-out synthesis over training", "mIoU (0-1)", False),
+            (("loss_l2", "loss_image"), "training loss terms", "loss (log)", True)):
+        series = {}
+        for key in keys:
+            if key not in found:
+                continue
+            steps = found[key]["steps"]
+            short = found[key]["name"].split(" (")[0]
+            if len(seeds) > 1:
+                series[f"{short}: mean of {len(seeds)} seeds"] = [(s, v["mean"]) for s, v in steps.items()]
+            for seed in seeds:
+                series[f"{short}: seed {seed}"] = [(s, v["values"][seed]) for s, v in steps.items()
+                                                   if seed in v["values"]]
+        if series:
+            panels.append(viz.Line(series, title, "step (encoder updates)", ylabel, logy=logy,
+                                   ylim=None if logy else (0, None), markers=None if not logy else False))
+    return viz.charts(panels, cols=len(panels)) if panels else None
 
 
 def format_markdown(rows: dict[str, dict[str, Any]], seeds: Sequence[int], title: str) -> str:
@@ -145,7 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                "steps": {str(s): r.get("step") for s, r in results.items()},
                "n_samples": first.get("n_samples"), "n_test_masks": first.get("n_test_masks"),
                "rows": {name: {**r, "values": {str(s): v for s, v in r["values"].items()}} for name, r in rows.items()}}
+    found = curves({s: workdir / f"seed-{s}" for s in args.seeds})
+    summary["curves"] = {key: {"name": c["name"], "steps": {str(step): {**v, "values": {str(s): x for s, x in
+                                                                                        v["values"].items()}}
+                                                            for step, v in c["steps"].items()}}
+                         for key, c in found.items()}
     (workdir / "sweep.json").write_text(json.dumps(summary, indent=1))
+    figure = _curves_figure(found, args.seeds)
+    if figure is not None:
+        viz.save_png(workdir / "sweep-curves.png", figure)
     title = (f"ground truth, {args.domain}, {len(args.seeds)} seeds (step {first.get('step')}; "
              f"{first.get('n_samples')} samples, {first.get('n_test_masks')} held-out masks)")
     table = format_markdown(rows, args.seeds, title)

@@ -160,7 +160,14 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     assert "pseudo-labels dense 5shot" in proc.stderr  # the table
     assert truth["matmul_precision"] == "tensorfloat32"  # evaluate applies the run's precision
     assert (work / "groundtruth.png").is_file()
-    assert_drawn(np.asarray(Image.open(work / "curves.png")), (720, 1040))
+    # Training scored its held-out synthesis on ground truth at each eval: at the last step exactly what the
+    # evaluation measures on the export (same weights, masks, stored noise and oracle; another code path).
+    lines = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    last_eval = [m for m in lines if "eval/truth_miou" in m][-1]
+    assert last_eval["step"] == 4
+    assert last_eval["eval/truth_miou"] == pytest.approx(truth["synthesis"]["miou"], abs=1e-6)
+    assert last_eval["eval/truth_accuracy"] == pytest.approx(truth["synthesis"]["accuracy"], abs=1e-6)
+    assert_drawn(np.asarray(Image.open(work / "curves.png")), (1080, 1040))  # + the ground truth's per-class panel
     assert_drawn(np.asarray(Image.open(work / "groundtruth-iou.png")), (960, 1040))
     assert any(e.tag == "loss" for e in tblog.read_events(work))  # TensorBoard followed the run
 

@@ -86,6 +86,14 @@ def test_run_curves_and_groundtruth_bars(tmp_path):
     out = plots.write_run_curves(run)
     assert out == run / "curves.png" and np.asarray(Image.open(out)).shape == (720, 1040, 3)
     assert not np.array_equal(np.asarray(Image.open(out)), curves)
+    # a built-in run with the image term: its loss on a log axis, and the ground truth scored at each eval
+    # (mIoU beside self-consistency, and a per-class panel of its own)
+    rows = [{**r, "loss_image": 0.04 / (1 + r["step"] / 100)} if "loss" in r else
+            {**r, "eval/truth_miou": 0.5 + r["step"] / 2000, "eval/truth_accuracy": 0.9,
+             "eval/truth_per_class": {str(c): 0.05 * c + 0.4 for c in range(7)}} for r in _metrics_rows()]
+    truth_curves = plots.run_curves(rows, history, [f"scene{i:02d}" for i in range(5)],
+                                    DOMAINS["shapes"].class_names, {"l2_lambda": 1.0, "image_lambda": 1.0})
+    assert_drawn(truth_curves, (1080, 1040))  # loss | mIoU, per-class IoU | truth per class, inversion
 
     one = plots.groundtruth_bars(truth)
     assert_drawn(one, (960, 1040))  # per-class pseudo-labels, per-class synthesis, mIoUs; one column

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from smis_jax import builtin, data, groundtruth, shapes
+from smis_jax import builtin, data, groundtruth, metrics, shapes
 from smis_jax.config import DOMAINS
 from smis_jax.metrics import confusion, iou_from_confusion
 
@@ -118,6 +118,44 @@ def test_synthesis_that_draws_only_sky_scores_what_the_hand_says(monkeypatch):
     for s in (synth, synth_styles):
         assert s["per_class"] == {"sky": 0.625, "grass": 0.0, "water": 0.0}
         assert s["miou"] == pytest.approx(0.625 / 3, abs=1e-12) and s["accuracy"] == pytest.approx(0.625, abs=1e-12)
+
+
+def _metrics_stand_in(monkeypatch, draw):
+    """metrics' encoder + generator replaced: the image is ``draw`` of the 64 px class ids the encoder would read
+    (the one-hot masks reduced to 64x64, as the built-in encoder reads them)."""
+    def images(enc_config, gen_config, sparse, enc_vars, gen_params, noises, latent_avg, onehot):
+        ids = np.asarray(onehot).argmax(-1)[:, ::4, ::4]
+        return draw(ids)
+
+    monkeypatch.setattr(metrics, "_images_of_synthesis", images)
+    return SimpleNamespace(input_nc=len(shapes.CLASS_NAMES))
+
+
+@pytest.mark.parametrize("batch_size", [3, 32])  # 32 masks: a ragged last batch, and one batch
+def test_training_time_truth_that_renders_the_mask_scores_one(monkeypatch, batch_size):
+    enc_config = _metrics_stand_in(monkeypatch, _paint)
+    _, labels256, truth64 = builtin.test_masks(DOMAINS["shapes"])
+    out = metrics.synthesis_truth(enc_config, None, None, None, [], None, labels256, truth64, shapes.segment,
+                                  len(shapes.CLASS_NAMES), batch_size=batch_size)
+    assert out["miou"] == 1.0 and out["accuracy"] == 1.0 and out["n_masks"] == len(labels256)
+    assert out["per_class"] == {c: 1.0 for c in range(len(shapes.CLASS_NAMES))}
+
+
+def test_training_time_truth_that_draws_only_sky_scores_what_the_hand_says(monkeypatch):
+    enc_config = _metrics_stand_in(monkeypatch, lambda ids: _paint(np.zeros_like(ids)))
+    # The hand example of the sky-only synthesis above: sky IoU 0.625, grass and water 0, accuracy 0.625.
+    a = np.full((64, 64), shapes.GRASS, np.uint8)
+    a[:32] = shapes.SKY
+    b = np.full((64, 64), shapes.WATER, np.uint8)
+    b[:48] = shapes.SKY
+    truth64 = np.stack([a, b])
+    out = metrics.synthesis_truth(enc_config, None, None, None, [], None, shapes.upsample_mask(truth64, 4), truth64,
+                                  shapes.segment, len(shapes.CLASS_NAMES), batch_size=4)
+    assert out["per_class"] == {shapes.SKY: 0.625, shapes.GRASS: 0.0, shapes.WATER: 0.0}
+    assert out["miou"] == pytest.approx(0.625 / 3, abs=1e-12) and out["accuracy"] == pytest.approx(0.625, abs=1e-12)
+    with pytest.raises(ValueError, match="2 masks but 1 ground-truth"):
+        metrics.synthesis_truth(enc_config, None, None, None, [], None, shapes.upsample_mask(truth64, 4),
+                                truth64[:1], shapes.segment, len(shapes.CLASS_NAMES))
 
 
 def test_pseudo_labels_of_one_hot_features_are_exact():

@@ -108,7 +108,7 @@ def test_resumed_run_equals_uninterrupted_run(run_dir, golden):
     record = json.loads((run_dir / "config.json").read_text())
     cfg = TrainConfig.from_dict(record["train"])
     generator = load_generator(golden / "stylegan2_tiny128.pt")
-    step_cfg = StepConfig(generator=generator.config, encoder=experiment.encoder_config(cfg, generator),
+    step_cfg = StepConfig(generator=generator.config, encoder=experiment.encoder_config(cfg, generator.config),
                           batch_size=cfg.batch_size)
     ckpt = Checkpointer(run_dir / "checkpoints")
     assert ckpt.latest_step() == STEPS

@@ -44,6 +44,28 @@ def test_spread_by_hand():
     assert "| pseudo_labels/dense_5shot/per_class/water | 0.2000 +- 0.1414 | 0.1000 .. 0.3000 | - | 0.1000 |" in table
 
 
+def test_curves_by_hand(tmp_path):
+    # seed 0 evaluates at 2 and 4, seed 1 at 2 only: step 2 averages both (0.4, 0.6 -> 0.5), step 4 is seed 0's
+    # alone. A loss row without the image term leaves that curve out; a non-finite value is skipped.
+    lines = {0: [{"step": 1, "loss_l2": 0.7}, {"step": 2, "eval/miou": 0.3, "eval/truth_miou": 0.4},
+                 {"step": 4, "eval/miou": 0.35, "eval/truth_miou": 0.45}],
+             1: [{"step": 1, "loss_l2": 0.5}, {"step": 2, "eval/miou": float("nan"), "eval/truth_miou": 0.6}]}
+    runs = {}
+    for seed, rows in lines.items():
+        runs[seed] = tmp_path / f"seed-{seed}"
+        runs[seed].mkdir()
+        (runs[seed] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs[2] = tmp_path / "never-ran"  # no metrics.jsonl: counted nowhere
+    found = sweep.curves(runs)
+    assert set(found) == {"eval/truth_miou", "eval/miou", "loss_l2"}
+    truth = found["eval/truth_miou"]["steps"]
+    assert truth[2] == {"values": {0: 0.4, 1: 0.6}, "mean": pytest.approx(0.5), "min": 0.4, "max": 0.6, "n": 2}
+    assert truth[4]["values"] == {0: 0.45} and truth[4]["n"] == 1
+    assert found["eval/miou"]["steps"][2]["values"] == {0: 0.3}
+    assert found["loss_l2"]["steps"][1]["mean"] == pytest.approx(0.6)
+    assert_drawn(sweep._curves_figure(found, [0, 1]), (360, 1040))
+
+
 def test_bad_flags_exit_2(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "_run", lambda cmd, log: pytest.fail(f"ran {cmd}"))
     w = str(tmp_path / "w")
@@ -83,6 +105,12 @@ def test_sweep_on_a_tiny_schedule_then_resumed(tmp_path):
     assert rows["inversion/mse"]["values"]["0"] != rows["inversion/mse"]["values"]["1"]  # the seed drew other codes
     assert "over seeds 0, 1" in (work / "sweep.md").read_text()
     assert_drawn(np.asarray(Image.open(work / "sweep.png")), (960, 1040))
+    # the training curves of both seeds: the ground truth scored at the eval step equals each run's final synthesis
+    truth_curve = summary["curves"]["eval/truth_miou"]["steps"]["2"]
+    for seed in ("0", "1"):
+        assert truth_curve["values"][seed] == pytest.approx(rows["synthesis/miou"]["values"][seed], abs=1e-6)
+    assert set(summary["curves"]) == {"eval/truth_miou", "eval/miou", "loss_l2", "loss_image"}
+    assert np.asarray(Image.open(work / "sweep-curves.png")).shape[1] == 1040
 
     again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -28,9 +28,9 @@ from smis_jax.bench.harness import (
 from smis_jax.bench.inputs import make_prototypes, normal
 from smis_jax.bench.presets import LABEL_SIZE, BenchError, Preset
 from smis_jax.bench.reference import class_pair_flops, original_sparse_labels, vectors_by_class
-from smis_jax.config import ENCODER_SIZES, TrainConfig, get_domain
+from smis_jax.config import TrainConfig, get_domain
+from smis_jax.experiment import encoder_config
 from smis_jax.io import load_generator
-from smis_jax.nets.psp import EncoderConfig
 from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, init_params, make_noise
 from smis_jax.training import (StepConfig, TrainState, data_mesh, init_train_state, latent_loss, make_train_step,
                                optimizer, sample_latents)
@@ -196,11 +196,7 @@ def bench_builtin_step(domain: str = "shapes", batches: Sequence[int] | None = N
                     "ours": now.replace(batch_size=batch)}
         paths, bases = [], {}
         for name, cfg in variants.items():
-            widths, units = ENCODER_SIZES[cfg.encoder]
-            enc = EncoderConfig(input_nc=dom.n_classes, style_num=gcfg.n_latent, widths=widths, units=units,
-                                style_dim=gcfg.style_dim, input_size=cfg.mask_size, offset_res=cfg.offset_res,
-                                offset_channels=gcfg.channel(cfg.offset_res) if cfg.offset_res else 0)
-            step_cfg = StepConfig.of(cfg, gcfg, enc)
+            step_cfg = StepConfig.of(cfg, gcfg, encoder_config(cfg, gcfg))
             holder = {"state": init_train_state(step_cfg, seed)}
             jitted = make_train_step(step_cfg, mesh)
             compiled, t_compile = aot_compile(jitted, holder["state"], *args)
