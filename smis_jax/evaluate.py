@@ -7,7 +7,10 @@ paper's evaluation on ground truth (``smis_jax.groundtruth``).
 ``--checkpoint`` reads an export alone (a copied ``export/`` is enough: it holds the encoder, the generator, the
 prototypes and the run record). ``--workdir`` evaluates a run folder: its export, or with ``--step`` (or before
 the run has finished) one of its checkpoints; built-in runs also get ``groundtruth.json``, ``groundtruth.png``,
-``groundtruth-iou.png`` and ``curves.png`` in the run folder and the numbers appended to its ``metrics.jsonl``.
+``groundtruth-iou.png`` and ``curves.png`` in the run folder and the numbers appended to its ``metrics.jsonl``. A
+built-in run's checkpoint (``--step N``) gets the whole ground-truth evaluation too: the step is exported to
+``WORKDIR/step-N/export`` (which synthesize and the editor then read as any export) and its report goes to
+``WORKDIR/step-N/``.
 
 Masks: ``--masks`` (label PNGs or folders), or the built-in domain's held-out masks, or the training data's
 ``test/labels`` when the data folder recorded by the run still exists.
@@ -26,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from smis_jax import builtin, export, groundtruth, precision
-from smis_jax.config import TrainConfig, get_domain
+from smis_jax.config import DOMAINS, TrainConfig, get_domain
 from smis_jax.errors import MissingFileError, UserError
-from smis_jax.experiment import domain_generator, load_test_masks
+from smis_jax.experiment import export_checkpoint, load_test_masks, run_generator
 from smis_jax.metrics import self_consistency
 from smis_jax.precision import PRECISIONS
 from smis_jax.nets.psp import EncoderConfig
@@ -80,14 +83,7 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, masks: Seq
         raise MissingFileError(f"{workdir}: not a training run (no config.json)")
     record = json.loads(record_file.read_text())
     cfg = TrainConfig.from_dict(record["train"])
-    domain = cfg.domain_preset
-    if (workdir / "export" / "config.json").is_file():
-        pipeline = export.load(workdir / "export").pipeline
-        generator, latent_avg = pipeline.generator, np.asarray(pipeline.latent_avg)
-    else:
-        generator = domain_generator(record["stylegan"], domain, cfg.generator_size)
-        latent_avg = np.broadcast_to(generator.truncation_latent(),
-                                     (generator.config.n_latent, generator.config.style_dim))
+    generator, latent_avg = run_generator(workdir, record)
     enc_config = EncoderConfig.from_json(record["encoder"])
     step_cfg = StepConfig.of(cfg, generator.config, enc_config)
     checkpointer = Checkpointer(workdir / "checkpoints")
@@ -125,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="write the result as JSON here too")
     parser.add_argument("--report", help="built-in domains: folder for groundtruth.json/.png, groundtruth-iou.png and "
                                          "curves.png "
-                                         "(default: the run folder with --workdir, none with --checkpoint)")
+                                         "(default: the run folder with --workdir, WORKDIR/step-N with --step, none with "
+                                         "--checkpoint)")
     parser.add_argument("--samples", type=int, default=256,
                         help="built-in domains: generated samples for the pseudo-label and bfloat16 measures")
     parser.add_argument("--precision", choices=PRECISIONS,
@@ -157,6 +154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             saved = json.loads(record.read_text()).get("train", {}) if record.is_file() else {}
             with precision.policy(args.precision or saved.get("precision")):
                 result = evaluate_checkpoint(run_dir, step=args.step, masks=args.masks, batch_size=args.batch_size)
+                if saved.get("domain") in DOMAINS and DOMAINS[saved["domain"]].builtin and not args.masks:
+                    # the whole ground-truth evaluation of that step: its checkpoint exported (W/step-N/export)
+                    step_export = export_checkpoint(run_dir, result["step"], log=log)
+                    truth = groundtruth.evaluate(export.load(step_export),
+                                                 report_dir=args.report or step_export.parent, n_samples=args.samples,
+                                                 log=log, refine_steps=args.refine_steps)
+                    result["groundtruth"] = truth
+                    print(groundtruth.format_table(truth), file=sys.stderr)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ from smis_jax import (builtin, data, export, hosts, info, interrupt, labelers, l
                       tblog, viz)
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
+from smis_jax.errors import MissingFileError
 from smis_jax.files import FolderError, check_writable
 from smis_jax.inversion import cache_settings, invert_cached, read_cache
 from smis_jax.io import load_generator, load_lpips
@@ -57,7 +58,8 @@ from smis_jax.training import (
     state_sharding,
 )
 
-__all__ = ["Shots", "load_shots", "load_test_masks", "encoder_config", "domain_generator", "train_and_evaluate"]
+__all__ = ["Shots", "load_shots", "load_test_masks", "encoder_config", "domain_generator", "train_and_evaluate",
+           "run_generator", "export_checkpoint"]
 
 # Fields that may change when a run is resumed (how long and how often); anything else must match.
 RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every", "image_every", "eval_every", "keep_checkpoints"}
@@ -403,17 +405,76 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
     if hosts.is_writer():
         if export_dir.exists():
             shutil.rmtree(export_dir)
-        export.write(export_dir, enc_config, state, generator, latent_avg,
-                     {"dataset_type": domain.name, "label_nc": domain.n_classes, "style_num": enc_config.style_num,
-                      "start_from_latent_avg": True, "steps": final_step},
-                     run={"train": cfg.to_dict(), "domain": domain.name, "class_names": list(domain.class_names),
-                          "step": final_step, "data": "built-in" if data_dir is None else str(data_dir.absolute())},
-                     prototypes=protos, shots=shot_codes)
+        _write_export(export_dir, cfg, enc_config, state, generator, latent_avg, protos, shot_codes,
+                      "built-in" if data_dir is None else str(data_dir.absolute()))
         plots.write_run_curves(workdir, inversion=shot_codes)
     hosts.barrier("export written")  # when this returns on any process, export/ is whole
     log(f"done at step {int(jax.device_get(state.step))}; synthesis checkpoint in {export_dir}")
     return {"step": int(jax.device_get(state.step)), "metrics": last, "evaluation": evaluation,
             "export": str(export_dir)}
+
+
+def _write_export(out: Path, cfg: TrainConfig, enc_config: EncoderConfig, state, generator, latent_avg, protos,
+                  shot_codes: ShotCodes | None, data: str) -> Path:
+    domain, step = cfg.domain_preset, int(jax.device_get(state.step))
+    return export.write(out, enc_config, state, generator, latent_avg,
+                        {"dataset_type": domain.name, "label_nc": domain.n_classes,
+                         "style_num": enc_config.style_num, "start_from_latent_avg": True, "steps": step},
+                        run={"train": cfg.to_dict(), "domain": domain.name, "class_names": list(domain.class_names),
+                             "step": step, "data": data},
+                        prototypes=protos, shots=shot_codes)
+
+
+def run_generator(workdir: str | Path, record: dict[str, Any]) -> tuple[stylegan2.LoadedGenerator, np.ndarray]:
+    """(generator, latent_avg (S, D)) a run folder trained with: its export's when it has one (the weights it
+    shipped), else the file named in its ``config.json`` (``record``)."""
+    workdir = Path(workdir)
+    cfg = TrainConfig.from_dict(record["train"])
+    if (workdir / "export" / "config.json").is_file():
+        pipeline = export.load(workdir / "export").pipeline
+        g, latent_avg = pipeline.generator, np.asarray(pipeline.latent_avg)
+        # as the run loaded it: its truncation latent is the export's latent_avg row
+        return stylegan2.LoadedGenerator(g.config, g.params, g.noises, latent_avg[0]), latent_avg
+    generator = domain_generator(record["stylegan"], cfg.domain_preset, cfg.generator_size)
+    return generator, np.broadcast_to(generator.truncation_latent(),
+                                      (generator.config.n_latent, generator.config.style_dim))
+
+
+def export_checkpoint(workdir: str | Path, step: int | None = None, out_dir: str | Path | None = None,
+                      log: Callable[[str], None] = print) -> Path:
+    """Write checkpoint ``step`` (default: the latest) of a ``train.run`` folder as an export, as the run writes its
+    last step into ``export/``: the encoder, the generator, the prototypes, the run record and (when the run's
+    inversion cache still holds them) the shots' codes. ``out_dir`` defaults to ``WORKDIR/step-N/export``. Every
+    reader of an export (synthesize, the editor, evaluate) then serves that step."""
+    workdir = Path(workdir)
+    record_file = workdir / "config.json"
+    if not record_file.is_file():
+        raise MissingFileError(f"{workdir}: not a training run (no config.json)")
+    record = json.loads(record_file.read_text())
+    cfg = TrainConfig.from_dict(record["train"])
+    generator, latent_avg = run_generator(workdir, record)
+    enc_config = EncoderConfig.from_json(record["encoder"])
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    try:
+        sharding = state_sharding(data_mesh(jax.local_devices()[:1]))
+        state, protos, _ = checkpointer.restore(
+            abstract_train_state(StepConfig.of(cfg, generator.config, enc_config), sharding), step)
+    finally:
+        checkpointer.close()
+    step = int(jax.device_get(state.step))
+    shot_codes = None
+    if record.get("data") == "built-in":
+        shots = Shots(*builtin.shots(cfg.domain_preset, cfg.shots))
+        cached = read_cache(workdir / "inversion", shots.names, _inversion_settings(cfg, generator, shots), log)
+        if cached is not None:
+            shot_codes = ShotCodes(shots.names, cached.w_plus, cached.loss, cached.history)
+    out = Path(out_dir) if out_dir is not None else workdir / f"step-{step}" / "export"
+    if out.exists():
+        shutil.rmtree(out)
+    _write_export(out, cfg, enc_config, state, generator, jnp.asarray(latent_avg), protos, shot_codes,
+                  record.get("data", "built-in"))
+    log(f"step {step} of {workdir} exported to {out}")
+    return out
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> int | None:

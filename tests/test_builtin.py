@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smis_jax import builtin, gan_run, shapes, tblog, viz
+from smis_jax import builtin, export, gan_run, shapes, tblog, viz
 from smis_jax.app import editor
 from smis_jax.config import DOMAINS, TrainConfig
 from smis_jax.io import load_generator
@@ -170,6 +170,18 @@ def test_main_job_end_to_end_on_a_short_schedule(tmp_path):
     assert_drawn(np.asarray(Image.open(work / "curves.png")), (1080, 1040))  # + the ground truth's per-class panel
     assert_drawn(np.asarray(Image.open(work / "groundtruth-iou.png")), (960, 1040))
     assert any(e.tag == "loss" for e in tblog.read_events(work))  # TensorBoard followed the run
+
+    # a checkpoint's whole ground truth: the step exported to W/step-N/export, its report beside it. Step 4 is the
+    # run's last: the same synthesis as the export's (another export of the same weights); step 2 is another.
+    for step in (4, 2):
+        proc = _run(["-m", "smis_jax.evaluate", "--workdir", str(work), "--step", str(step), "--samples", "8"],
+                    timeout=1500)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (work / f"step-{step}" / "export" / "config.json").is_file()
+        at_step = json.loads((work / f"step-{step}" / "groundtruth.json").read_text())
+        assert at_step["step"] == step and json.loads(proc.stdout)["groundtruth"]["step"] == step
+    assert json.loads((work / "step-4" / "groundtruth.json").read_text())["synthesis"] == truth["synthesis"]
+    assert export.load(work / "step-2" / "export").run["step"] == 2
 
     mask = tmp_path / "mask.png"
     Image.fromarray(builtin.test_masks(DOMAINS["shapes"], 1)[1][0]).save(mask)
