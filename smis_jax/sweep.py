@@ -8,6 +8,10 @@ seed is the run's: it draws the shots' inversion (starting codes and noise), the
 initial weights and training samples, and the evaluation's generated samples; the shots, the held-out masks and the
 generator are the same in every run. Other flags go to train.run unchanged (e.g. ``--max-steps 500``).
 
+``--at-step N`` also evaluates every seed's checkpoint of step N (``evaluate --workdir WORKDIR/seed-S --step N``,
+its report in ``WORKDIR/seed-S/step-N/``) and writes that step's spread to ``WORKDIR/step-N/``: training is
+deterministic and its learning rate constant, so that is what runs of N steps give, without training them.
+
 Resumable per seed: a seed whose ``groundtruth.json`` exists is skipped; one with an export but no evaluation is
 only evaluated; one with a ``config.json`` but no export is continued with ``--resume``; otherwise it starts
 afresh. Each seed's output goes to ``WORKDIR/seed-S.log``.
@@ -101,24 +105,27 @@ def curves(runs: dict[int, Path]) -> dict[str, dict[str, Any]]:
 
 
 def _curves_figure(found: dict[str, dict[str, Any]], seeds: Sequence[int]):
+    """Two panels: the ground truth per seed and its mean beside self-consistency's mean; the loss terms' means."""
+    def mean(key):
+        return [(s, v["mean"]) for s, v in found[key]["steps"].items()]
+
     panels = []
-    for keys, title, ylabel, logy in (
-            (("eval/truth_miou", "eval/miou"), "held-out synthesis over training", "mIoU (0-1)", False),
-            (("loss_l2", "loss_image"), "training loss terms", "loss (log)", True)):
-        series = {}
-        for key in keys:
-            if key not in found:
-                continue
-            steps = found[key]["steps"]
-            short = found[key]["name"].split(" (")[0]
-            if len(seeds) > 1:
-                series[f"{short}: mean of {len(seeds)} seeds"] = [(s, v["mean"]) for s, v in steps.items()]
+    series: dict[str, list] = {}
+    if "eval/truth_miou" in found:
+        series["ground truth (mean)"] = mean("eval/truth_miou")
+        if len(seeds) > 1:
             for seed in seeds:
-                series[f"{short}: seed {seed}"] = [(s, v["values"][seed]) for s, v in steps.items()
-                                                   if seed in v["values"]]
-        if series:
-            panels.append(viz.Line(series, title, "step (encoder updates)", ylabel, logy=logy,
-                                   ylim=None if logy else (0, None), markers=None if not logy else False))
+                series[f"ground truth, seed {seed}"] = [(s, v["values"][seed]) for s, v in
+                                                        found["eval/truth_miou"]["steps"].items() if seed in v["values"]]
+    if "eval/miou" in found:
+        series["self-consistency (mean)"] = mean("eval/miou")
+    if series:
+        panels.append(viz.Line(series, f"held-out synthesis mIoU, {len(seeds)} seeds", "step (encoder updates)",
+                               "mIoU (0-1)", ylim=(0, None)))
+    losses = {name: mean(key) for key, name in (("loss_l2", "W+ MSE"), ("loss_image", "image term")) if key in found}
+    if losses:
+        panels.append(viz.Line(losses, f"training loss terms (mean of {len(seeds)} seeds)", "step (encoder updates)",
+                               "loss (log)", logy=True, markers=False))
     return viz.charts(panels, cols=len(panels)) if panels else None
 
 
@@ -158,7 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=_seeds, required=True, help="comma-separated run seeds, e.g. 0,1,2")
     parser.add_argument("--workdir", required=True, help="the sweep's folder: one run folder per seed inside")
     parser.add_argument("--samples", type=int, help="ground-truth evaluation's generated samples (default 256)")
+    parser.add_argument("--at-step", type=int, metavar="N",
+                        help="also evaluate every seed's checkpoint of step N (evaluate --workdir --step N; a run "
+                             "of N steps is the longer run's prefix) and write its spread to WORKDIR/step-N/")
     args, train_flags = parser.parse_known_args(argv)
+    if args.at_step is not None and args.at_step < 1:
+        parser.error(f"--at-step must be a step >= 1, got {args.at_step}")
     for flag in ("--seed", "--workdir", "--domain", "--resume"):
         if any(a == flag or a.startswith(flag + "=") for a in train_flags):
             parser.error(f"{flag} is the sweep's to set (per seed), not a train.run flag to pass")
@@ -189,6 +201,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             print(f"seed {seed}: done in {time.time() - start:.0f} s", file=sys.stderr)
         results[seed] = json.loads(truth.read_text())
+    if args.at_step is not None:
+        at_step: dict[int, dict[str, Any]] = {}
+        for seed in args.seeds:
+            run_dir, log = workdir / f"seed-{seed}", workdir / f"seed-{seed}.log"
+            truth = run_dir / f"step-{args.at_step}" / "groundtruth.json"
+            if not truth.is_file():
+                print(f"seed {seed}: evaluate step {args.at_step}", file=sys.stderr)
+                cmd = [sys.executable, "-m", "smis_jax.evaluate", "--workdir", str(run_dir), "--step",
+                       str(args.at_step)] + (["--samples", str(args.samples)] if args.samples else [])
+                if _run(cmd, log) or not truth.is_file():
+                    print(f"error: seed {seed}: evaluate --step {args.at_step} failed; see {log}", file=sys.stderr)
+                    return 1
+            at_step[seed] = json.loads(truth.read_text())
+        _write_spread(workdir / f"step-{args.at_step}", args, train_flags, at_step, curves_of=workdir)
+    _write_spread(workdir, args, train_flags, results, curves_of=workdir)
+    return 0
+
+
+def _write_spread(out: Path, args, train_flags: list[str], results: dict[int, dict[str, Any]],
+                  curves_of: Path | None) -> None:
+    """sweep.json, sweep.md, sweep.png (and with ``curves_of``, the runs' curves) of ``results`` into ``out``."""
+    workdir = Path(args.workdir)
+    out.mkdir(parents=True, exist_ok=True)
     rows = spread(results)
     first = results[args.seeds[0]]
     summary = {"domain": args.domain, "seeds": args.seeds, "train_flags": train_flags,
@@ -196,22 +231,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                "steps": {str(s): r.get("step") for s, r in results.items()},
                "n_samples": first.get("n_samples"), "n_test_masks": first.get("n_test_masks"),
                "rows": {name: {**r, "values": {str(s): v for s, v in r["values"].items()}} for name, r in rows.items()}}
-    found = curves({s: workdir / f"seed-{s}" for s in args.seeds})
+    found = curves({s: curves_of / f"seed-{s}" for s in args.seeds}) if curves_of is not None else {}
     summary["curves"] = {key: {"name": c["name"], "steps": {str(step): {**v, "values": {str(s): x for s, x in
                                                                                         v["values"].items()}}
                                                             for step, v in c["steps"].items()}}
                          for key, c in found.items()}
-    (workdir / "sweep.json").write_text(json.dumps(summary, indent=1))
-    figure = _curves_figure(found, args.seeds)
+    (out / "sweep.json").write_text(json.dumps(summary, indent=1))
+    figure = _curves_figure(found, args.seeds) if found else None
     if figure is not None:
-        viz.save_png(workdir / "sweep-curves.png", figure)
+        viz.save_png(out / "sweep-curves.png", figure)
     title = (f"ground truth, {args.domain}, {len(args.seeds)} seeds (step {first.get('step')}; "
              f"{first.get('n_samples')} samples, {first.get('n_test_masks')} held-out masks)")
     table = format_markdown(rows, args.seeds, title)
-    (workdir / "sweep.md").write_text(table)
-    viz.save_png(workdir / "sweep.png", plots.groundtruth_bars([results[s] for s in args.seeds]))
+    (out / "sweep.md").write_text(table)
+    viz.save_png(out / "sweep.png", plots.groundtruth_bars([results[s] for s in args.seeds]))
     print(table)
-    return 0
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def test_bad_flags_exit_2(tmp_path, monkeypatch):
                  ["--domain", "shapes", "--seeds", "a", "--workdir", w],
                  ["--domain", "faces", "--seeds", "0", "--workdir", w],
                  ["--domain", "shapes", "--seeds", "0", "--workdir", w, "--seed", "3"],  # not an abbreviation
-                 ["--domain", "shapes", "--seeds", "0", "--workdir", w, "--resume"]):
+                 ["--domain", "shapes", "--seeds", "0", "--workdir", w, "--resume"],
+                 ["--domain", "shapes", "--seeds", "0", "--workdir", w, "--at-step", "0"]):
         with pytest.raises(SystemExit) as e:
             sweep.main(argv)
         assert e.value.code == 2
@@ -112,8 +113,13 @@ def test_sweep_on_a_tiny_schedule_then_resumed(tmp_path):
     assert set(summary["curves"]) == {"eval/truth_miou", "eval/miou", "loss_l2", "loss_image"}
     assert np.asarray(Image.open(work / "sweep-curves.png")).shape[1] == 1040
 
-    again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # again, asking for step 2's spread too: only the checkpoints are evaluated (step 2 is the runs' last, so its
+    # exported checkpoints score what the runs' own exports scored)
+    again = subprocess.run(argv + ["--at-step", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "seed 0: finished" in again.stderr and "seed 1: finished" in again.stderr
-    assert "train.run" not in again.stderr
+    assert "train.run" not in again.stderr and "seed 1: evaluate step 2" in again.stderr
     assert json.loads((work / "sweep.json").read_text())["rows"] == rows
+    at_step = json.loads((work / "step-2" / "sweep.json").read_text())
+    assert at_step["steps"] == {"0": 2, "1": 2} and at_step["rows"]["synthesis/miou"] == rows["synthesis/miou"]
+    assert (work / "step-2" / "sweep.md").is_file() and (work / "seed-1" / "step-2" / "export").is_dir()
