@@ -24,18 +24,14 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from smis_jax import builtin, export, groundtruth, precision
-from smis_jax.config import DOMAINS, TrainConfig, get_domain
+from smis_jax.config import DOMAINS, get_domain
 from smis_jax.errors import MissingFileError, UserError
-from smis_jax.experiment import export_checkpoint, load_test_masks, run_generator
+from smis_jax.experiment import export_checkpoint, load_test_masks, restore_checkpoint
 from smis_jax.metrics import self_consistency
 from smis_jax.precision import PRECISIONS
-from smis_jax.nets.psp import EncoderConfig
-from smis_jax.training import Checkpointer, StepConfig, abstract_train_state, data_mesh, state_sharding
 
 __all__ = ["evaluate_export", "evaluate_checkpoint", "main"]
 
@@ -78,25 +74,13 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, masks: Seq
     """Self-consistency of a run's checkpoint ``step`` (default: the latest). The generator is the run's export's
     when there is one, else the file the run was started with."""
     workdir = Path(workdir)
-    record_file = workdir / "config.json"
-    if not record_file.is_file():
-        raise MissingFileError(f"{workdir}: not a training run (no config.json)")
-    record = json.loads(record_file.read_text())
-    cfg = TrainConfig.from_dict(record["train"])
-    generator, latent_avg = run_generator(workdir, record)
-    enc_config = EncoderConfig.from_json(record["encoder"])
-    step_cfg = StepConfig.of(cfg, generator.config, enc_config)
-    checkpointer = Checkpointer(workdir / "checkpoints")
-    try:
-        sharding = state_sharding(data_mesh(jax.local_devices()[:1]))
-        state, protos, _ = checkpointer.restore(abstract_train_state(step_cfg, sharding), step)
-    finally:
-        checkpointer.close()
-    names, labels = _masks(masks, cfg.domain, record.get("data"), workdir)
-    result = self_consistency(enc_config, {"params": state.params, "batch_stats": state.batch_stats},
-                              generator.config, generator.params, generator.noises, jnp.asarray(latent_avg), protos,
-                              labels, batch_size=batch_size)
-    return {**result, "step": int(state.step), "masks": names}
+    ckpt = restore_checkpoint(workdir, step)
+    g = ckpt.generator
+    names, labels = _masks(masks, ckpt.cfg.domain, ckpt.record.get("data"), workdir)
+    result = self_consistency(ckpt.enc_config, {"params": ckpt.state.params, "batch_stats": ckpt.state.batch_stats},
+                              g.config, g.params, g.noises, jnp.asarray(ckpt.latent_avg), ckpt.protos, labels,
+                              batch_size=batch_size)
+    return {**result, "step": ckpt.step, "masks": names}
 
 
 def _steps(text: str) -> list[int]:

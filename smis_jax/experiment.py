@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import (builtin, data, export, hosts, info, interrupt, labelers, labeling, plots, precision, shapes,
-                      tblog, viz)
+from smis_jax import builtin, data, export, hosts, info, interrupt, labelers, plots, precision, shapes, tblog, viz
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
 from smis_jax.errors import MissingFileError
@@ -59,7 +58,7 @@ from smis_jax.training import (
 )
 
 __all__ = ["Shots", "load_shots", "load_test_masks", "encoder_config", "domain_generator", "train_and_evaluate",
-           "run_generator", "export_checkpoint"]
+           "run_generator", "RunCheckpoint", "restore_checkpoint", "export_checkpoint"]
 
 # Fields that may change when a run is resumed (how long and how often); anything else must match.
 RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every", "image_every", "eval_every", "keep_checkpoints"}
@@ -401,7 +400,6 @@ def train_and_evaluate(cfg: TrainConfig, data_dir: str | Path | None, stylegan: 
         bar.close()
 
     export_dir = workdir / "export"
-    final_step = int(jax.device_get(state.step))
     if hosts.is_writer():
         if export_dir.exists():
             shutil.rmtree(export_dir)
@@ -440,12 +438,25 @@ def run_generator(workdir: str | Path, record: dict[str, Any]) -> tuple[stylegan
                                       (generator.config.n_latent, generator.config.style_dim))
 
 
-def export_checkpoint(workdir: str | Path, step: int | None = None, out_dir: str | Path | None = None,
-                      log: Callable[[str], None] = print) -> Path:
-    """Write checkpoint ``step`` (default: the latest) of a ``train.run`` folder as an export, as the run writes its
-    last step into ``export/``: the encoder, the generator, the prototypes, the run record and (when the run's
-    inversion cache still holds them) the shots' codes. ``out_dir`` defaults to ``WORKDIR/step-N/export``. Every
-    reader of an export (synthesize, the editor, evaluate) then serves that step."""
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """One checkpoint of a ``train.run`` folder, restored with what reads it (:func:`restore_checkpoint`)."""
+    record: dict[str, Any]  # the run's config.json
+    cfg: TrainConfig
+    generator: stylegan2.LoadedGenerator
+    latent_avg: np.ndarray  # (S, D)
+    enc_config: EncoderConfig
+    state: Any  # TrainState on one local device
+    protos: Any  # the run's labeller
+
+    @property
+    def step(self) -> int:
+        return int(jax.device_get(self.state.step))
+
+
+def restore_checkpoint(workdir: str | Path, step: int | None = None) -> RunCheckpoint:
+    """Checkpoint ``step`` (default: the latest) of a ``train.run`` folder, on one local device, with the run's
+    record, config, generator (:func:`run_generator`) and encoder config."""
     workdir = Path(workdir)
     record_file = workdir / "config.json"
     if not record_file.is_file():
@@ -461,19 +472,30 @@ def export_checkpoint(workdir: str | Path, step: int | None = None, out_dir: str
             abstract_train_state(StepConfig.of(cfg, generator.config, enc_config), sharding), step)
     finally:
         checkpointer.close()
-    step = int(jax.device_get(state.step))
+    return RunCheckpoint(record, cfg, generator, latent_avg, enc_config, state, protos)
+
+
+def export_checkpoint(workdir: str | Path, step: int | None = None, out_dir: str | Path | None = None,
+                      log: Callable[[str], None] = print) -> Path:
+    """Write checkpoint ``step`` (default: the latest) of a ``train.run`` folder as an export, as the run writes its
+    last step into ``export/``: the encoder, the generator, the prototypes, the run record and (when the run's
+    inversion cache still holds them) the shots' codes. ``out_dir`` defaults to ``WORKDIR/step-N/export``. Every
+    reader of an export (synthesize, the editor, evaluate) then serves that step."""
+    workdir = Path(workdir)
+    ckpt = restore_checkpoint(workdir, step)
+    cfg, generator = ckpt.cfg, ckpt.generator
     shot_codes = None
-    if record.get("data") == "built-in":
+    if ckpt.record.get("data") == "built-in":
         shots = Shots(*builtin.shots(cfg.domain_preset, cfg.shots))
         cached = read_cache(workdir / "inversion", shots.names, _inversion_settings(cfg, generator, shots), log)
         if cached is not None:
             shot_codes = ShotCodes(shots.names, cached.w_plus, cached.loss, cached.history)
-    out = Path(out_dir) if out_dir is not None else workdir / f"step-{step}" / "export"
+    out = Path(out_dir) if out_dir is not None else workdir / f"step-{ckpt.step}" / "export"
     if out.exists():
         shutil.rmtree(out)
-    _write_export(out, cfg, enc_config, state, generator, jnp.asarray(latent_avg), protos, shot_codes,
-                  record.get("data", "built-in"))
-    log(f"step {step} of {workdir} exported to {out}")
+    _write_export(out, cfg, ckpt.enc_config, ckpt.state, generator, jnp.asarray(ckpt.latent_avg), ckpt.protos,
+                  shot_codes, ckpt.record.get("data", "built-in"))
+    log(f"step {ckpt.step} of {workdir} exported to {out}")
     return out
 
 

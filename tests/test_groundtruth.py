@@ -102,14 +102,19 @@ def test_synthesis_that_renders_the_mask_scores_one(monkeypatch):
     assert images.shape == (len(labels256), 256, 256, 3)
 
 
-def test_synthesis_that_draws_only_sky_scores_what_the_hand_says(monkeypatch):
-    pipeline = _stand_in(monkeypatch, lambda ids: _paint(np.zeros_like(ids)))
-    # Two 64 px masks (256 px at the encoder): A is sky over grass, half and half; B is sky over water, 3/4 and 1/4.
+def _sky_over_grass_and_water():
+    """Two 64 px masks (256 px at the encoder): A is sky over grass, half and half; B is sky over water, 3/4 and
+    1/4."""
     a = np.full((64, 64), shapes.GRASS, np.uint8)
     a[:32] = shapes.SKY
     b = np.full((64, 64), shapes.WATER, np.uint8)
     b[:48] = shapes.SKY
-    truth64 = np.stack([a, b])
+    return np.stack([a, b])
+
+
+def test_synthesis_that_draws_only_sky_scores_what_the_hand_says(monkeypatch):
+    pipeline = _stand_in(monkeypatch, lambda ids: _paint(np.zeros_like(ids)))
+    truth64 = _sky_over_grass_and_water()
     labels256 = shapes.upsample_mask(truth64, 4)
     # Predicted sky everywhere: sky's tp = 2048 + 3072 = 5120 of 8192 pixels, its union all 8192: IoU 0.625.
     # Grass (2048 px) and water (1024 px) have tp 0: IoU 0. No other class occurs. mIoU = 0.625 / 3 = 0.2083;
@@ -144,11 +149,7 @@ def test_training_time_truth_that_renders_the_mask_scores_one(monkeypatch, batch
 def test_training_time_truth_that_draws_only_sky_scores_what_the_hand_says(monkeypatch):
     enc_config = _metrics_stand_in(monkeypatch, lambda ids: _paint(np.zeros_like(ids)))
     # The hand example of the sky-only synthesis above: sky IoU 0.625, grass and water 0, accuracy 0.625.
-    a = np.full((64, 64), shapes.GRASS, np.uint8)
-    a[:32] = shapes.SKY
-    b = np.full((64, 64), shapes.WATER, np.uint8)
-    b[:48] = shapes.SKY
-    truth64 = np.stack([a, b])
+    truth64 = _sky_over_grass_and_water()
     out = metrics.synthesis_truth(enc_config, None, None, None, [], None, shapes.upsample_mask(truth64, 4), truth64,
                                   shapes.segment, len(shapes.CLASS_NAMES), batch_size=4)
     assert out["per_class"] == {shapes.SKY: 0.625, shapes.GRASS: 0.0, shapes.WATER: 0.0}
