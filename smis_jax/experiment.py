@@ -493,8 +493,8 @@ def export_checkpoint(workdir: str | Path, step: int | None = None, out_dir: str
     out = Path(out_dir) if out_dir is not None else workdir / f"step-{ckpt.step}" / "export"
     if out.exists():
         shutil.rmtree(out)
-    _write_export(out, cfg, ckpt.enc_config, ckpt.state, generator, jnp.asarray(ckpt.latent_avg), ckpt.protos,
-                  shot_codes, ckpt.record.get("data", "built-in"))
+    _write_export(out, cfg, ckpt.enc_config, ckpt.state, generator, ckpt.latent_avg, ckpt.protos, shot_codes,
+                  ckpt.record.get("data", "built-in"))
     log(f"step {ckpt.step} of {workdir} exported to {out}")
     return out
 

@@ -59,12 +59,23 @@ def iou_from_confusion(conf: np.ndarray, ignore_background: bool) -> dict[str, A
     return {"miou": miou, "per_class": per_class}
 
 
+def _encode(enc_config: EncoderConfig, enc_vars, onehot, sparse: bool):
+    """One-hot masks at 256 -> the encoder's input -> (codes, offsets or None), eval mode. Traceable."""
+    onehot = reduce_onehot(onehot, enc_config.input_size, sparse)
+    return codes_and_offsets(enc_config, GradualStyleEncoder(enc_config).apply(enc_vars, onehot, False))
+
+
+def _padded_batches(masks: np.ndarray, batch_size: int):
+    """(start, chunk, chunk padded to batch_size with its last mask): one compiled shape for every batch."""
+    for start in range(0, len(masks), batch_size):
+        chunk = masks[start:start + batch_size]
+        yield start, chunk, np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+
+
 @partial(jax.jit, static_argnames=("enc_config", "gen_config"))
 def _labels_of_synthesis(enc_config: EncoderConfig, gen_config: GeneratorConfig, enc_vars, gen_params, noises,
                          latent_avg, protos, onehot):
-    sparse = not labelers.as_labeler(protos).dense
-    onehot = reduce_onehot(onehot, enc_config.input_size, sparse)  # masks at 256 -> the encoder's input
-    codes, offsets = codes_and_offsets(enc_config, GradualStyleEncoder(enc_config).apply(enc_vars, onehot, False))
+    codes, offsets = _encode(enc_config, enc_vars, onehot, not labelers.as_labeler(protos).dense)
     return labelers.label_latents(gen_config, gen_params, codes + latent_avg, noises, protos, out_size=256,
                                   offsets=offsets)
 
@@ -80,9 +91,7 @@ def self_consistency(enc_config: EncoderConfig, enc_vars, gen_config: GeneratorC
     n_classes = enc_config.input_nc
     sparse = not labelers.as_labeler(protos).dense
     conf = np.zeros((n_classes, n_classes), np.int64)
-    for start in range(0, len(masks), batch_size):
-        chunk = masks[start:start + batch_size]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+    for _, chunk, padded in _padded_batches(masks, batch_size):
         onehot = labeling.labels_to_onehot(jnp.asarray(padded), n_classes)
         pred = np.asarray(_labels_of_synthesis(enc_config, gen_config, enc_vars, gen_params, list(noises),
                                                latent_avg, protos, onehot))[: len(chunk)]
@@ -95,8 +104,7 @@ def self_consistency(enc_config: EncoderConfig, enc_vars, gen_config: GeneratorC
 @partial(jax.jit, static_argnames=("enc_config", "gen_config", "sparse"))
 def _images_of_synthesis(enc_config: EncoderConfig, gen_config: GeneratorConfig, sparse: bool, enc_vars, gen_params,
                          noises, latent_avg, onehot):
-    onehot = reduce_onehot(onehot, enc_config.input_size, sparse)
-    codes, offsets = codes_and_offsets(enc_config, GradualStyleEncoder(enc_config).apply(enc_vars, onehot, False))
+    codes, offsets = _encode(enc_config, enc_vars, onehot, sparse)
     image, _ = Generator(gen_config).apply(gen_params, codes + latent_avg, noises, offsets=offsets)
     return image
 
@@ -115,9 +123,7 @@ def synthesis_truth(enc_config: EncoderConfig, enc_vars, gen_config: GeneratorCo
     if len(masks) != len(truth):
         raise ValueError(f"synthesis_truth: {len(masks)} masks but {len(truth)} ground-truth maps")
     conf = np.zeros((n_truth_classes, n_truth_classes), np.int64)
-    for start in range(0, len(masks), batch_size):
-        chunk = masks[start:start + batch_size]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+    for start, chunk, padded in _padded_batches(masks, batch_size):
         onehot = labeling.labels_to_onehot(jnp.asarray(padded), enc_config.input_nc)
         image = np.asarray(_images_of_synthesis(enc_config, gen_config, bool(sparse), enc_vars, gen_params,
                                                 list(noises), latent_avg, onehot))[: len(chunk)]

@@ -214,14 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"error: seed {seed}: evaluate --step {args.at_step} failed; see {log}", file=sys.stderr)
                     return 1
             at_step[seed] = json.loads(truth.read_text())
-        _write_spread(workdir / f"step-{args.at_step}", args, train_flags, at_step, curves_of=workdir)
-    _write_spread(workdir, args, train_flags, results, curves_of=workdir)
+        _write_spread(workdir / f"step-{args.at_step}", args, train_flags, at_step)
+    _write_spread(workdir, args, train_flags, results)
     return 0
 
 
-def _write_spread(out: Path, args, train_flags: list[str], results: dict[int, dict[str, Any]],
-                  curves_of: Path | None) -> None:
-    """sweep.json, sweep.md, sweep.png (and with ``curves_of``, the runs' curves) of ``results`` into ``out``."""
+def _write_spread(out: Path, args, train_flags: list[str], results: dict[int, dict[str, Any]]) -> None:
+    """sweep.json, sweep.md, sweep.png and sweep-curves.png (the seeds' runs' curves) of ``results`` into ``out``."""
     workdir = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
     rows = spread(results)
@@ -231,13 +230,13 @@ def _write_spread(out: Path, args, train_flags: list[str], results: dict[int, di
                "steps": {str(s): r.get("step") for s, r in results.items()},
                "n_samples": first.get("n_samples"), "n_test_masks": first.get("n_test_masks"),
                "rows": {name: {**r, "values": {str(s): v for s, v in r["values"].items()}} for name, r in rows.items()}}
-    found = curves({s: curves_of / f"seed-{s}" for s in args.seeds}) if curves_of is not None else {}
+    found = curves({s: workdir / f"seed-{s}" for s in args.seeds})
     summary["curves"] = {key: {"name": c["name"], "steps": {str(step): {**v, "values": {str(s): x for s, x in
                                                                                         v["values"].items()}}
                                                             for step, v in c["steps"].items()}}
                          for key, c in found.items()}
     (out / "sweep.json").write_text(json.dumps(summary, indent=1))
-    figure = _curves_figure(found, args.seeds) if found else None
+    figure = _curves_figure(found, args.seeds)
     if figure is not None:
         viz.save_png(out / "sweep-curves.png", figure)
     title = (f"ground truth, {args.domain}, {len(args.seeds)} seeds (step {first.get('step')}; "
