@@ -6,7 +6,7 @@ labelling path of the same generator for scale.
 * **by part** (today's code, the shipped run's networks): G forward, G forward + backward through D, D forward +
   backward on reals and fakes, R1 (the double backward), each jitted alone: wall time (median of 5),
   XLA's FLOP count (``cost_analysis``) and the FLOP/s they make.
-* **previous vs today**: ``smis_jax/gan.py`` as it stood at ``--previous`` (read from git) and today's, both
+* **previous vs today**: ``smis_jax/gan`` as it stood at ``--previous`` (read from git) and today's, both
   compiled here, a plain step and an R1 step timed in turns (each round: 3 plain steps and 1 R1 step of each);
   seconds per kimg at the run's R1 interval of 16.
 * **labelling path**: the built-in training step's sampling and labelling (z -> W -> the shipped generator to
@@ -56,8 +56,13 @@ def _time(fn, *args, repeats: int = 5) -> float:
 
 
 def _previous_gan(commit: str):
-    source = subprocess.run(["git", "show", f"{commit}:smis_jax/gan.py"], cwd=REPO, check=True, capture_output=True,
-                            text=True).stdout
+    for where in ("smis_jax/gan/__init__.py", "smis_jax/gan.py"):  # the package since the house's regrouping
+        found = subprocess.run(["git", "show", f"{commit}:{where}"], cwd=REPO, capture_output=True, text=True)
+        if found.returncode == 0:
+            source = found.stdout
+            break
+    else:
+        raise SystemExit(f"commit {commit} has neither smis_jax/gan/__init__.py nor smis_jax/gan.py")
     path = Path(tempfile.mkdtemp()) / "gan_previous.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("gan_previous", path)

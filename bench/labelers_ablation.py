@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, labelers, shapes, viz
+from smis_jax import builtin, data, labelers, viz
+from smis_jax.builtin import shapes
 from smis_jax.config import DOMAINS, TrainConfig
-from smis_jax.groundtruth import scores
+from smis_jax.builtin.groundtruth import scores
 from smis_jax.io import load_generator, load_lpips
 from smis_jax.nets.stylegan2 import FEATURE_RES, Generator, make_noise
 

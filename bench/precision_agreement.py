@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, groundtruth, labeling, precision, shapes
+from smis_jax import builtin, data, export, labeling, precision
+from smis_jax.builtin import groundtruth, shapes
 from smis_jax.io import load_generator
 
 

@@ -55,7 +55,7 @@ class Domain:
         return tuple(range(self.latent_start, self.style_num))
 
 
-SHAPES_CLASSES = ("sky", "mountain", "sun", "grass", "water", "tree", "house")  # smis_jax.shapes.CLASS_NAMES
+SHAPES_CLASSES = ("sky", "mountain", "sun", "grass", "water", "tree", "house")  # smis_jax.builtin.shapes.CLASS_NAMES
 # The built-in domains' schedule: a small encoder reading 64x64 masks (the generator's feature size; 256 cost 16x
 # the encoder's work for nothing) and 1200 steps of 32 (38,400 pseudo-labelled samples: the ground truth scored while
 # training flattens by then, its mean over three seeds 0.744 at 1200 and at 1600 steps, and 1200 fit the main job in
@@ -87,7 +87,7 @@ DOMAINS: dict[str, Domain] = {
         Domain("anime", "anime", 2, "sparse", 512, 2,
                "2020-01-11-skylion-stylegan2-animeportraits-networksnapshot-024664.pt",
                "anime face cross, 0 = not annotated"),
-        # The built-in procedural domain (smis_jax.shapes): exact masks, an oracle, a generator trained by smis-jax.
+        # The built-in procedural domain (smis_jax.builtin.shapes): exact masks, an oracle, a generator trained by smis-jax.
         Domain("shapes", "shapes (built-in)", 7, "dense", 64, 1, "the shipped smis_jax/assets/shapes-gan",
                "procedural landscapes, exact masks (built-in)", class_names=SHAPES_CLASSES, builtin=True,
                train_defaults=BUILTIN_SCHEDULE, latent_start=6),

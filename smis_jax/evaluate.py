@@ -1,5 +1,5 @@
 """Evaluate a trained encoder: label self-consistency (``smis_jax.metrics``) and, on a built-in domain, the
-paper's evaluation on ground truth (``smis_jax.groundtruth``).
+paper's evaluation on ground truth (``smis_jax.builtin.groundtruth``).
 
     python -m smis_jax.evaluate --checkpoint runs/faces/export [--masks DIR] [--report DIR]
     python -m smis_jax.evaluate --workdir runs/faces [--masks DIR] [--step N]
@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 
-from smis_jax import builtin, export, groundtruth, precision
+from smis_jax import builtin, export, precision
+from smis_jax.builtin import groundtruth
 from smis_jax.config import DOMAINS, get_domain
 from smis_jax.errors import MissingFileError, UserError
 from smis_jax.experiment import export_checkpoint, load_test_masks, restore_checkpoint

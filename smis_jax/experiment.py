@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, hosts, info, interrupt, labelers, plots, precision, shapes, tblog, viz
+from smis_jax import builtin, data, export, hosts, info, interrupt, labelers, plots, precision, tblog, viz
+from smis_jax.builtin import shapes
 from smis_jax.config import ENCODER_SIZES, ConfigError, Domain, TrainConfig
 from smis_jax.export import ShotCodes
 from smis_jax.errors import MissingFileError

@@ -559,7 +559,7 @@ def test_browser_builtin_oracle_finds_the_painted_classes(shapes_export):
     Only sky and grass, the classes every short-schedule model draws reliably. (With the encoder's offset head, the
     default since 2026-12-07, the full main job also places suns, lakes, trees and houses: README, "The built-in
     domain".)"""
-    from smis_jax import shapes
+    from smis_jax.builtin import shapes
 
     def majority(image, region):
         seg = shapes.segment(image.astype(np.float32) / 127.5 - 1)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smis_jax import builtin, export, gan_run, shapes, tblog, viz
+from smis_jax import builtin, export, tblog, viz
+from smis_jax.builtin import shapes
+from smis_jax.gan import trainer
 from smis_jax.app import editor
 from smis_jax.config import DOMAINS, TrainConfig
 from smis_jax.io import load_generator
@@ -79,7 +81,7 @@ def test_shipped_generator_matches_its_provenance():
     path = builtin.generator_path()
     g = load_generator(path)
     prov = json.loads((path / "provenance.json").read_text())
-    assert prov["params_sha256"] == gan_run.params_sha256(g.params)  # the weights are the ones described
+    assert prov["params_sha256"] == trainer.params_sha256(g.params)  # the weights are the ones described
     assert g.config.size == 64 and g.config.to_json() == prov["generator"]
     for key in ("invocations", "kimg", "wall_s", "devices", "quality", "gan"):
         assert key in prov, key

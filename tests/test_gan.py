@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import FORWARD_TOL, rel_err
 from test_figures import assert_drawn, assert_events_equal_metrics
-from smis_jax import gan, gan_run
+from smis_jax import gan
+from smis_jax.gan import trainer
 from smis_jax.io import load_generator
 from smis_jax.io.converted import StateDict
 from smis_jax.io.stylegan2 import (
@@ -102,7 +103,7 @@ def test_discriminator_matches_rosinality(rosinality, size):
 
 
 def _final_state(workdir):
-    _, state, meta = gan_run.restore_latest(workdir)
+    _, state, meta = trainer.restore_latest(workdir)
     return jax.device_get(state), meta
 
 
@@ -110,19 +111,19 @@ def _final_state(workdir):
 def test_trainer_learns_resumes_exactly_and_exports(tmp_path):
     cfg = gan.GanConfig(**TINY)
     kw = dict(log_every=2, image_every=4, save_every=4, eval_every=8)
-    full = gan_run.train(cfg, tmp_path / "full", max_kimg=0.032, **kw)  # 8 steps of 4
+    full = trainer.train(cfg, tmp_path / "full", max_kimg=0.032, **kw)  # 8 steps of 4
     assert full["step"] == 8
     rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
     assert rows[-1]["loss_d"] < rows[0]["loss_d"]  # the discriminator learns to tell scenes from samples
     assert "quality/oracle_confidence" in rows[-1] and (tmp_path / "full" / "images" / "step_0000008.png").is_file()
 
-    gan_run.train(cfg, tmp_path / "split", max_kimg=0.016, **kw)  # 4 steps, then a resume to 8
+    trainer.train(cfg, tmp_path / "split", max_kimg=0.016, **kw)  # 4 steps, then a resume to 8
     with pytest.raises(ValueError, match="--resume"):
-        gan_run.train(cfg, tmp_path / "split", max_kimg=0.032, **kw)
+        trainer.train(cfg, tmp_path / "split", max_kimg=0.032, **kw)
     with pytest.raises(ValueError, match="r1_gamma"):
-        gan_run.train(cfg.replace(r1_gamma=1.0), tmp_path / "split", max_kimg=0.032, resume=True, **kw)
-    gan_run.train(cfg, tmp_path / "split", max_kimg=0.032, resume=True, **kw)
+        trainer.train(cfg.replace(r1_gamma=1.0), tmp_path / "split", max_kimg=0.032, resume=True, **kw)
+    trainer.train(cfg, tmp_path / "split", max_kimg=0.032, resume=True, **kw)
     (a, meta_a), (b, meta_b) = _final_state(tmp_path / "full"), _final_state(tmp_path / "split")
     assert meta_a["step"] == meta_b["step"] == 8
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -136,10 +137,10 @@ def test_trainer_learns_resumes_exactly_and_exports(tmp_path):
     assert [e.step for e in events if e.kind == "text"] == [0, 4]  # the record of each start
     assert_drawn(np.asarray(Image.open(tmp_path / "split" / "curves.png")), (720, 1040))
 
-    out = gan_run.export_generator(tmp_path / "full", tmp_path / "export")
+    out = trainer.export_generator(tmp_path / "full", tmp_path / "export")
     g = load_generator(out)
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["params_sha256"] == gan_run.params_sha256(g.params) == gan_run.params_sha256(a.g_ema)
+    assert prov["params_sha256"] == trainer.params_sha256(g.params) == trainer.params_sha256(a.g_ema)
     assert prov["kimg"] == 0.032 and prov["step"] == 8 and g.latent_avg is not None
 
     # rosinality .pt: our reader gets back exactly what we wrote
@@ -158,10 +159,10 @@ def test_retune_changes_optimisation_settings_from_a_step_on(tmp_path):
     changed setting is a constant of the compiled step, so it compiles again."""
     cfg = gan.GanConfig(**TINY)
     kw = dict(log_every=2, image_every=4, save_every=4, eval_every=8)
-    gan_run.train(cfg, tmp_path / "run", max_kimg=0.016, **kw)
+    trainer.train(cfg, tmp_path / "run", max_kimg=0.016, **kw)
     with pytest.raises(ValueError, match="not batch_size"):
-        gan_run.train(cfg.replace(batch_size=8), tmp_path / "run", max_kimg=0.024, resume=True, retune=True, **kw)
-    gan_run.train(cfg.replace(r1_gamma=1.0), tmp_path / "run", max_kimg=0.024, resume=True, retune=True, **kw)
+        trainer.train(cfg.replace(batch_size=8), tmp_path / "run", max_kimg=0.024, resume=True, retune=True, **kw)
+    trainer.train(cfg.replace(r1_gamma=1.0), tmp_path / "run", max_kimg=0.024, resume=True, retune=True, **kw)
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     assert record["retuned"] == [{"step": 4, "changes": {"r1_gamma": [cfg.r1_gamma, 1.0]}}]
     assert record["gan"]["r1_gamma"] == 1.0 and _final_state(tmp_path / "run")[1]["step"] == 6
@@ -192,49 +193,49 @@ def test_a_run_starts_from_a_trained_generator_with_a_discriminator_warmup(tmp_p
     config is refused naming the folder."""
     cfg = gan.GanConfig(**TINY)
     kw = dict(log_every=2, image_every=100, save_every=2, eval_every=100)
-    gan_run.train(cfg, tmp_path / "first", max_kimg=0.008, **kw)  # 2 steps of 4
-    shipped = gan_run.export_generator(tmp_path / "first", tmp_path / "g")
+    trainer.train(cfg, tmp_path / "first", max_kimg=0.008, **kw)  # 2 steps of 4
+    shipped = trainer.export_generator(tmp_path / "first", tmp_path / "g")
     g0 = load_generator(shipped).params
 
     with pytest.raises(ValueError, match=r"g: its generator .* is not the run's"):
-        gan_run.train(cfg.replace(style_dim=16), tmp_path / "bad", max_kimg=0.024, init_generator=shipped, **kw)
+        trainer.train(cfg.replace(style_dim=16), tmp_path / "bad", max_kimg=0.024, init_generator=shipped, **kw)
     # warm-up of 2 steps (0.008 kimg), from step 2 (0.008 kimg) to step 4: G untouched, D trained
-    gan_run.train(cfg, tmp_path / "more", max_kimg=0.016, init_generator=shipped, d_warmup_kimg=0.008, **kw)
+    trainer.train(cfg, tmp_path / "more", max_kimg=0.016, init_generator=shipped, d_warmup_kimg=0.008, **kw)
     record = json.loads((tmp_path / "more" / "config.json").read_text())
     init = record["init_generator"]
     assert (init["start_step"], init["g_from_step"], init["kimg"]) == (2, 4, 0.008)
-    assert init["params_sha256"] == gan_run.params_sha256(g0)
+    assert init["params_sha256"] == trainer.params_sha256(g0)
     first_prov = json.loads((shipped / "provenance.json").read_text())
     assert init["provenance"] == first_prov and first_prov["params_sha256"] == init["params_sha256"]
-    _, warm, meta = gan_run.restore_latest(tmp_path / "more")
+    _, warm, meta = trainer.restore_latest(tmp_path / "more")
     assert meta["step"] == 4
     for a, b, c in zip(jax.tree.leaves(warm.g_params), jax.tree.leaves(warm.g_ema), jax.tree.leaves(g0)):
         assert np.array_equal(np.asarray(a), np.asarray(c)) and np.array_equal(np.asarray(b), np.asarray(c))
     rows = [json.loads(line) for line in (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [4] and "loss_g" not in rows[0]  # warm-up steps report no G loss
-    d_first = gan_run.restore_latest(tmp_path / "first")[1].d_params
+    d_first = trainer.restore_latest(tmp_path / "first")[1].d_params
     assert not all(np.array_equal(np.asarray(a), np.asarray(b))
                    for a, b in zip(jax.tree.leaves(warm.d_params), jax.tree.leaves(d_first)))
 
     with pytest.raises(ValueError, match="--init-generator only starts a new run"):
-        gan_run.train(cfg, tmp_path / "more", max_kimg=0.024, resume=True, init_generator=shipped, **kw)
-    gan_run.train(cfg, tmp_path / "more", max_kimg=0.024, resume=True, **kw)  # past the warm-up: G trains
-    _, state, meta = gan_run.restore_latest(tmp_path / "more")
+        trainer.train(cfg, tmp_path / "more", max_kimg=0.024, resume=True, init_generator=shipped, **kw)
+    trainer.train(cfg, tmp_path / "more", max_kimg=0.024, resume=True, **kw)  # past the warm-up: G trains
+    _, state, meta = trainer.restore_latest(tmp_path / "more")
     assert meta["step"] == 6
     assert not all(np.array_equal(np.asarray(a), np.asarray(b))
                    for a, b in zip(jax.tree.leaves(state.g_params), jax.tree.leaves(g0)))
     rows = [json.loads(line) for line in (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 6 and math.isfinite(rows[-1]["loss_g"])
-    prov = json.loads((gan_run.export_generator(tmp_path / "more", tmp_path / "g2") / "provenance.json").read_text())
+    prov = json.loads((trainer.export_generator(tmp_path / "more", tmp_path / "g2") / "provenance.json").read_text())
     assert prov["init_generator"] == init and prov["step"] == 6  # the chain: the starting generator's provenance
     # a run recorded before the record kept that provenance: the export reads it from the folder if the weights match
     record = json.loads((tmp_path / "more" / "config.json").read_text())
     record["init_generator"] = {k: v for k, v in init.items() if k != "provenance"}
     (tmp_path / "more" / "config.json").write_text(json.dumps(record))
-    prov = json.loads((gan_run.export_generator(tmp_path / "more", tmp_path / "g3") / "provenance.json").read_text())
+    prov = json.loads((trainer.export_generator(tmp_path / "more", tmp_path / "g3") / "provenance.json").read_text())
     assert prov["init_generator"] == init
     (shipped / "provenance.json").write_text(json.dumps({**first_prov, "params_sha256": "another"}))
-    prov = json.loads((gan_run.export_generator(tmp_path / "more", tmp_path / "g4") / "provenance.json").read_text())
+    prov = json.loads((trainer.export_generator(tmp_path / "more", tmp_path / "g4") / "provenance.json").read_text())
     assert "provenance" not in prov["init_generator"]  # replaced weights: nothing claimed
 
 
@@ -261,7 +262,7 @@ def test_kernel_distance_is_kids_unbiased_mmd():
 def test_kernel_distance_in_alexnet_features_sees_red_lakes():
     """In the fixed feature space (LPIPS's ImageNet AlexNet, 224 px, the taps' spatial means) two disjoint sets of
     real scenes lie close; the same scenes with every lake drawn in the house's red lie far from the real ones."""
-    from smis_jax import shapes
+    from smis_jax.builtin import shapes
     from smis_jax.io import load_lpips
     from smis_jax.metrics import kernel_distance
     from smis_jax.nets.lpips import alexnet_features

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from smis_jax import builtin, data, groundtruth, metrics, shapes
+from smis_jax import builtin, data, metrics
+from smis_jax.builtin import groundtruth, shapes
 from smis_jax.config import DOMAINS
 from smis_jax.metrics import confusion, iou_from_confusion
 

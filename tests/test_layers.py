@@ -10,14 +10,14 @@ REPO = Path(__file__).resolve().parents[1]
 # Bottom to top. A module may import its own layer and the layers below; within a layer, no cycles.
 LAYERS = [
     ("base", ["smis_jax", "smis_jax.errors", "smis_jax.config", "smis_jax.files", "smis_jax.interrupt",
-              "smis_jax.progress", "smis_jax.viz", "smis_jax.shapes", "smis_jax.data", "smis_jax.hosts",
+              "smis_jax.progress", "smis_jax.viz", "smis_jax.data", "smis_jax.hosts",
               "smis_jax.tblog", "smis_jax.info", "smis_jax.precision"]),
     ("nets", ["smis_jax.nets"]),
     ("io", ["smis_jax.io"]),
     ("method", ["smis_jax.labeling", "smis_jax.labelers", "smis_jax.refine", "smis_jax.optim", "smis_jax.inversion", "smis_jax.training", "smis_jax.metrics",
                 "smis_jax.export", "smis_jax.builtin", "smis_jax.experiment", "smis_jax.synthesize",
-                "smis_jax.evaluate", "smis_jax.groundtruth", "smis_jax.gan", "smis_jax.gan_run", "smis_jax.plots"]),
-    ("tools", ["smis_jax.bench", "smis_jax.bench_torch", "smis_jax.app", "smis_jax.sweep"]),
+                "smis_jax.evaluate", "smis_jax.gan", "smis_jax.plots"]),
+    ("tools", ["smis_jax.bench", "smis_jax.app", "smis_jax.builtin.sweep"]),
     ("entry", ["train", "convert"]),
 ]
 OURS = ("smis_jax", "train", "convert")

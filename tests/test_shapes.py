@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from smis_jax import shapes
+from smis_jax.builtin import shapes
 
 
 def test_scenes_are_deterministic_per_seed_and_index():

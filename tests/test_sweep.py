@@ -1,4 +1,4 @@
-"""python -m smis_jax.sweep: the spread arithmetic by hand, and the sweep end to end on a tiny schedule."""
+"""python -m smis_jax.builtin.sweep: the spread arithmetic by hand, and the sweep end to end on a tiny schedule."""
 
 import json
 import math
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smis_jax import sweep
+from smis_jax.builtin import sweep
 from test_figures import assert_drawn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_sweep_on_a_tiny_schedule_then_resumed(tmp_path):
     seed reaching the inversion (other codes, another loss), and a second call that only reads (finished seeds are
     skipped)."""
     work = tmp_path / "sweep"
-    argv = [sys.executable, "-m", "smis_jax.sweep", "--domain", "shapes", "--seeds", "0,1", "--workdir", str(work),
+    argv = [sys.executable, "-m", "smis_jax.builtin.sweep", "--domain", "shapes", "--seeds", "0,1", "--workdir", str(work),
             "--samples", "8", "--max-steps", "2", "--inversion-steps", "3", "--batch-size", "2", "--encoder", "tiny",
             "--save-every", "2", "--log-every", "1", "--image-every", "2", "--eval-every", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -87,17 +87,17 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from smis_jax import gan_run
+    from smis_jax.gan import trainer
 
     try:
         if args.command == "train":
             fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(GanConfig)}
-            gan_run.train(GanConfig(**fields), args.workdir, max_kimg=args.max_kimg, folder=args.data,
+            trainer.train(GanConfig(**fields), args.workdir, max_kimg=args.max_kimg, folder=args.data,
                           resume=args.resume, log_every=args.log_every, image_every=args.image_every,
                           save_every=args.save_every, eval_every=args.eval_every, retune=args.retune,
                           init_generator=args.init_generator, d_warmup_kimg=args.d_warmup_kimg)
         elif args.command == "export":
-            out = gan_run.export_generator(args.workdir, args.out, args.step)
+            out = trainer.export_generator(args.workdir, args.out, args.step)
             print(f"wrote {out}")
             if args.pt:
                 from smis_jax.io.stylegan2 import write_rosinality
@@ -107,11 +107,11 @@ def main(argv=None) -> int:
                 print(f"wrote {write_rosinality(args.pt, g.config, g.params, g.noises, g.latent_avg)}")
         else:
             g = load_generator(args.generator)
-            result = gan_run.generator_quality(g.config, g.params, n=args.n,
+            result = trainer.generator_quality(g.config, g.params, n=args.n,
                                                lpips_params=load_lpips(args.lpips).params)
             print(json.dumps(result, indent=1))
             if args.write:
-                gan_run.record_quality(args.generator, result)
+                trainer.record_quality(args.generator, result)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

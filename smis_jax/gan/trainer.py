@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smis_jax import data, plots, shapes, tblog, viz
+from smis_jax import data, plots, tblog, viz
+from smis_jax.builtin import shapes
 from smis_jax.errors import ConfigError, MissingFileError
 from smis_jax.gan import GanConfig, GanState, g_optimizer, init_state, make_train_step, sample_images
 from smis_jax.io import load_generator, load_lpips

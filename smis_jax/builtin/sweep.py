@@ -1,6 +1,6 @@
 """The built-in main job over several seeds, and the spread of every ground-truth figure.
 
-    python -m smis_jax.sweep --domain shapes --seeds 0,1,2 --workdir runs/sweep [--samples 256] [train.run flags]
+    python -m smis_jax.builtin.sweep --domain shapes --seeds 0,1,2 --workdir runs/sweep [--samples 256] [train.run flags]
 
 For each seed S: ``python -m train.run --domain D --seed S --workdir WORKDIR/seed-S [flags]``, then
 ``python -m smis_jax.evaluate --workdir WORKDIR/seed-S`` (the ground-truth evaluation, ``groundtruth.json``). The
@@ -158,7 +158,7 @@ def _run(cmd: list[str], log: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smis_jax.sweep", description=__doc__, allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="python -m smis_jax.builtin.sweep", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # --seed is not --seeds
     builtin_domains = [name for name, d in DOMAINS.items() if d.builtin]
     parser.add_argument("--domain", required=True, choices=builtin_domains)

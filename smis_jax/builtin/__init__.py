@@ -1,7 +1,7 @@
 """The built-in domains (``shapes``, ``shapes-scribbles``): their shots, test masks and shipped generator.
 
 Nothing here reads a user's files: the few shots and the held-out masks are drawn from the procedural generator
-(``smis_jax.shapes``) with fixed seeds, and the generator is the one smis-jax trained and ships in
+(``smis_jax.builtin.shapes``) with fixed seeds, and the generator is the one smis-jax trained and ships in
 ``smis_jax/assets/shapes-gan`` (its ``provenance.json`` says how). Shot images are at the scenes' 64 px (the
 generator's size); masks are at the pipeline's 256 (nearest x4, exact).
 """
@@ -13,14 +13,14 @@ from typing import Sequence
 
 import numpy as np
 
-from smis_jax import shapes
+from smis_jax.builtin import shapes
 from smis_jax.config import Domain
 from smis_jax.errors import ConfigError, MissingFileError
 
 __all__ = ["ASSETS", "GENERATOR", "N_TEST_MASKS", "shot_names", "shots", "test_masks", "generator_path",
            "annotate"]
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 GENERATOR = ASSETS / "shapes-gan"
 N_TEST_MASKS = 32
 MASK_SIZE = 256

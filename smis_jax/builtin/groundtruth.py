@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smis_jax import builtin, data, export, labelers, labeling, plots, refine, shapes, synthesize, viz
+from smis_jax import builtin, data, export, labelers, labeling, plots, refine, synthesize, viz
+from smis_jax.builtin import shapes
 from smis_jax.config import DOMAINS, ConfigError
 from smis_jax.inversion import invert_cached
 from smis_jax.io import load_lpips
