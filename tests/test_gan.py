@@ -153,6 +153,23 @@ def test_trainer_learns_resumes_exactly_and_exports(tmp_path):
         torch_keys := __import__("torch").load(pt)["g_ema"].keys()) and len(torch_keys) > 0
 
 
+def test_the_discriminator_learning_rate_is_lr_times_d_lr_mult():
+    """Two time scales: D's Adam steps scale with d_lr_mult (lazy-R1's correction kept); G's do not."""
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    grads = {"w": jnp.array([0.5, 0.25, -1.0])}
+
+    def first_step(tx):
+        return np.asarray(tx.update(grads, tx.init(params), params)[0]["w"])
+
+    base, fast = gan.GanConfig(**TINY), gan.GanConfig(**TINY, d_lr_mult=4.0)
+    c = base.r1_every / (base.r1_every + 1)
+    np.testing.assert_allclose(first_step(gan.d_optimizer(base)), -base.lr * c * np.sign(grads["w"]), rtol=1e-5)
+    np.testing.assert_allclose(first_step(gan.d_optimizer(fast)), 4 * first_step(gan.d_optimizer(base)), rtol=1e-6)
+    with pytest.raises(ValueError, match="d_lr_mult must be > 0"):
+        gan.GanConfig(**TINY, d_lr_mult=0.0)
+    assert gan.GanConfig.from_json({k: v for k, v in base.to_json().items() if k != "d_lr_mult"}) == base
+
+
 @pytest.mark.slow
 def test_retune_changes_optimisation_settings_from_a_step_on(tmp_path):
     """--retune: optimisation settings may change from a step on (recorded); the networks may not. Slow: every

@@ -46,7 +46,7 @@ __all__ = ["RealData", "train", "export_generator", "generator_quality", "GanChe
            "params_sha256"]
 
 PREVIEW_SEED = 1234
-RETUNABLE = frozenset({"lr", "r1_gamma", "r1_every", "mixing", "ema_kimg", "ema_rampup"})
+RETUNABLE = frozenset({"lr", "d_lr_mult", "r1_gamma", "r1_every", "mixing", "ema_kimg", "ema_rampup"})
 
 
 class RealData:
