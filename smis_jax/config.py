@@ -61,15 +61,16 @@ SHAPES_CLASSES = ("sky", "mountain", "sun", "grass", "water", "tree", "house")  
 # training flattens by then, its mean over three seeds 0.744 at 1200 and at 1600 steps, and 1200 fit the main job in
 # 15 minutes on 2 cores; README, "Where training flattens"), the paper's W+ MSE plus pSp's image-space term
 # (synthesis mIoU 0.445 +- 0.004 against 0.380 +- 0.006 without it over three seeds; the label-space loss was
-# measured and made the images worse: README), and an offset head for the generator's 8x8 block trained by that term
-# (--offset-res 8: 0.472 -> 0.76 on the 228-kimg generator, at no measurable cost per step; README, notes-21.md);
-# the main job runs on 2 CPU cores (README, BENCHMARKS.md).
+# measured and made the images worse: README), and an offset head for the generator's 16x16 block trained by that
+# term (--offset-res 16, reading the encoder's input/4 map: synthesis 0.744 with the 8x8 head, 0.472 without one, on
+# the 228-kimg generator over three seeds; small objects need the finer grid; README, docs/notes-21.md); the main job
+# runs on 2 CPU cores (README, BENCHMARKS.md).
 # Their pseudo-labeller is the one measured best on their ground truth (docs/notes-23.md, docs/builtin/labelers.json);
 # the real presets keep the paper's (no ground truth to choose by).
 BUILTIN_SCHEDULE = (("encoder", "tiny"), ("mask_size", 64), ("batch_size", 32), ("learning_rate", 1e-3),
                     ("max_steps", 1200), ("inversion_steps", 300), ("save_every", 400), ("image_every", 400),
                     ("eval_every", 400), ("log_every", 50), ("labeler", "linear"), ("image_lambda", 1.0),
-                    ("offset_res", 8))
+                    ("offset_res", 16))
 
 DOMAINS: dict[str, Domain] = {
     d.name: d

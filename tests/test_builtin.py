@@ -54,9 +54,9 @@ def test_domain_schedule_is_a_default_that_flags_override():
     # and --image-lambda 0 gives the paper's back on the built-in domain
     assert cfg.image_lambda == 1.0 and TrainConfig.for_domain("faces").image_lambda == 0.0
     assert TrainConfig.for_domain("shapes", image_lambda=0.0).image_lambda == 0.0
-    # and an offset head for the generator's 8x8 block, which the image term trains: the paper's objective
+    # and an offset head for the generator's 16x16 block, which the image term trains: the paper's objective
     # (--image-lambda 0) turns the schedule's head off with it; asked for without a term, it is refused
-    assert cfg.offset_res == 8 and TrainConfig.for_domain("faces").offset_res == 0
+    assert cfg.offset_res == 16 and TrainConfig.for_domain("faces").offset_res == 0
     assert TrainConfig.for_domain("shapes", image_lambda=0.0).offset_res == 0
     assert TrainConfig.for_domain("shapes", offset_res=0).offset_res == 0
     with pytest.raises(ValueError, match="offset_res 8 needs image_lambda or label_lambda"):
