@@ -88,7 +88,8 @@ DOMAINS: dict[str, Domain] = {
         Domain("anime", "anime", 2, "sparse", 512, 2,
                "2020-01-11-skylion-stylegan2-animeportraits-networksnapshot-024664.pt",
                "anime face cross, 0 = not annotated"),
-        # The built-in procedural domain (smis_jax.builtin.shapes): exact masks, an oracle, a generator trained by smis-jax.
+        # The built-in procedural domain (smis_jax.builtin.shapes): exact masks, an oracle, a generator trained by
+        # smis-jax.
         Domain("shapes", "shapes (built-in)", 7, "dense", 64, 1, "the shipped smis_jax/assets/shapes-gan",
                "procedural landscapes, exact masks (built-in)", class_names=SHAPES_CLASSES, builtin=True,
                train_defaults=BUILTIN_SCHEDULE, latent_start=6),

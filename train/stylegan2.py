@@ -28,7 +28,8 @@ _HELP = {
     "channels": "generator channels per resolution, e.g. 4:128,8:128,16:128,32:64,64:64",
     "d_channels": "discriminator channels per resolution", "batch_size": "global batch (split over devices)",
     "lr": "Adam learning rate (both networks)",
-    "d_lr_mult": "the discriminator's learning rate is lr times this", "r1_gamma": "R1 weight", "r1_every": "lazy R1 interval (steps)",
+    "d_lr_mult": "the discriminator's learning rate is lr times this", "r1_gamma": "R1 weight",
+    "r1_every": "lazy R1 interval (steps)",
     "mixing": "style-mixing probability", "ema_kimg": "EMA half-life in kimg",
     "ema_rampup": "EMA ramp-up (half-life <= kimg * this)", "seed": "run seed",
 }
@@ -62,7 +63,8 @@ def parse_args(argv=None):
     t.add_argument("--max-kimg", type=float, required=True, help="stop after this many thousand real images")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--retune", action="store_true",
-                   help="with --resume: change optimisation settings (lr, d-lr-mult, r1-gamma, r1-every, mixing, ema-*) from here on")
+                   help="with --resume: change optimisation settings (lr, d-lr-mult, r1-gamma, r1-every, mixing, "
+                        "ema-*) from here on")
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--image-every", type=int, default=500)
     t.add_argument("--save-every", type=int, default=250)
